@@ -1,0 +1,356 @@
+"""Typed, frozen run configuration, loaded from YAML layers plus ``--set key=value`` overrides.
+
+Layers, each overriding the one before: the method's recipe (``configs/<method>.yaml``, the paper's
+defaults), the embedded-dataset profile when no data path is given (``configs/embedded.yaml``,
+sized for a laptop CPU), the user's ``--config`` file, then ``--set`` pairs. Unknown keys and
+values of the wrong type are errors that name the dotted key and what is allowed.
+"""
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+from ssl_models.registry import METHODS, get_method
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class ConfigError(ValueError):
+    """A configuration key is unknown or holds a value of the wrong type."""
+
+
+@dataclass(frozen=True)
+class BackboneConfig:
+    name: str = "resnet50"  # a key of ssl_models.backbones.BACKBONES
+    width: float = 1.0  # multiplies every stage's channels; 0.25 makes a CPU-sized ResNet
+    cifar_stem: bool = False  # 3×3 stem without max-pool, for images of ~32 pixels
+    stem_stride: int = 1  # stride of the CIFAR stem; 2 makes the network 4× cheaper
+
+
+@dataclass(frozen=True)
+class PhotometricConfig:
+    """Colour and blur augmentation of one view (SimCLR appendix A; BYOL table 6)."""
+
+    jitter_p: float = 0.8  # probability of colour jitter
+    brightness: float = 0.4  # jitter strengths, torchvision ColorJitter semantics
+    contrast: float = 0.4
+    saturation: float = 0.4
+    hue: float = 0.1
+    grayscale_p: float = 0.2
+    blur_p: float = 0.5  # Gaussian blur probability
+    blur_sigma: tuple[float, float] = (0.1, 2.0)  # sigma drawn uniformly in this range
+    blur_kernel_fraction: float = 0.1  # kernel side as a fraction of the view size (odd, >= 3)
+    solarize_p: float = 0.0  # BYOL's second view uses 0.2
+    solarize_threshold: float = 0.5  # pixels above this (in [0, 1]) are inverted
+
+
+@dataclass(frozen=True)
+class ViewGroupConfig:
+    """Views of one resolution that share their crop geometry."""
+
+    count: int = 2  # views per image in this group
+    size: int = 224  # output side in pixels
+    scale: tuple[float, float] = (0.08, 1.0)  # RandomResizedCrop area fraction
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)  # RandomResizedCrop aspect ratio
+    hflip_p: float = 0.5
+    # cycled over the group's views: one entry applies to all, two make BYOL's asymmetric pair
+    photometric: tuple[PhotometricConfig, ...] = (PhotometricConfig(),)
+
+
+@dataclass(frozen=True)
+class ViewsConfig:
+    recipe: Literal["crops"] = "crops"  # how views are cut from an image
+    groups: dict[str, ViewGroupConfig] = field(
+        default_factory=lambda: {"global": ViewGroupConfig()}
+    )
+    # where colour and blur run: on the CPU side inside Ray Data, or batched on the train device
+    augment_device: Literal["cpu", "train"] = "train"
+    draft_decode: bool = True  # let PIL decode JPEGs at reduced size when the crop shrinks anyway
+    mean: tuple[float, float, float] = IMAGENET_MEAN  # normalisation on the training device
+    std: tuple[float, float, float] = IMAGENET_STD
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    path: str = ""  # shard directory (local or s3://); empty means the embedded dataset
+    eval_path: str = ""  # labeled held-out shards for kNN; empty: the embedded test split, or a
+    #   deterministic 10% of the training rows when training on user data
+    cache_dir: str = "sslpipe-data"  # where the embedded dataset is generated, once
+    embedded_train_per_class: int = 600  # embedded dataset size (10 classes)
+    embedded_test_per_class: int = 100
+    shuffle_seed: int = 0  # per-epoch file order derives from this
+    decode_tasks: int = 1  # Ray Data tasks decoding and cropping in parallel
+    decode_batch_size: int = 64  # images per map_batches call
+    bad_images: Literal["skip", "strict"] = "skip"  # skip and count undecodable images, or stop
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    name: Literal["sgd", "lars", "adamw"] = "lars"
+    base_lr: float = 0.3  # learning rate at a global batch of 256; scaled linearly with batch
+    weight_decay: float = 1e-6
+    momentum: float = 0.9  # SGD and LARS momentum
+    betas: tuple[float, float] = (0.9, 0.999)  # AdamW
+    lars_eta: float = 0.001  # LARS trust coefficient (You et al. 2017)
+    warmup_epochs: float = 10.0  # linear warmup from 0, then cosine decay
+    final_lr_ratio: float = 0.0  # cosine ends at base_lr × this
+    clip_grad: float = 0.0  # max global gradient norm; 0 disables
+    exclude_bias_and_norm: bool = True  # no weight decay or LARS adaptation on them
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 100
+    batch_size: int = 256  # global batch, split evenly over workers
+    workers: int = 2  # Ray Train workers (one DDP process each)
+    cpus_per_worker: float = 1.0  # leave CPUs for Ray Data besides the train workers
+    use_gpu: bool = False
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on GPU, fp32 on CPU
+    torch_threads: int = 1  # intra-op threads per CPU worker; more oversubscribes small machines
+    channels_last: bool = True  # NHWC convolutions: about 2× faster on CPU, preferred by GPUs
+    seed: int = 0
+    log_every_steps: int = 10  # metrics to MLflow every N optimizer steps
+    checkpoint_every_epochs: int = 1
+    keep_checkpoints: int = 2
+    max_failures: int = 0  # worker-group restarts from the last checkpoint before giving up
+    storage: str = "sslpipe-runs"  # checkpoint root, local path or s3://
+    name: str = ""  # run name; empty: <method>-<timestamp>
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    knn_k: int = 200  # weighted kNN (Wu et al. 2018), as DINO's eval_knn
+    knn_temperature: float = 0.1
+    batch_size: int = 256
+    crop_fraction: float = 0.875  # evaluation view: resize to size / this, centre-crop size
+    knn_random_init: bool = True  # also evaluate the same architecture at random init
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    uri: str = "sqlite:///mlflow.db"  # a SQLite file in the working directory, or a server URL
+    experiment: str = "sslpipe"
+    registered_model: str = ""  # empty: sslpipe-<method>
+    register: bool = True
+
+
+@dataclass(frozen=True)
+class Config:
+    method: str = "simclr"  # a key of ssl_models.registry.METHODS
+    method_args: Any = None  # the method's own frozen dataclass (e.g. SimCLRConfig)
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    views: ViewsConfig = field(default_factory=ViewsConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+
+# --- building typed configs from plain data -------------------------------------------------
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against the annotation ``tp`` and convert lists to tuples."""
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key '{key}': expected a mapping, got {value!r}")
+        return from_dict(tp, value, key)
+    if origin is Literal:
+        allowed = typing.get_args(tp)
+        if value not in allowed:
+            raise ConfigError(f"config key '{key}': {value!r} is not one of {list(allowed)}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        for arg in typing.get_args(tp):
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError:
+                continue
+        raise ConfigError(f"config key '{key}': {value!r} does not match {tp}")
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"config key '{key}': expected a list, got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise ConfigError(f"config key '{key}': expected {len(args)} values, got {value!r}")
+        pairs = enumerate(zip(value, args, strict=True))
+        return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in pairs)
+    if origin is dict:
+        _, value_tp = typing.get_args(tp)
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key '{key}': expected a mapping, got {value!r}")
+        return {str(k): _coerce(v, value_tp, f"{key}.{k}") for k, v in value.items()}
+    if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads 5e-4 (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                raise ConfigError(f"config key '{key}': expected a number, got {value!r}") from None
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"config key '{key}': expected a number, got {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"config key '{key}': expected an integer, got {value!r}")
+        return value
+    if tp in (bool, str):
+        if not isinstance(value, tp):
+            raise ConfigError(f"config key '{key}': expected {_type_name(tp)}, got {value!r}")
+        return value
+    raise ConfigError(f"config key '{key}': unsupported type {tp}")
+
+
+def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
+    """Build the frozen dataclass ``cls`` from ``data``, naming any bad key in full."""
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        dotted = f"{prefix}.{key}" if prefix else key
+        if key not in names:
+            raise ConfigError(f"unknown config key '{dotted}'; allowed keys: {names}")
+        kwargs[key] = _coerce(value, hints[key], dotted)
+    return cls(**kwargs)
+
+
+def to_dict(obj: Any) -> Any:
+    """The plain-data form of a config (tuples become lists), for YAML, MLflow and Ray."""
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, dict):
+        return {k: to_dict(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [to_dict(v) for v in obj]
+    return obj
+
+
+def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``, lists kept as values."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        dotted = f"{prefix}.{key}" if prefix else key
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, dotted))
+        else:
+            out[dotted] = value
+    return out
+
+
+def build_config(data: dict[str, Any]) -> Config:
+    """Typed config from merged plain data; ``method_args`` is typed by the chosen method."""
+    data = dict(data)
+    method = data.get("method", Config.method)
+    if not isinstance(method, str) or method not in METHODS:
+        raise ConfigError(f"config key 'method': {method!r} is not one of {sorted(METHODS)}")
+    method_args = data.pop("method_args", None) or {}
+    cfg = from_dict(Config, data)
+    args = _coerce(method_args, get_method(method).config, "method_args")
+    return dataclasses.replace(cfg, method_args=args)
+
+
+# --- layering ---------------------------------------------------------------------------------
+
+
+def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def parse_set(pairs: list[str]) -> dict[str, Any]:
+    """``["optim.base_lr=0.1", "views.groups.global.size=32"]`` -> nested dict, values as YAML."""
+    import yaml
+
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set expects key=value, got {pair!r}")
+        value = yaml.safe_load(raw) if raw else ""
+        node = out
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    return out
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    import yaml
+
+    with open(path) as f:
+        data = yaml.safe_load(f) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level of a config file must be a mapping")
+    return data
+
+
+def packaged_yaml(name: str) -> dict[str, Any]:
+    """A YAML file shipped in ``pipelines/configs``."""
+    import yaml
+
+    text = resources.files("pipelines").joinpath("configs", name).read_text()
+    return yaml.safe_load(text) or {}
+
+
+def recipe(method: str) -> dict[str, Any]:
+    """The method's recipe: the paper's defaults as plain data."""
+    get_method(method)
+    return packaged_yaml(f"{method}.yaml")
+
+
+def embedded_profile(method: str, base: dict[str, Any]) -> dict[str, Any]:
+    """The laptop profile: its generic part, then its ``methods.<method>`` part, restricted to
+    the view groups the recipe has."""
+    profile = packaged_yaml("embedded.yaml")
+    profile = deep_merge(profile, profile.pop("methods", {}).get(method, {}))
+    groups = profile.get("views", {}).get("groups")
+    if groups:
+        present = base.get("views", {}).get("groups", {"global": {}})
+        profile["views"]["groups"] = {k: v for k, v in groups.items() if k in present}
+    return profile
+
+
+def load_config(
+    method: str | None = None,
+    config_file: str | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> Config:
+    """Resolve the layers into a typed config (see the module docstring for the order)."""
+    user = read_yaml(config_file) if config_file else {}
+    user = deep_merge(user, overrides or {})
+    chosen = method or user.get("method") or Config.method
+    if not isinstance(chosen, str) or chosen not in METHODS:
+        raise ConfigError(f"config key 'method': {chosen!r} is not one of {sorted(METHODS)}")
+    user["method"] = chosen
+    data = recipe(chosen)
+    if not user.get("data", {}).get("path") and not data.get("data", {}).get("path"):
+        data = deep_merge(data, embedded_profile(chosen, data))
+    return build_config(deep_merge(data, user))
+
+
+def dump_yaml(cfg: Config) -> str:
+    import yaml
+
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)

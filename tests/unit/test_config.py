@@ -1,0 +1,53 @@
+import pytest
+
+from pipelines.config import ConfigError, load_config, parse_set
+from ssl_models.methods.simclr import SimCLRConfig
+
+
+def test_recipe_then_embedded_profile_then_overrides():
+    cfg = load_config()
+    assert cfg.method == "simclr" and isinstance(cfg.method_args, SimCLRConfig)
+    assert cfg.backbone.name == "resnet18" and cfg.views.groups["global"].size == 32  # profile
+    assert cfg.method_args.temperature == 0.2  # the profile's simclr part
+    assert cfg.optim.base_lr == 0.3  # recipe
+    cfg = load_config(overrides=parse_set(["method_args.temperature=0.3", "train.epochs=3"]))
+    assert cfg.method_args.temperature == 0.3 and cfg.train.epochs == 3
+
+
+def test_user_data_gets_the_papers_recipe_not_the_laptop_profile():
+    cfg = load_config(overrides={"data": {"path": "/shards"}})
+    assert cfg.backbone.name == "resnet50" and cfg.views.groups["global"].size == 224
+    assert cfg.method_args.temperature == 0.1
+
+
+def test_yaml_file_layer(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text(
+        "optim:\n  base_lr: 0.5\nviews:\n  groups:\n    global:\n      scale: [0.2, 1.0]\n"
+    )
+    cfg = load_config(config_file=str(f))
+    assert cfg.optim.base_lr == 0.5 and cfg.views.groups["global"].scale == (0.2, 1.0)
+    assert cfg.views.groups["global"].count == 2  # untouched keys survive the merge
+
+
+@pytest.mark.parametrize(
+    "pairs, message",
+    [
+        (["optim.lrr=1"], "unknown config key 'optim.lrr'; allowed keys: .*'base_lr'"),
+        (["optim.name=adam"], r"'optim.name': 'adam' is not one of \['sgd', 'lars', 'adamw'\]"),
+        (["train.epochs=ten"], "'train.epochs': expected an integer"),
+        (["views.groups.global.scale=[0.1]"], "'views.groups.global.scale': expected 2 values"),
+        (["method_args.temp=1"], "unknown config key 'method_args.temp'"),
+        (["method=nope"], "'method': 'nope' is not one of"),
+        (["novalue"], "--set expects key=value"),
+    ],
+)
+def test_bad_keys_and_values_name_the_key(pairs, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(overrides=parse_set(pairs))
+
+
+def test_config_is_frozen():
+    cfg = load_config()
+    with pytest.raises(AttributeError):
+        cfg.train.epochs = 5  # type: ignore[misc]

@@ -1,0 +1,1 @@
+"""Ray Tune sweeps and the equal-budget survey (issue 6)."""
