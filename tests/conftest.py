@@ -32,7 +32,7 @@ def ray_local():
     import ray
 
     if not ray.is_initialized():
-        ray.init(num_cpus=4, object_store_memory=300 * 2**20, log_to_driver=False)
+        ray.init(address="local", num_cpus=4, object_store_memory=300 * 2**20, log_to_driver=False)
         ray.data.DataContext.get_current().enable_progress_bars = False
     yield ray
     ray.shutdown()

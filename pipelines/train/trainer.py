@@ -58,7 +58,9 @@ def ensure_ray(cfg: Config) -> None:
         return
     needed = cfg.train.workers * cfg.train.cpus_per_worker + cfg.data.decode_tasks + 1
     num_cpus = max(int(needed + 0.999), os.cpu_count() or 1)
-    ray.init(num_cpus=num_cpus)
+    # "local": a new instance even if a `ray start` cluster runs on this machine (--address
+    # chooses a cluster explicitly)
+    ray.init(address="local", num_cpus=num_cpus)
 
 
 def manifest_digest(manifest: Manifest) -> str:
