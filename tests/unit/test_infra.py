@@ -1,0 +1,79 @@
+"""infra/ holds what a user deploys: check it against Ray's schema and against this repo."""
+
+import re
+import shlex
+from pathlib import Path
+
+import yaml
+
+from pipelines.cli import build_parser
+from pipelines.config import build_config, deep_merge, recipe
+
+INFRA = Path(__file__).resolve().parents[2] / "infra"
+IMAGE = "sslpipe:0.1.0"
+
+
+def load_all(path: Path) -> list[dict]:
+    return [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
+
+
+def test_cluster_launcher_config_passes_rays_own_validation():
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    config = prepare_config(yaml.safe_load((INFRA / "cluster" / "aws.yaml").read_text()))
+    validate_config(config)
+    nodes = config["available_node_types"]
+    assert nodes["cpu_data"]["resources"].get("data", 0) > 0
+    assert nodes["gpu_train"]["resources"].get("train", 0) > 0
+    assert nodes["head"]["resources"] == {"CPU": 0}
+    assert config["docker"]["image"].endswith("/" + IMAGE)
+
+
+def test_dockerfile_is_cuda_based_non_root_and_installs_the_pinned_project():
+    text = (INFRA / "docker" / "Dockerfile").read_text()
+    assert re.search(r"^FROM nvidia/cuda:\S+-runtime", text, re.M)
+    assert re.search(r"^USER ray$", text, re.M)
+    assert "pyproject.toml" in text and "pip install --no-deps /src" in text
+    assert f"-t {IMAGE}" in text
+
+
+def test_kuberay_manifests_name_the_image_and_a_real_entrypoint():
+    cluster = load_all(INFRA / "k8s" / "raycluster.yaml")[0]
+    assert cluster["kind"] == "RayCluster" and cluster["spec"]["rayVersion"] == "2.60.0"
+    groups = [cluster["spec"]["headGroupSpec"], *cluster["spec"]["workerGroupSpecs"]]
+    images = {c["image"] for g in groups for c in g["template"]["spec"]["containers"]}
+    assert images == {IMAGE}
+    gpu = next(g for g in cluster["spec"]["workerGroupSpecs"] if g["groupName"] == "gpu-train")
+    assert "nvidia.com/gpu" in gpu["template"]["spec"]["containers"][0]["resources"]["limits"]
+
+    configmap, job = load_all(INFRA / "k8s" / "rayjob.yaml")
+    assert job["kind"] == "RayJob" and configmap["kind"] == "ConfigMap"
+    assert job["spec"]["clusterSelector"]["ray.io/cluster"] == cluster["metadata"]["name"]
+    argv = shlex.split(job["spec"]["entrypoint"])
+    assert argv[0] == "sslpipe"
+    args = build_parser().parse_args(argv[1:])  # exits on an unknown flag
+    mount = cluster["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0]["volumeMounts"]
+    config_dir = next(m["mountPath"] for m in mount if m["name"] == "sslpipe-config")
+    assert Path(args.config).parent == Path(config_dir)
+    assert Path(args.config).name in configmap["data"]
+
+
+def test_configmap_configs_are_valid_sslpipe_configs():
+    configmap = load_all(INFRA / "k8s" / "rayjob.yaml")[0]
+    assert configmap["data"], "the ConfigMap holds no config"
+    for name, text in configmap["data"].items():
+        user = yaml.safe_load(text)
+        cfg = build_config(deep_merge(recipe(user["method"]), user))  # unknown keys raise
+        assert cfg.train.use_gpu and cfg.data.path.startswith("s3://"), name
+
+
+def test_mlflow_server_uses_postgres_and_s3():
+    docs = {
+        (d["kind"], d["metadata"]["name"]): d for d in load_all(INFRA / "mlflow" / "mlflow.yaml")
+    }
+    server = docs[("Deployment", "mlflow")]["spec"]["template"]["spec"]["containers"][0]
+    command = " ".join(server["args"])
+    assert "--backend-store-uri postgresql://" in command
+    assert "--artifacts-destination s3://" in command
+    assert server["image"] == IMAGE
+    assert ("StatefulSet", "mlflow-postgres") in docs
