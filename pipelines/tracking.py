@@ -121,8 +121,9 @@ class MetricLogger:
         run_id: str,
         flush_seconds: float = 5.0,
         background: bool = False,
+        client: MlflowClient | None = None,
     ) -> None:
-        self.client = MlflowClient(absolute_uri(tracking_uri))
+        self.client = client or MlflowClient(absolute_uri(tracking_uri))
         self.run_id = run_id
         self.flush_seconds = flush_seconds
         self._metrics: list[Metric] = []
