@@ -331,16 +331,27 @@ def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def safe_load(text: str, document: bool = True) -> Any:
+    """PyYAML's ``safe_load``, or where PyYAML is missing (a bare GPU box) the subset reader in
+    ``pipelines/mini_yaml.py``, which reads every packaged recipe the same (tested). ``document``
+    False: one value, as ``--set`` gives."""
+    try:
+        import yaml
+    except ImportError:
+        from pipelines import mini_yaml
+
+        return mini_yaml.loads(text) if document else mini_yaml.value(text)
+    return yaml.safe_load(text)
+
+
 def parse_set(pairs: list[str]) -> dict[str, Any]:
     """``["optim.base_lr=0.1", "views.groups.global.size=32"]`` -> nested dict, values as YAML."""
-    import yaml
-
     out: dict[str, Any] = {}
     for pair in pairs:
         key, sep, raw = pair.partition("=")
         if not sep or not key:
             raise ConfigError(f"--set expects key=value, got {pair!r}")
-        value = yaml.safe_load(raw) if raw else ""
+        value = safe_load(raw, document=False) if raw else ""
         node = out
         parts = key.split(".")
         for part in parts[:-1]:
@@ -350,10 +361,8 @@ def parse_set(pairs: list[str]) -> dict[str, Any]:
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
-    import yaml
-
     with open(path) as f:
-        data = yaml.safe_load(f) or {}
+        data = safe_load(f.read()) or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level of a config file must be a mapping")
     return data
@@ -361,10 +370,8 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 
 def packaged_yaml(name: str) -> dict[str, Any]:
     """A YAML file shipped in ``pipelines/configs``."""
-    import yaml
-
     text = resources.files("pipelines").joinpath("configs", name).read_text()
-    return yaml.safe_load(text) or {}
+    return safe_load(text) or {}
 
 
 def recipe(method: str) -> dict[str, Any]:

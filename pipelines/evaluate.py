@@ -130,7 +130,7 @@ def embed(
     for enc in encoders.values():
         enc.eval().to(device, memory_format=torch.channels_last)
     for batch in ds.iter_batches(batch_size=batch_size, batch_format="numpy"):
-        images = torch.from_numpy(np.ascontiguousarray(batch["image"])).to(device)
+        images = torch.tensor(batch["image"], device=device)  # a copy: Ray hands read-only arrays
         images = images.float().div_(255).contiguous(memory_format=torch.channels_last)
         for name, enc in encoders.items():
             feats[name].append(enc(images).float().cpu())
