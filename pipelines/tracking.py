@@ -207,13 +207,14 @@ class MetricLogger:
 
     def flush(self, timeout: float | None = None) -> bool:
         """Send what is buffered; True when the buffer is empty. With a background thread this
-        only waits (at most ``timeout`` seconds) for the thread, so it never blocks training
-        longer; without, it sends here, retrying with backoff until ``timeout``."""
+        wakes the thread and waits for it at most ``timeout`` seconds (``None``: not at all), so
+        training never blocks longer; without, it sends here, retrying with backoff until
+        ``timeout`` (``None``: until it succeeds)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         if self._thread is not None:
             self._wake.set()
             with self._cond:
-                return self._cond.wait_for(self._empty, timeout)
+                return self._cond.wait_for(self._empty, timeout or 0.0)
         delay = 0.5
         while not self._send_all():
             if deadline is not None and time.monotonic() + delay > deadline:

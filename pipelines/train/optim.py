@@ -5,11 +5,13 @@ in SimCLR, BYOL and Barlow Twins. The learning rate scales linearly with the glo
 (``base_lr × batch / 256``, Goyal et al. 2017), warms up linearly, then follows a cosine; weight
 decay optionally follows its own cosine (DINO).
 
-Methods shape their groups in two optional ways (see ARCHITECTURE.md, "Parameter groups"):
+Methods shape their groups in optional ways (see ARCHITECTURE.md, "Parameter groups"):
 
 - ``method.param_group_overrides() -> {name_prefix: options}``: parameters whose name in
   ``method.named_parameters()`` starts with ``name_prefix`` (longest prefix wins) get ``options``;
-- an attribute on a parameter, ``p.fixed_lr = True`` (the same as ``{"fixed_lr": True}``).
+- ``method.fixed_lr_modules = ("predictor",)``: submodules whose parameters get
+  ``{"fixed_lr": True}`` (the same as the prefix ``"predictor."``);
+- an attribute on a parameter, ``p.fixed_lr = True``.
 
 Options: ``fixed_lr`` (bool: the group keeps the scaled peak lr, no warmup or cosine, as
 SimSiam's predictor), ``weight_decay`` (float, for the group's regular weights), ``lr_scale``
@@ -39,6 +41,9 @@ OPTIONS = {"fixed_lr": bool, "weight_decay": float, "lr_scale": float}
 def _overrides(model: nn.Module) -> dict[str, dict[str, Any]]:
     fn = getattr(model, "param_group_overrides", None)
     overrides = dict(fn()) if callable(fn) else {}
+    for name in getattr(model, "fixed_lr_modules", ()):
+        model.get_submodule(name)  # a clear error for a name that is not a submodule
+        overrides.setdefault(f"{name}.", {}).setdefault("fixed_lr", True)
     for prefix, options in overrides.items():
         for key, value in options.items():
             if key not in OPTIONS:

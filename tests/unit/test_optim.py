@@ -86,6 +86,13 @@ def test_fixed_lr_override_and_attribute():
     assert group_of(opt, model.predictor.bias)["weight_decay"] == 0.0  # still a bias
     assert group_of(opt, model.fc.weight)["lr"] == 0.01
 
+    named = Tiny()
+    named.fixed_lr_modules = ("predictor",)
+    opt = build_optimizer(named, OptimConfig(name="sgd", base_lr=0.5), 256)
+    set_lr(opt, 0.01, peak=0.5)
+    assert group_of(opt, named.predictor.weight)["lr"] == 0.5
+    assert group_of(opt, named.fc.weight)["lr"] == 0.01
+
     plain = Tiny()
     plain.fc.weight.fixed_lr = True
     opt = build_optimizer(plain, OptimConfig(name="sgd", base_lr=0.5), 256)
