@@ -14,7 +14,7 @@ Methods shape their groups in optional ways (see ARCHITECTURE.md, "Parameter gro
 - an attribute on a parameter, ``p.fixed_lr = True``.
 
 Options: ``fixed_lr`` (bool: the group keeps the scaled peak lr, no warmup or cosine, as
-SimSiam's predictor), ``weight_decay`` (float, for the group's regular weights), ``lr_scale``
+SimSiam's predictor's ``fix_lr``), ``weight_decay`` (float, for the group's regular weights), ``lr_scale``
 (float multiplying the scheduled lr).
 """
 
@@ -150,8 +150,11 @@ def scaled_lr(cfg: OptimConfig, global_batch: int) -> float:
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig, global_batch: int) -> torch.optim.Optimizer:
-    groups = param_groups(model, cfg.weight_decay, cfg.exclude_bias_and_norm)
+    """The configured optimizer at the scaled peak lr; ``fixed_lr`` groups stay there."""
     lr = scaled_lr(cfg, global_batch)
+    groups = param_groups(model, cfg.weight_decay, cfg.exclude_bias_and_norm)
+    for group in groups:
+        group["lr"] = lr * group["lr_scale"]
     if cfg.name == "lars":
         return LARS(groups, lr=lr, momentum=cfg.momentum, eta=cfg.lars_eta)
     if cfg.name == "sgd":
@@ -161,12 +164,12 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig, global_batch: int) -> to
     raise ValueError(f"unknown optimizer {cfg.name!r}")
 
 
-def set_lr(optimizer: torch.optim.Optimizer, lr: float, peak: float | None = None) -> None:
-    """The scheduled ``lr`` on every group (times its ``lr_scale``); ``fixed_lr`` groups get
-    ``peak`` (the scaled base lr) instead."""
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """The scheduled ``lr`` on every group (times its ``lr_scale``); ``fixed_lr`` groups keep
+    the lr they were built with (the scaled peak: SimSiam's predictor)."""
     for group in optimizer.param_groups:
-        base = peak if group.get("fixed_lr") and peak is not None else lr
-        group["lr"] = base * group.get("lr_scale", 1.0)
+        if not group.get("fixed_lr", False):
+            group["lr"] = lr * group.get("lr_scale", 1.0)
 
 
 def set_weight_decay(

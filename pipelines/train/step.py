@@ -179,7 +179,7 @@ class TrainStep:
         lr = warmup_cosine(
             step, self.total_steps, self.warmup_steps, self.peak_lr, self.peak_lr * o.final_lr_ratio
         )
-        set_lr(self.optimizer, lr, self.peak_lr)
+        set_lr(self.optimizer, lr)
         out = {"lr": lr}
         if o.weight_decay_end >= 0:
             out["weight_decay"] = set_weight_decay(

@@ -80,7 +80,7 @@ def test_fixed_lr_override_and_attribute():
     model = Tiny()
     model.param_group_overrides = lambda: {"predictor.": {"fixed_lr": True}}
     opt = build_optimizer(model, OptimConfig(name="sgd", base_lr=0.5), 256)
-    set_lr(opt, 0.01, peak=0.5)
+    set_lr(opt, 0.01)
     assert group_of(opt, model.predictor.weight)["lr"] == 0.5
     assert group_of(opt, model.predictor.bias)["lr"] == 0.5
     assert group_of(opt, model.predictor.bias)["weight_decay"] == 0.0  # still a bias
@@ -89,14 +89,14 @@ def test_fixed_lr_override_and_attribute():
     named = Tiny()
     named.fixed_lr_modules = ("predictor",)
     opt = build_optimizer(named, OptimConfig(name="sgd", base_lr=0.5), 256)
-    set_lr(opt, 0.01, peak=0.5)
+    set_lr(opt, 0.01)
     assert group_of(opt, named.predictor.weight)["lr"] == 0.5
     assert group_of(opt, named.fc.weight)["lr"] == 0.01
 
     plain = Tiny()
     plain.fc.weight.fixed_lr = True
     opt = build_optimizer(plain, OptimConfig(name="sgd", base_lr=0.5), 256)
-    set_lr(opt, 0.01, peak=0.5)
+    set_lr(opt, 0.01)
     assert group_of(opt, plain.fc.weight)["lr"] == 0.5
     assert group_of(opt, plain.predictor.weight)["lr"] == 0.01
 
@@ -105,7 +105,7 @@ def test_lr_scale_and_weight_decay_override():
     model = Tiny()
     model.param_group_overrides = lambda: {"fc.": {"lr_scale": 0.1, "weight_decay": 0.0}}
     opt = build_optimizer(model, OptimConfig(name="sgd", weight_decay=0.3), 256)
-    set_lr(opt, 1.0, peak=2.0)
+    set_lr(opt, 1.0)
     assert group_of(opt, model.fc.weight)["lr"] == pytest.approx(0.1)
     assert group_of(opt, model.fc.weight)["weight_decay"] == 0.0
     assert group_of(opt, model.predictor.weight)["weight_decay"] == 0.3
