@@ -124,10 +124,7 @@ def check_method(key: str, tiny: bool, batch: int, device: torch.device) -> Row:
 
 def simclr_throughput(tiny: bool, device: torch.device, steps: int) -> tuple[float, Config]:
     """Images/s of SimCLR training steps (ResNet-50, 224, batch 256, bf16 at full size)."""
-    if tiny:
-        cfg = method_config("simclr", True, 8)
-    else:
-        cfg = method_config("simclr", False, 256)
+    cfg = method_config("simclr", tiny, 8 if tiny else 256)
     torch.manual_seed(0)
     step = TrainStep(place(build_method(cfg), cfg, device), cfg, device, 1000, 100)
     data = make_batch(cfg, cfg.train.batch_size, device)

@@ -187,9 +187,17 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         throughput = epoch_meter.summary()
         if monitor is not None and (epoch + 1) % cfg.eval.knn_every_epochs == 0:
             metrics["monitor_knn_top1"] = monitor(trainer.method.encoder)
+        metrics["images_per_sec"] = throughput["images_per_sec"]
         if metrics_log is not None:
-            extra = {k: v for k, v in metrics.items() if k == "monitor_knn_top1"}
-            metrics_log.log({"epoch_loss": metrics["loss"], **throughput, **extra}, step)
+            # epoch_* names: the per-step images_per_sec may land on the same step
+            epoch_metrics = {
+                "epoch_loss": metrics["loss"],
+                "epoch_images_per_sec": throughput["images_per_sec"],
+                "epoch_data_wait_fraction": throughput["data_wait_fraction"],
+            }
+            if "monitor_knn_top1" in metrics:
+                epoch_metrics["monitor_knn_top1"] = metrics["monitor_knn_top1"]
+            metrics_log.log(epoch_metrics, step)
         if rank == 0:
             # sys.stdout.write, not print: Ray Train patches print and would echo it twice
             knn = metrics.get("monitor_knn_top1")

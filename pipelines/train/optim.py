@@ -14,8 +14,8 @@ Methods shape their groups in optional ways (see ARCHITECTURE.md, "Parameter gro
 - an attribute on a parameter, ``p.fixed_lr = True``.
 
 Options: ``fixed_lr`` (bool: the group keeps the scaled peak lr, no warmup or cosine, as
-SimSiam's predictor's ``fix_lr``), ``weight_decay`` (float, for the group's regular weights), ``lr_scale``
-(float multiplying the scheduled lr).
+SimSiam's predictor's ``fix_lr``), ``weight_decay`` (float, for the group's regular weights),
+``lr_scale`` (float multiplying the scheduled lr).
 """
 
 from collections.abc import Iterable
