@@ -101,25 +101,34 @@ class OptimConfig:
     final_lr_ratio: float = 0.0  # cosine ends at base_lr × this
     clip_grad: float = 0.0  # max global gradient norm; 0 disables
     exclude_bias_and_norm: bool = True  # no weight decay or LARS adaptation on them
+    # cosine from weight_decay to this over the run (DINO: 0.04 -> 0.4); negative: constant
+    weight_decay_end: float = -1.0
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     epochs: int = 100
-    batch_size: int = 256  # global batch, split evenly over workers
+    batch_size: int = 256  # global batch per optimizer step, split evenly over workers
+    accumulate_steps: int = 1  # micro-batches per optimizer step (gradient accumulation)
     workers: int = 2  # Ray Train workers (one DDP process each)
     cpus_per_worker: float = 1.0  # leave CPUs for Ray Data besides the train workers
     use_gpu: bool = False
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on GPU, fp32 on CPU
+    sync_batchnorm: bool = False  # BN statistics over the global batch (GPU; torch has no CPU one)
     torch_threads: int = 1  # intra-op threads per CPU worker; more oversubscribes small machines
     channels_last: bool = True  # NHWC convolutions: about 2× faster on CPU, preferred by GPUs
     seed: int = 0
     log_every_steps: int = 10  # metrics to MLflow every N optimizer steps
-    checkpoint_every_epochs: int = 1
-    keep_checkpoints: int = 2
+    checkpoint_every_epochs: int = 1  # checkpoint at the end of every N-th epoch (and the last)
+    checkpoint_every_steps: int = 0  # also every N optimizer steps, mid-epoch; 0: epoch ends only
+    keep_checkpoints: int = 2  # the last K checkpoints are kept, older ones deleted
     max_failures: int = 0  # worker-group restarts from the last checkpoint before giving up
     storage: str = "sslpipe-runs"  # checkpoint root, local path or s3://
     name: str = ""  # run name; empty: <method>-<timestamp>
+    # fault injection for recovery tests: SIGKILL the worker of rank fail_rank when it is about
+    # to take optimizer step fail_at_step (0-based), once per run; negative: never
+    fail_at_step: int = -1
+    fail_rank: int = 0
 
 
 @dataclass(frozen=True)
@@ -129,6 +138,15 @@ class EvalConfig:
     batch_size: int = 256
     crop_fraction: float = 0.875  # evaluation view: resize to size / this, centre-crop size
     knn_random_init: bool = True  # also evaluate the same architecture at random init
+    knn_every_epochs: int = 0  # online kNN monitor during training every K epochs; 0: off
+    monitor_bank_rows: int = 2000  # about this many training rows (by key hash) as the bank
+    monitor_query_rows: int = 500  # about this many held-out rows as queries
+    online_probe: bool = False  # linear classifier on detached features of the training batch
+    probe_lr: float = 0.1  # SGD lr of the online probe (solo-learn's online classifier)
+    linear_epochs: int = 100  # `sslpipe eval linear`: epochs over the frozen features
+    linear_lr: float = 0.1  # full-feature-set SGD with momentum 0.9, cosine to 0
+    linear_weight_decay: float = 0.0
+    linear_batch_size: int = 256
 
 
 @dataclass(frozen=True)
@@ -137,6 +155,12 @@ class TrackingConfig:
     experiment: str = "sslpipe"
     registered_model: str = ""  # empty: sslpipe-<method>
     register: bool = True
+    # extra aliases for the registered version; `best` is managed (kNN) and `latest` is
+    # reserved by MLflow (models:/NAME/latest already means the newest version)
+    aliases: tuple[str, ...] = ()
+    log_checkpoint_artifacts: bool = False  # also copy every checkpoint's files into the run
+    flush_seconds: float = 5.0  # metrics leave rank 0 in batches at most this often
+    final_flush_seconds: float = 120.0  # the driver retries unsent metrics this long at the end
 
 
 @dataclass(frozen=True)
@@ -262,7 +286,36 @@ def build_config(data: dict[str, Any]) -> Config:
     method_args = data.pop("method_args", None) or {}
     cfg = from_dict(Config, data)
     args = _coerce(method_args, get_method(method).config, "method_args")
-    return dataclasses.replace(cfg, method_args=args)
+    cfg = dataclasses.replace(cfg, method_args=args)
+    check_training(cfg)
+    return cfg
+
+
+def check_training(cfg: Config) -> None:
+    """Cross-field rules of the train/optim/tracking sections, named by key."""
+    t = cfg.train
+    for key, value in (
+        ("train.epochs", t.epochs),
+        ("train.batch_size", t.batch_size),
+        ("train.accumulate_steps", t.accumulate_steps),
+        ("train.workers", t.workers),
+        ("train.log_every_steps", t.log_every_steps),
+        ("train.checkpoint_every_epochs", t.checkpoint_every_epochs),
+        ("train.keep_checkpoints", t.keep_checkpoints),
+    ):
+        if value < 1:
+            raise ConfigError(f"config key '{key}': must be at least 1, got {value}")
+    if t.batch_size % (t.workers * t.accumulate_steps):
+        raise ConfigError(
+            f"config key 'train.batch_size': {t.batch_size} must divide evenly into "
+            f"train.workers={t.workers} × train.accumulate_steps={t.accumulate_steps} micro-batches"
+        )
+    for alias in cfg.tracking.aliases:
+        if alias in ("latest", "best"):
+            raise ConfigError(
+                f"config key 'tracking.aliases': '{alias}' is not settable; 'best' is set by kNN "
+                "top-1 and MLflow reserves 'latest' (use models:/NAME/latest for the newest)"
+            )
 
 
 # --- layering ---------------------------------------------------------------------------------
@@ -278,16 +331,27 @@ def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def safe_load(text: str, document: bool = True) -> Any:
+    """PyYAML's ``safe_load``, or where PyYAML is missing (a bare GPU box) the subset reader in
+    ``pipelines/mini_yaml.py``, which reads every packaged recipe the same (tested). ``document``
+    False: one value, as ``--set`` gives."""
+    try:
+        import yaml
+    except ImportError:
+        from pipelines import mini_yaml
+
+        return mini_yaml.loads(text) if document else mini_yaml.value(text)
+    return yaml.safe_load(text)
+
+
 def parse_set(pairs: list[str]) -> dict[str, Any]:
     """``["optim.base_lr=0.1", "views.groups.global.size=32"]`` -> nested dict, values as YAML."""
-    import yaml
-
     out: dict[str, Any] = {}
     for pair in pairs:
         key, sep, raw = pair.partition("=")
         if not sep or not key:
             raise ConfigError(f"--set expects key=value, got {pair!r}")
-        value = yaml.safe_load(raw) if raw else ""
+        value = safe_load(raw, document=False) if raw else ""
         node = out
         parts = key.split(".")
         for part in parts[:-1]:
@@ -297,10 +361,8 @@ def parse_set(pairs: list[str]) -> dict[str, Any]:
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
-    import yaml
-
     with open(path) as f:
-        data = yaml.safe_load(f) or {}
+        data = safe_load(f.read()) or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level of a config file must be a mapping")
     return data
@@ -308,10 +370,8 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 
 def packaged_yaml(name: str) -> dict[str, Any]:
     """A YAML file shipped in ``pipelines/configs``."""
-    import yaml
-
     text = resources.files("pipelines").joinpath("configs", name).read_text()
-    return yaml.safe_load(text) or {}
+    return safe_load(text) or {}
 
 
 def recipe(method: str) -> dict[str, Any]:

@@ -1,11 +1,13 @@
-"""Frozen-feature evaluation: weighted kNN (and, later, the linear probe).
+"""Frozen-feature evaluation: weighted kNN, the linear probe, and the embedding pass.
 
 The kNN classifier is DINO's ``eval_knn`` (Wu et al. 2018): cosine similarity of L2-normalised
 features, the k nearest training features vote for their class with weight ``exp(sim / T)``.
-The math needs only torch; the dataset helpers import Ray when called.
+The linear probe is MAE's (He et al. 2022, arXiv:2111.06377, appendix A.2): a batch norm without
+affine parameters then a linear layer, trained with SGD on features computed once (no
+augmentation). The math needs only torch; the dataset pass iterates what it is handed.
 """
 
-import zlib
+import math
 from collections.abc import Mapping
 
 import numpy as np
@@ -58,59 +60,84 @@ def knn_top1(
     return float((preds == test_labels).float().mean()) if len(test_labels) else float("nan")
 
 
-def key_fraction(key: str) -> float:
-    """A stable pseudo-random number in [0, 1) per row key, for deterministic splits."""
-    return (zlib.crc32(key.encode()) % 1_000_003) / 1_000_003
+def linear_probe_top1(
+    train_features: torch.Tensor,
+    train_labels: torch.Tensor,
+    test_features: torch.Tensor,
+    test_labels: torch.Tensor,
+    num_classes: int,
+    epochs: int = 100,
+    lr: float = 0.1,
+    weight_decay: float = 0.0,
+    batch_size: int = 256,
+    seed: int = 0,
+) -> float:
+    """Top-1 on the test features of a linear classifier trained on the train features.
 
-
-def _select(batch: dict[str, np.ndarray], lo: float, hi: float) -> dict[str, np.ndarray]:
-    keep = np.array([lo <= key_fraction(str(k)) < hi for k in batch["key"]], dtype=bool)
-    return {name: column[keep] for name, column in batch.items()}
-
-
-def eval_views(path: str, size: int, crop_fraction: float, lo: float = 0.0, hi: float = 1.0):
-    """Ray dataset of evaluation views of the shard rows whose key fraction is in [lo, hi)."""
-    import ray
-
-    from pipelines.data.source import read_shards
-
-    ds, manifest = read_shards(path, ["key", "image", "label"])
-    if (lo, hi) != (0.0, 1.0):
-        ds = ds.map_batches(_select, fn_kwargs={"lo": lo, "hi": hi}, batch_format="numpy")
-    ds = ds.map_batches(
-        _eval_views,
-        fn_kwargs={"size": size, "crop_fraction": crop_fraction},
-        batch_format="numpy",
-        batch_size=256,
-        compute=ray.data.TaskPoolStrategy(size=2),
+    train_features: (N, D), labels (N,) in [0, num_classes); test likewise. SGD, momentum 0.9,
+    cosine lr over ``epochs``; reproducible from ``seed``.
+    """
+    if len(train_labels) == 0 or len(test_labels) == 0:
+        raise ValueError("the linear probe needs labeled train and test features")
+    g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    head = nn.Sequential(
+        nn.BatchNorm1d(train_features.shape[1], affine=False),
+        nn.Linear(train_features.shape[1], num_classes),
     )
-    return ds, manifest
-
-
-def _eval_views(batch: dict[str, np.ndarray], size: int, crop_fraction: float):
-    from pipelines.data.views import EvalViewMaker
-
-    return EvalViewMaker(size, crop_fraction)(batch)
+    nn.init.trunc_normal_(head[1].weight, std=0.01)
+    nn.init.zeros_(head[1].bias)
+    opt = torch.optim.SGD(head.parameters(), lr=lr, momentum=0.9, weight_decay=weight_decay)
+    x, y = train_features.float(), train_labels.long()
+    steps_per_epoch = math.ceil(len(y) / batch_size)
+    total, step = epochs * steps_per_epoch, 0
+    head.train()
+    for _ in range(epochs):
+        order = torch.randperm(len(y), generator=g)
+        for i in range(0, len(y), batch_size):
+            idx = order[i : i + batch_size]
+            if len(idx) < 2:  # batch norm needs two rows in training mode
+                continue
+            for group in opt.param_groups:
+                group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / total))
+            loss = F.cross_entropy(head(x[idx]), y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            step += 1
+    head.eval()
+    with torch.no_grad():
+        preds = head(test_features.float()).argmax(1)
+    return float((preds == test_labels).float().mean())
 
 
 @torch.no_grad()
 def embed(
-    encoders: Mapping[str, nn.Module], ds, batch_size: int = 256, device: str = "cpu"
-) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """Features of every image in ``ds`` under each encoder, in one pass over the data.
+    encoders: Mapping[str, nn.Module],
+    ds,
+    batch_size: int = 256,
+    device: str = "cpu",
+    with_keys: bool = False,
+):
+    """Features of every image in ``ds`` (rows ``image`` uint8 (3, S, S), ``label``, optionally
+    ``key``) under each encoder, in one pass over the data.
 
     Encoders take float images in [0, 1] (see ``ssl_models.export.Encoder``).
-    Returns ({name: (N, D)}, labels (N,)).
+    Returns ({name: (N, D)}, labels (N,)), plus the keys (N,) when ``with_keys``.
     """
     feats: dict[str, list[torch.Tensor]] = {name: [] for name in encoders}
-    labels = []
+    labels, keys = [], []
     for enc in encoders.values():
         enc.eval().to(device, memory_format=torch.channels_last)
-    for batch in ds.iter_torch_batches(batch_size=batch_size, device=device):
-        images = batch["image"].float().div_(255)
+    for batch in ds.iter_batches(batch_size=batch_size, batch_format="numpy"):
+        images = torch.tensor(batch["image"], device=device)  # a copy: Ray hands read-only arrays
+        images = images.float().div_(255).contiguous(memory_format=torch.channels_last)
         for name, enc in encoders.items():
             feats[name].append(enc(images).float().cpu())
-        labels.append(batch["label"].cpu())
+        labels.append(torch.from_numpy(np.asarray(batch["label"], dtype=np.int64)))
+        if with_keys:
+            keys.extend(str(k) for k in batch["key"])
     if not labels:
         raise ValueError("no images to embed (all rows filtered out or undecodable)")
-    return {n: torch.cat(f) for n, f in feats.items()}, torch.cat(labels)
+    out = ({n: torch.cat(f) for n, f in feats.items()}, torch.cat(labels))
+    return (*out, keys) if with_keys else out

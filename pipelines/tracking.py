@@ -1,17 +1,49 @@
-"""MLflow: runs, params, metrics from rank 0, the encoder as a model, the registry."""
+"""MLflow: runs, redacted params and tags, metrics from rank 0, checkpoint records, the encoder
+as a model, the registry.
 
+Metrics leave rank 0 through :class:`MetricLogger`, a buffer a background thread sends in
+batches: an unreachable tracking server costs training nothing, and what could not be sent is
+kept, retried, carried in checkpoints (``pending_metrics``) and finally sent by the driver.
+"""
+
+import json
 import logging
+import re
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import mlflow
 from mlflow import MlflowClient
-from mlflow.entities import Metric
+from mlflow.entities import Metric, Param, RunTag
 
 from pipelines.config import Config, flatten, to_dict
 
 log = logging.getLogger(__name__)
+
+CHECKPOINT_TAG = "sslpipe.checkpoint."  # + zero-padded step -> JSON {uri, step, epoch}
+REDACTED = "***"
+# key fragments that mark a credential: aws_secret_access_key, api_token, db_password, …
+_SECRET_KEY = re.compile(
+    r"secret|token|passw(or)?d|pwd|credential|access[_.-]?key|api[_.-]?key|private[_.-]?key"
+    r"|authorization|session[_.-]?key",
+    re.IGNORECASE,
+)
+_URL_USERINFO = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^/@:\s]*):[^/@\s]*@")
+
+
+def redact(values: dict[str, Any]) -> dict[str, str]:
+    """Stringified values with credentials removed: the value of any key that looks like a
+    secret, token, password or access key, and the password of any ``scheme://user:pw@host``."""
+    out = {}
+    for key, value in values.items():
+        text = str(value)
+        if _SECRET_KEY.search(key) and text:
+            out[key] = REDACTED
+        else:
+            out[key] = _URL_USERINFO.sub(rf"\g<scheme>\g<user>:{REDACTED}@", text)
+    return out
 
 
 def is_local_store(uri: str) -> bool:
@@ -38,9 +70,8 @@ def experiment_id(client: MlflowClient, uri: str, name: str) -> str:
 
 
 def params_of(cfg: Config) -> dict[str, str]:
-    """The flattened config as MLflow params (values stringified, long ones truncated)."""
-    flat = flatten(to_dict(cfg))
-    return {k: str(v)[:6000] for k, v in flat.items()}
+    """The flattened config as MLflow params: redacted, long values truncated."""
+    return {k: v[:6000] for k, v in redact(flatten(to_dict(cfg))).items()}
 
 
 def start_run(cfg: Config, run_name: str, tags: dict[str, str] | None = None) -> str:
@@ -48,67 +79,240 @@ def start_run(cfg: Config, run_name: str, tags: dict[str, str] | None = None) ->
     uri = absolute_uri(cfg.tracking.uri)
     client = MlflowClient(uri)
     exp = experiment_id(client, uri, cfg.tracking.experiment)
-    run = client.create_run(exp, run_name=run_name, tags=tags or {})
-    params = [mlflow.entities.Param(k, v) for k, v in params_of(cfg).items()]
+    run = client.create_run(exp, run_name=run_name, tags=redact(tags or {}))
+    params = [Param(k, v) for k, v in params_of(cfg).items()]
     for i in range(0, len(params), 100):
         client.log_batch(run.info.run_id, params=params[i : i + 100])
     return run.info.run_id
 
 
+def find_run(tracking_uri: str, experiment: str, run: str):
+    """The MLflow run named by id, or by run name within ``experiment`` (the newest if several)."""
+    client = MlflowClient(absolute_uri(tracking_uri))
+    if re.fullmatch(r"[0-9a-f]{32}", run):
+        try:
+            return client.get_run(run)
+        except mlflow.exceptions.MlflowException:
+            pass
+    exp = client.get_experiment_by_name(experiment)
+    found = []
+    if exp is not None:
+        found = client.search_runs(
+            [exp.experiment_id],
+            filter_string=f"attributes.run_name = '{run}'",
+            order_by=["attributes.start_time DESC"],
+            max_results=1,
+        )
+    if not found:
+        raise LookupError(
+            f"no MLflow run with id or name {run!r} in experiment {experiment!r} at {tracking_uri}"
+        )
+    return found[0]
+
+
 class MetricLogger:
-    """Buffered metrics for one run; a failed flush keeps the buffer and retries later."""
+    """Buffered metrics and tags for one run. With ``background`` a thread sends them every
+    ``flush_seconds`` (backing off while the server is unreachable); without, :meth:`flush`
+    sends them in the caller. Nothing is dropped on failure."""
 
-    def __init__(self, tracking_uri: str, run_id: str, max_buffer: int = 100_000) -> None:
-        self.client = MlflowClient(absolute_uri(tracking_uri))
+    def __init__(
+        self,
+        tracking_uri: str,
+        run_id: str,
+        flush_seconds: float = 5.0,
+        background: bool = False,
+        client: MlflowClient | None = None,
+    ) -> None:
+        self.client = client or MlflowClient(absolute_uri(tracking_uri))
         self.run_id = run_id
-        self.buffer: list[Metric] = []
-        self.max_buffer = max_buffer
+        self.flush_seconds = flush_seconds
+        self._metrics: list[Metric] = []
+        self._tags: dict[str, str] = {}
+        self._cond = threading.Condition()
+        self._sending = threading.Lock()
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self.failures = 0
+        self._thread = None
+        if background:
+            self._thread = threading.Thread(target=self._run, name="mlflow-metrics", daemon=True)
+            self._thread.start()
 
-    def log(self, metrics: dict[str, float], step: int) -> None:
-        now = int(time.time() * 1000)
-        self.buffer += [Metric(k, float(v), now, step) for k, v in metrics.items()]
+    def log(self, metrics: dict[str, float], step: int, timestamp_ms: int | None = None) -> None:
+        now = timestamp_ms if timestamp_ms is not None else int(time.time() * 1000)
+        with self._cond:
+            self._metrics += [Metric(k, float(v), now, step) for k, v in metrics.items()]
 
-    def flush(self) -> bool:
-        while self.buffer:
-            chunk = self.buffer[:1000]
+    def set_tags(self, tags: dict[str, str]) -> None:
+        with self._cond:
+            self._tags.update(redact(tags))
+
+    def pending(self, max_step: int | None = None) -> list[list]:
+        """Unsent metrics as ``[key, value, timestamp, step]`` (for a checkpoint)."""
+        with self._cond:
+            return [
+                [m.key, m.value, m.timestamp, m.step]
+                for m in self._metrics
+                if max_step is None or m.step <= max_step
+            ]
+
+    def requeue(self, items: list[list]) -> None:
+        """Metrics from :meth:`pending`, sent again with their own timestamps: SQL stores keep
+        an identical (key, value, timestamp, step) once, so a value that did arrive meanwhile is
+        not duplicated."""
+        with self._cond:
+            self._metrics += [Metric(k, float(v), int(t), int(s)) for k, v, t, s in items]
+
+    def _empty(self) -> bool:
+        return not self._metrics and not self._tags
+
+    def _send_once(self) -> bool:
+        """Send one batch; True when it went (or nothing was left)."""
+        with self._sending:
+            with self._cond:
+                metrics = self._metrics[:1000]
+                tags = dict(list(self._tags.items())[:100])
+            if not metrics and not tags:
+                return True
             try:
-                self.client.log_batch(self.run_id, metrics=chunk)
+                self.client.log_batch(
+                    self.run_id, metrics=metrics, tags=[RunTag(k, v) for k, v in tags.items()]
+                )
             except Exception as e:  # the tracking server may be briefly unreachable
-                log.warning("MLflow unreachable (%s); keeping %d metrics", e, len(self.buffer))
-                self.buffer = self.buffer[-self.max_buffer :]
+                self.failures += 1
+                log.warning("MLflow unreachable (%s); keeping %d metrics", e, len(self._metrics))
                 return False
-            self.buffer = self.buffer[len(chunk) :]
+            with self._cond:
+                del self._metrics[: len(metrics)]  # only this sender removes from the front
+                for k, v in tags.items():
+                    if self._tags.get(k) == v:
+                        del self._tags[k]
+                self._cond.notify_all()
+            return True
+
+    def _send_all(self) -> bool:
+        while True:
+            with self._cond:
+                if self._empty():
+                    return True
+            if not self._send_once():
+                return False
+
+    def _run(self) -> None:
+        delay = self.flush_seconds
+        while not self._stop.is_set():
+            self._wake.wait(delay)
+            self._wake.clear()
+            delay = self.flush_seconds if self._send_all() else min(max(1.0, delay) * 2, 60.0)
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Send what is buffered; True when the buffer is empty. With a background thread this
+        wakes the thread and waits for it at most ``timeout`` seconds (``None``: not at all), so
+        training never blocks longer; without, it sends here, retrying with backoff until
+        ``timeout`` (``None``: until it succeeds)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if self._thread is not None:
+            self._wake.set()
+            with self._cond:
+                return self._cond.wait_for(self._empty, timeout or 0.0)
+        delay = 0.5
+        while not self._send_all():
+            if deadline is not None and time.monotonic() + delay > deadline:
+                return False
+            time.sleep(delay)
+            delay = min(delay * 2, 10.0)
         return True
+
+    def close(self, timeout: float | None = None) -> bool:
+        ok = self.flush(timeout)
+        self._stop.set()
+        self._wake.set()
+        return ok
+
+
+def checkpoint_tags(uri: str, step: int, epoch: int) -> dict[str, str]:
+    """The run's record of one persisted checkpoint (see :func:`checkpoints_of`)."""
+    return {f"{CHECKPOINT_TAG}{step:09d}": json.dumps({"uri": uri, "step": step, "epoch": epoch})}
+
+
+def checkpoints_of(run) -> list[dict[str, Any]]:
+    """Every checkpoint recorded in an MLflow run, by step (older ones may since be deleted)."""
+    records = [json.loads(v) for k, v in run.data.tags.items() if k.startswith(CHECKPOINT_TAG)]
+    return sorted(records, key=lambda r: r["step"])
+
+
+def latest_per_step(history) -> list:
+    """A metric history with one value per step, the last logged: a run resumed from a
+    checkpoint re-logs the steps it rolled back, and the later value is the surviving run's."""
+    by_step = {}
+    for m in sorted(history, key=lambda m: (m.step, m.timestamp)):
+        by_step[m.step] = m
+    return [by_step[s] for s in sorted(by_step)]
 
 
 def log_dict(run_id: str, tracking_uri: str, data: dict[str, Any], name: str) -> None:
     MlflowClient(absolute_uri(tracking_uri)).log_dict(run_id, data, name)
 
 
+def log_text(run_id: str, tracking_uri: str, text: str, name: str) -> None:
+    MlflowClient(absolute_uri(tracking_uri)).log_text(run_id, text, name)
+
+
+def log_artifacts(run_id: str, tracking_uri: str, local_dir: str, path: str) -> None:
+    MlflowClient(absolute_uri(tracking_uri)).log_artifacts(run_id, local_dir, path)
+
+
 def log_encoder(
     run_id: str, tracking_uri: str, encoder, input_example, name: str = "encoder"
 ) -> str:
-    """Log the encoder as an MLflow PyTorch model in the run; return its model URI."""
+    """Log the encoder as an MLflow PyTorch model with its signature (float32 images
+    ``(-1, 3, S, S)`` in [0, 1] -> features ``(-1, D)``) and input example; return its URI."""
+    import torch
+    from mlflow.models import infer_signature
+
+    with torch.no_grad():
+        features = encoder.eval()(torch.as_tensor(input_example)).numpy()
+    signature = infer_signature(input_example, features)
     mlflow.set_tracking_uri(absolute_uri(tracking_uri))
     with mlflow.start_run(run_id=run_id):
         info = mlflow.pytorch.log_model(
             encoder,
             name=name,
             serialization_format="pickle",  # loads back as our own class, not a GraphModule
+            signature=signature,
             input_example=input_example,
             pip_requirements=[f"torch=={_version('torch')}", f"sslpipe=={_version('sslpipe')}"],
         )
     return info.model_uri
 
 
-def register(model_uri: str, tracking_uri: str, name: str, aliases: list[str]) -> str:
-    """Register ``model_uri`` under ``name``; set aliases; return ``models:/name/version``."""
+def register(
+    model_uri: str,
+    tracking_uri: str,
+    name: str,
+    aliases: tuple[str, ...] | list[str] = (),
+    knn_top1: float | None = None,
+) -> tuple[str, bool]:
+    """Register ``model_uri`` under ``name``, set ``aliases``, and move ``best`` here when its
+    kNN top-1 beats the version holding it (or none does). Returns (``models:/name/version``,
+    whether it became ``best``). ``latest`` is MLflow's own: ``models:/name/latest``."""
     mlflow.set_tracking_uri(absolute_uri(tracking_uri))
     version = mlflow.register_model(model_uri, name).version
     client = MlflowClient(absolute_uri(tracking_uri))
     for alias in aliases:
         client.set_registered_model_alias(name, alias, version)
-    return f"models:/{name}/{version}"
+    is_best = False
+    if knn_top1 is not None:
+        client.set_model_version_tag(name, version, "knn_top1", f"{knn_top1:.6f}")
+        try:
+            holder = client.get_model_version_by_alias(name, "best")
+            held = float(holder.tags.get("knn_top1", "nan"))
+        except mlflow.exceptions.MlflowException:
+            held = float("nan")
+        if not held >= knn_top1:  # no holder, an untagged one, or a worse one
+            client.set_registered_model_alias(name, "best", version)
+            is_best = True
+    return f"models:/{name}/{version}", is_best
 
 
 def end_run(run_id: str, tracking_uri: str, status: str = "FINISHED") -> None:
@@ -119,7 +323,7 @@ def ui_command(tracking_uri: str) -> str:
     uri = absolute_uri(tracking_uri)
     if is_local_store(uri):
         return f"mlflow ui --backend-store-uri {uri}"
-    return f"open {uri}"
+    return f"open {redact({'uri': uri})['uri']}"
 
 
 def _version(package: str) -> str:

@@ -1,10 +1,17 @@
 """The per-worker training function Ray Train runs: one process of the DDP group.
 
-Ray calls here are few: the context (rank, device), the dataset shard, the checkpoint to resume
+Ray calls here are few: the context (rank, device), the dataset shards, the checkpoint to resume
 from, and ``ray.train.report``. Everything else is :class:`pipelines.train.step.TrainStep`.
+
+Resuming mid-epoch: Ray Data's stream cannot be replayed (file order, decode tasks and crops are
+not a pure function of a seed), so the interrupted epoch continues on a fresh pass over the data
+cut at the steps that epoch still owes. Every epoch keeps ``steps_per_epoch`` optimizer steps and
+the run its exact total, and the schedules, weights, optimizer and train-side random state are
+exactly those of the checkpoint; only which images fill the rest of that one epoch differs.
 """
 
 import logging
+import os
 import sys
 import tempfile
 import time
@@ -14,85 +21,162 @@ import ray.train
 import ray.train.torch
 import torch
 
-from pipelines.config import build_config
-from pipelines.train.checkpoint import load_state, save_state
+from pipelines.config import Config, build_config
+from pipelines.train.checkpoint import capture_rng, gather_rng, load_state, save_state
+from pipelines.train.faults import FaultInjector
+from pipelines.train.monitors import KnnMonitor
 from pipelines.train.step import NonFiniteLossError, Throughput, TrainStep, build_method, place
 
 log = logging.getLogger(__name__)
 
 
+def _logger(cfg: Config, loop_config: dict[str, Any], rank: int):
+    if rank != 0 or not loop_config.get("run_id"):
+        return None
+    # the logger's own thread retries with backoff; MLflow's default of 7 HTTP retries with
+    # exponential sleeps would hold a batch for minutes after the server is back
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+    from pipelines.tracking import MetricLogger
+
+    return MetricLogger(
+        loop_config["tracking_uri"], loop_config["run_id"], cfg.tracking.flush_seconds, True
+    )
+
+
+def _monitor(cfg: Config, loop_config: dict[str, Any], rank: int, device: torch.device):
+    if rank != 0 or not cfg.eval.knn_every_epochs or not loop_config.get("knn_monitor"):
+        return None
+    return KnnMonitor(
+        ray.train.get_dataset_shard("knn_bank"),
+        ray.train.get_dataset_shard("knn_query"),
+        loop_config["num_classes"],
+        cfg.views.mean,
+        cfg.views.std,
+        cfg.eval.knn_k,
+        cfg.eval.knn_temperature,
+        cfg.eval.batch_size,
+        device,
+    )
+
+
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     """``loop_config``: ``cfg`` (plain-data Config), ``steps_per_epoch``, ``run_dir`` (where
-    checkpoints go), and ``run_id`` plus ``tracking_uri`` for metrics from rank 0."""
+    checkpoints go), ``num_classes``, ``knn_monitor`` (bool: ``knn_bank``/``knn_query`` datasets
+    exist), and ``run_id`` plus ``tracking_uri`` for metrics from rank 0."""
     cfg = build_config(loop_config["cfg"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
     if device.type == "cpu":
         torch.set_num_threads(cfg.train.torch_threads)
-    if cfg.train.batch_size % world:
+    if cfg.train.batch_size % (world * cfg.train.accumulate_steps):
         raise ValueError(
-            f"train.batch_size={cfg.train.batch_size} must divide evenly over {world} workers"
+            f"train.batch_size={cfg.train.batch_size} must divide evenly over {world} workers × "
+            f"train.accumulate_steps={cfg.train.accumulate_steps}"
         )
     per_worker_batch = cfg.train.batch_size // world
-    steps_per_epoch = loop_config["steps_per_epoch"]
-    total_steps = steps_per_epoch * cfg.train.epochs
+    spe = loop_config["steps_per_epoch"]
+    total_steps = spe * cfg.train.epochs
+    run_dir = loop_config.get("run_dir", "")
 
     torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
     method = place(build_method(cfg), cfg, device)
-    trainer = TrainStep(method, cfg, device, total_steps, steps_per_epoch)
+    trainer = TrainStep(method, cfg, device, total_steps, spe, loop_config.get("num_classes", 0))
+    metrics_log = _logger(cfg, loop_config, rank)
 
-    step, start_epoch, last_checkpoint = 0, 0, None
+    step, start_epoch, offset, last_checkpoint = 0, 0, 0, None
     resume = ray.train.get_checkpoint()
     if resume is not None:
         with resume.as_directory() as d:
             state = load_state(d, map_location=device)
-        trainer.load_state_dict(state)
-        step, start_epoch = state["step"], state["epoch"] + 1
-        last_checkpoint = resume.path
-        log.info("rank %d resumed from %s at step %d", rank, resume.path, step)
+        rngs = state.get("rng")
+        own = rngs[rank] if isinstance(rngs, list) and rank < len(rngs) else None
+        trainer.load_state_dict(state, own)
+        step = state["step"]
+        done_in_epoch = state.get("epoch_step", spe)
+        start_epoch, offset = (
+            (state["epoch"] + 1, 0) if done_in_epoch >= spe else (state["epoch"], done_in_epoch)
+        )
+        last_checkpoint = f"{run_dir}/{os.path.basename(resume.path)}" if run_dir else resume.path
+        if metrics_log is not None:
+            metrics_log.requeue(state.get("pending_metrics", []))
+            metrics_log.log({"resumed_from_step": step}, step)
+        log.info("rank %d resumed from %s at step %d", rank, last_checkpoint, step)
     resumed_from = step
 
-    metrics_log = None
-    if rank == 0 and loop_config.get("run_id"):
-        from pipelines.tracking import MetricLogger
+    def checkpoint(epoch: int, epoch_step: int, metrics: dict[str, Any]) -> str:
+        """Every rank calls this together: rank 0 writes and reports the checkpoint."""
+        rngs = gather_rng(capture_rng(trainer.generator))
+        name = f"checkpoint_{step:09d}"
+        uri = f"{run_dir}/{name}"
+        if rank != 0:
+            ray.train.report(metrics, checkpoint_dir_name=name)
+            return uri
+        pending = []
+        if metrics_log is not None:
+            metrics_log.flush(timeout=2.0)
+            pending = metrics_log.pending(max_step=step)
+        state = {
+            **trainer.state_dict(),
+            "rng": rngs,
+            "step": step,
+            "epoch": epoch,
+            "epoch_step": epoch_step,
+            "config": loop_config["cfg"],
+            "pending_metrics": pending,
+        }
+        with tempfile.TemporaryDirectory() as d:
+            save_state(d, state)
+            ckpt = ray.train.Checkpoint.from_directory(d)
+            ray.train.report(metrics, checkpoint=ckpt, checkpoint_dir_name=name)
+            if metrics_log is not None:
+                record(metrics_log, cfg, loop_config, d, uri, step, epoch)
+        return uri
 
-        metrics_log = MetricLogger(loop_config["tracking_uri"], loop_config["run_id"])
-
+    fault = FaultInjector(cfg.train.fail_at_step, cfg.train.fail_rank, rank, run_dir)
+    monitor = _monitor(cfg, loop_config, rank, device)
     shard = ray.train.get_dataset_shard("train")
     meter, epoch_meter = Throughput(), Throughput()  # since the last log line; this epoch
-    epoch_losses: list[float] = []
     for epoch in range(start_epoch, cfg.train.epochs):
-        epoch_losses.clear()
+        budget = spe - (offset if epoch == start_epoch else 0)
+        epoch_losses: list[float] = []
         epoch_meter.reset()
         batches = iter(
             shard.iter_torch_batches(
                 batch_size=per_worker_batch, drop_last=True, prefetch_batches=2
             )
         )
-        while True:
+        for i in range(budget):
             t0 = time.perf_counter()
             batch = next(batches, None)
             waited = time.perf_counter() - t0
             meter.wait += waited
             epoch_meter.wait += waited
             if batch is None:
+                log.warning("epoch %d ended after %d of %d steps (rows skipped?)", epoch, i, budget)
                 break
-            batch.pop("label", None)  # labels ride along for monitors, never for the loss
+            fault.maybe_fire(step)
+            labels = batch.pop("label", None)  # labels feed the probe, never the loss
             try:
-                result = trainer(batch, step)
+                result = trainer(batch, step, labels)
             except NonFiniteLossError as e:
-                raise NonFiniteLossError(
-                    f"{e}; last good checkpoint: {last_checkpoint or 'none yet'}"
-                ) from None
+                where = last_checkpoint or "none yet (no checkpoint was written before this step)"
+                raise NonFiniteLossError(f"{e}; last good checkpoint: {where}") from None
             step += 1
             meter.images += per_worker_batch * world
             epoch_meter.images += per_worker_batch * world
             epoch_losses.append(result.loss)
             if metrics_log is not None and step % cfg.train.log_every_steps == 0:
                 metrics_log.log({**result.metrics, **meter.summary(), "epoch": epoch}, step)
-                metrics_log.flush()
                 meter.reset()
+            every = cfg.train.checkpoint_every_steps
+            if every and step % every == 0 and i < budget - 1:
+                recent = sum(epoch_losses) / len(epoch_losses)
+                report = {"epoch": epoch, "step": step, "resumed_from_step": resumed_from}
+                last_checkpoint = checkpoint(
+                    epoch, spe - budget + i + 1, {**report, "loss": recent}
+                )
 
         metrics = {
             "epoch": epoch,
@@ -100,31 +184,57 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             "resumed_from_step": resumed_from,
             "loss": sum(epoch_losses) / max(1, len(epoch_losses)),
         }
-        is_last = epoch == cfg.train.epochs - 1
-        save = is_last or (epoch + 1) % cfg.train.checkpoint_every_epochs == 0
         throughput = epoch_meter.summary()
+        if monitor is not None and (epoch + 1) % cfg.eval.knn_every_epochs == 0:
+            metrics["monitor_knn_top1"] = monitor(trainer.method.encoder)
+        metrics["images_per_sec"] = throughput["images_per_sec"]
         if metrics_log is not None:
-            metrics_log.log({"epoch_loss": metrics["loss"], **throughput}, step)
-            metrics_log.flush()
+            # epoch_* names: the per-step images_per_sec may land on the same step
+            epoch_metrics = {
+                "epoch_loss": metrics["loss"],
+                "epoch_images_per_sec": throughput["images_per_sec"],
+                "epoch_data_wait_fraction": throughput["data_wait_fraction"],
+            }
+            if "monitor_knn_top1" in metrics:
+                epoch_metrics["monitor_knn_top1"] = metrics["monitor_knn_top1"]
+            metrics_log.log(epoch_metrics, step)
         if rank == 0:
             # sys.stdout.write, not print: Ray Train patches print and would echo it twice
+            knn = metrics.get("monitor_knn_top1")
             sys.stdout.write(
                 f"sslpipe: epoch {epoch + 1}/{cfg.train.epochs}  step {step}/{total_steps}  "
                 f"loss {metrics['loss']:.4f}  {throughput['images_per_sec']:.0f} images/s  "
-                f"data wait {throughput['data_wait_fraction']:.0%}\n"
+                f"data wait {throughput['data_wait_fraction']:.0%}"
+                + (f"  kNN {knn:.3f}" if knn is not None else "")
+                + "\n"
             )
             sys.stdout.flush()
-        if save and rank == 0:
-            with tempfile.TemporaryDirectory() as d:
-                state = {
-                    **trainer.state_dict(),
-                    "step": step,
-                    "epoch": epoch,
-                    "config": loop_config["cfg"],
-                }
-                save_state(d, state)
-                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+        every = cfg.train.checkpoint_every_steps
+        save = (
+            epoch == cfg.train.epochs - 1
+            or (epoch + 1) % cfg.train.checkpoint_every_epochs == 0
+            or (every > 0 and step % every == 0)
+        )
+        if save:
+            last_checkpoint = checkpoint(epoch, spe, metrics)
         else:
             ray.train.report(metrics)
-        if save:
-            last_checkpoint = f"epoch {epoch} (step {step}) under {loop_config.get('run_dir')}"
+    if metrics_log is not None:
+        metrics_log.close(timeout=10.0)  # the rest travels in the last checkpoint's state
+
+
+def record(
+    metrics_log, cfg: Config, loop_config: dict[str, Any], d: str, uri: str, step: int, epoch: int
+) -> None:
+    """Note a persisted checkpoint in the MLflow run; copy its files when the config asks."""
+    from pipelines.tracking import checkpoint_tags, log_artifacts
+
+    metrics_log.set_tags(checkpoint_tags(uri, step, epoch))
+    if cfg.tracking.log_checkpoint_artifacts:
+        try:
+            name = os.path.basename(uri)
+            log_artifacts(
+                loop_config["run_id"], loop_config["tracking_uri"], d, f"checkpoints/{name}"
+            )
+        except Exception as e:  # the checkpoint itself is safe in storage; say so and go on
+            log.warning("could not copy checkpoint %s into MLflow: %s", uri, e)

@@ -1,17 +1,33 @@
-"""Optimisers (SGD, LARS, AdamW) and per-step schedules.
+"""Optimisers (SGD, LARS, AdamW), their parameter groups and the per-step optimizer schedules.
 
 Biases and normalisation parameters are excluded from weight decay and from LARS adaptation, as
 in SimCLR, BYOL and Barlow Twins. The learning rate scales linearly with the global batch
-(``base_lr × batch / 256``, Goyal et al. 2017), warms up linearly, then follows a cosine.
+(``base_lr × batch / 256``, Goyal et al. 2017), warms up linearly, then follows a cosine; weight
+decay optionally follows its own cosine (DINO).
+
+Methods shape their groups in optional ways (see ARCHITECTURE.md, "Parameter groups"):
+
+- ``method.param_group_overrides() -> {name_prefix: options}``: parameters whose name in
+  ``method.named_parameters()`` starts with ``name_prefix`` (longest prefix wins) get ``options``;
+- ``method.fixed_lr_modules = ("predictor",)``: submodules whose parameters get
+  ``{"fixed_lr": True}`` (the same as the prefix ``"predictor."``);
+- an attribute on a parameter, ``p.fixed_lr = True``.
+
+Options: ``fixed_lr`` (bool: the group keeps the scaled peak lr, no warmup or cosine, as
+SimSiam's predictor's ``fix_lr``), ``weight_decay`` (float, for the group's regular weights),
+``lr_scale`` (float multiplying the scheduled lr).
 """
 
-import math
 from collections.abc import Iterable
+from typing import Any
 
 import torch
 from torch import nn
 
 from pipelines.config import OptimConfig
+from ssl_models.schedules import cosine, warmup_cosine
+
+__all__ = ["LARS", "build_optimizer", "param_groups", "scaled_lr", "set_lr", "warmup_cosine"]
 
 _NORMS = (
     nn.modules.batchnorm._BatchNorm,
@@ -19,22 +35,65 @@ _NORMS = (
     nn.GroupNorm,
     nn.modules.instancenorm._InstanceNorm,
 )
+OPTIONS = {"fixed_lr": bool, "weight_decay": float, "lr_scale": float}
+
+
+def _overrides(model: nn.Module) -> dict[str, dict[str, Any]]:
+    fn = getattr(model, "param_group_overrides", None)
+    overrides = dict(fn()) if callable(fn) else {}
+    for name in getattr(model, "fixed_lr_modules", ()):
+        model.get_submodule(name)  # a clear error for a name that is not a submodule
+        overrides.setdefault(f"{name}.", {}).setdefault("fixed_lr", True)
+    for prefix, options in overrides.items():
+        for key, value in options.items():
+            if key not in OPTIONS:
+                raise ValueError(
+                    f"{type(model).__name__}.param_group_overrides()['{prefix}']: unknown option "
+                    f"'{key}'; allowed: {sorted(OPTIONS)}"
+                )
+            if not isinstance(value, int | float | bool):
+                raise ValueError(f"param group option '{prefix}'.{key} must be a number")
+    return overrides
 
 
 def param_groups(model: nn.Module, weight_decay: float, exclude_bias_and_norm: bool) -> list[dict]:
-    """Two groups: regular weights, and biases plus norm parameters (no decay, no LARS)."""
-    regular, excluded = [], []
+    """Parameter groups: regular weights, biases plus norm parameters (no decay, no LARS), each
+    split further by the method's overrides. Every group carries ``initial_weight_decay`` (the
+    schedule's scale), ``lars_exclude``, ``fixed_lr`` and ``lr_scale``."""
+    overrides = _overrides(model)
+    prefixes = sorted(overrides, key=len, reverse=True)
+    grouped: dict[tuple[str, bool], list[nn.Parameter]] = {}
     seen: set[int] = set()
-    for module in model.modules():
+    for module_name, module in model.named_modules():
         for name, p in module.named_parameters(recurse=False):
             if not p.requires_grad or id(p) in seen:
                 continue
             seen.add(id(p))
+            full = f"{module_name}.{name}" if module_name else name
+            prefix = next((q for q in prefixes if full.startswith(q)), "")
+            if getattr(p, "fixed_lr", False):
+                prefix = prefix or "<fixed_lr attribute>"
             is_bias_or_norm = name == "bias" or isinstance(module, _NORMS) or p.ndim <= 1
-            (excluded if exclude_bias_and_norm and is_bias_or_norm else regular).append(p)
-    groups = [{"params": regular, "weight_decay": weight_decay, "lars_exclude": False}]
-    if excluded:
-        groups.append({"params": excluded, "weight_decay": 0.0, "lars_exclude": True})
+            grouped.setdefault((prefix, exclude_bias_and_norm and is_bias_or_norm), []).append(p)
+
+    groups = []
+    for (prefix, excluded), params in grouped.items():
+        options = {"fixed_lr": False, "weight_decay": weight_decay, "lr_scale": 1.0}
+        options.update(overrides.get(prefix, {}))
+        if prefix == "<fixed_lr attribute>":
+            options["fixed_lr"] = True
+        wd = 0.0 if excluded else float(options["weight_decay"])
+        groups.append(
+            {
+                "params": params,
+                "name": f"{prefix or 'default'}{' (bias/norm)' if excluded else ''}",
+                "weight_decay": wd,
+                "initial_weight_decay": wd,
+                "lars_exclude": excluded,
+                "fixed_lr": bool(options["fixed_lr"]),
+                "lr_scale": float(options["lr_scale"]),
+            }
+        )
     return groups
 
 
@@ -43,6 +102,7 @@ class LARS(torch.optim.Optimizer):
 
     For each tensor in a group without ``lars_exclude``: ``g += wd·p``, then
     ``g *= eta·‖p‖/‖g‖`` when both norms are positive; then ``v = m·v + g``, ``p -= lr·v``.
+    Excluded tensors take the plain momentum step with no decay.
     """
 
     def __init__(
@@ -90,12 +150,13 @@ def scaled_lr(cfg: OptimConfig, global_batch: int) -> float:
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig, global_batch: int) -> torch.optim.Optimizer:
-    groups = param_groups(model, cfg.weight_decay, cfg.exclude_bias_and_norm)
+    """The configured optimizer at the scaled peak lr; ``fixed_lr`` groups stay there."""
     lr = scaled_lr(cfg, global_batch)
+    groups = param_groups(model, cfg.weight_decay, cfg.exclude_bias_and_norm)
+    for group in groups:
+        group["lr"] = lr * group["lr_scale"]
     if cfg.name == "lars":
         return LARS(groups, lr=lr, momentum=cfg.momentum, eta=cfg.lars_eta)
-    for g in groups:
-        g.pop("lars_exclude")
     if cfg.name == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum)
     if cfg.name == "adamw":
@@ -103,17 +164,22 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig, global_batch: int) -> to
     raise ValueError(f"unknown optimizer {cfg.name!r}")
 
 
-def warmup_cosine(
-    step: int, total_steps: int, warmup_steps: int, peak: float, final: float
-) -> float:
-    """Linear warmup from 0 to ``peak`` over ``warmup_steps``, then cosine down to ``final``."""
-    if step < warmup_steps:
-        return peak * (step + 1) / warmup_steps
-    span = max(1, total_steps - warmup_steps)
-    progress = min(1.0, (step - warmup_steps) / span)
-    return final + 0.5 * (peak - final) * (1 + math.cos(math.pi * progress))
-
-
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """The scheduled ``lr`` on every group (times its ``lr_scale``); ``fixed_lr`` groups keep
+    the lr they were built with (the scaled peak: SimSiam's predictor)."""
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        if not group.get("fixed_lr", False):
+            group["lr"] = lr * group.get("lr_scale", 1.0)
+
+
+def set_weight_decay(
+    optimizer: torch.optim.Optimizer, step: int, total_steps: int, start: float, end: float
+) -> float:
+    """Cosine weight decay from ``start`` to ``end`` (DINO: 0.04 → 0.4); each group scales by
+    its own ``initial_weight_decay / start``, so excluded groups stay at 0. Returns the value for
+    a group configured at ``start``."""
+    value = cosine(step, total_steps, start, end)
+    factor = value / start if start else 0.0
+    for group in optimizer.param_groups:
+        group["weight_decay"] = group.get("initial_weight_decay", 0.0) * factor
+    return value

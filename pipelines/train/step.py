@@ -1,11 +1,13 @@
 """One optimisation step, callable without Ray or MLflow (a plain process, one GPU, or DDP).
 
-The Ray worker loop (``loop.py``) and the GPU check (``benchmarks/gpu_check.sh``) both drive
-:class:`TrainStep`; it owns views-to-device, photometric augmentation, precision, the schedules,
-the method's hooks and the optimizer.
+The Ray worker loop (``loop.py``) and the GPU check (``benchmarks/gpu_check.py``) both drive
+:class:`TrainStep`; it owns views-to-device, photometric augmentation, precision, gradient
+accumulation, the schedules, the method's hooks, clipping and the optimizer. Nothing here (nor
+anything it imports) imports ray, mlflow or yaml at module level.
 """
 
 import contextlib
+import logging
 import math
 import time
 from dataclasses import dataclass
@@ -16,11 +18,16 @@ from torch.nn.parallel import DistributedDataParallel
 
 from pipelines.config import Config
 from pipelines.data.views import augment_views
-from pipelines.train.optim import build_optimizer, scaled_lr, set_lr, warmup_cosine
+from pipelines.train.checkpoint import capture_rng, restore_rng
+from pipelines.train.monitors import OnlineProbe, probe_features
+from pipelines.train.optim import build_optimizer, scaled_lr, set_lr, set_weight_decay
 from ssl_models import distributed
 from ssl_models.backbones import build_backbone
 from ssl_models.methods.base import Progress, SSLMethod
 from ssl_models.registry import get_method
+from ssl_models.schedules import warmup_cosine
+
+log = logging.getLogger(__name__)
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -42,6 +49,19 @@ def place(method: nn.Module, cfg: Config, device: torch.device) -> nn.Module:
     if cfg.train.channels_last:
         return method.to(device, memory_format=torch.channels_last)
     return method.to(device)
+
+
+def sync_batchnorm(method: nn.Module, cfg: Config, device: torch.device) -> nn.Module:
+    """BatchNorm over the global batch when asked for and possible: torch's SyncBatchNorm runs
+    on GPU only, so on CPU the statistics stay per worker (with a warning). Converted modules
+    keep the same parameter and buffer objects, so hooks and checkpoints see no change."""
+    if not cfg.train.sync_batchnorm or not distributed.is_distributed():
+        return method
+    if device.type != "cuda":
+        if distributed.rank() == 0:
+            log.warning("train.sync_batchnorm: torch has no CPU SyncBatchNorm; per-worker BN")
+        return method
+    return nn.SyncBatchNorm.convert_sync_batchnorm(method)
 
 
 def wrap_ddp(method: nn.Module, device: torch.device) -> nn.Module:
@@ -87,6 +107,33 @@ def prepare_views(
     return out
 
 
+def split_batch(batch: dict[str, torch.Tensor], parts: int) -> list[dict[str, torch.Tensor]]:
+    """Micro-batches for gradient accumulation: every tensor cut into ``parts`` along dim 0."""
+    sizes = {k: v.shape[0] for k, v in batch.items()}
+    b = next(iter(sizes.values()))
+    if any(s != b for s in sizes.values()) or b % parts:
+        raise ValueError(f"a batch of {sizes} does not split into {parts} equal micro-batches")
+    chunks = {k: v.chunk(parts) for k, v in batch.items()}
+    return [{k: c[i] for k, c in chunks.items()} for i in range(parts)]
+
+
+def merge_outputs(outputs: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """One dict for the hooks: 0-dim tensors averaged, others concatenated along dim 0 (so a
+    queue receives the keys of every micro-batch)."""
+    if len(outputs) == 1:
+        return outputs[0]
+    merged = {}
+    for key, first in outputs[0].items():
+        values = [o[key] for o in outputs]
+        if isinstance(first, torch.Tensor) and first.ndim == 0:
+            merged[key] = torch.stack([v.detach() for v in values]).mean()
+        elif isinstance(first, torch.Tensor):
+            merged[key] = torch.cat(values)
+        else:
+            merged[key] = values[-1]
+    return merged
+
+
 @dataclass
 class StepResult:
     loss: float
@@ -94,7 +141,8 @@ class StepResult:
 
 
 class TrainStep:
-    """Owns the optimizer and schedules of one worker; call it once per batch."""
+    """Owns the optimizer and schedules of one worker; call it once per optimizer step with the
+    worker's whole batch (it is cut into ``train.accumulate_steps`` micro-batches)."""
 
     def __init__(
         self,
@@ -103,12 +151,13 @@ class TrainStep:
         device: torch.device,
         total_steps: int,
         steps_per_epoch: int,
+        num_classes: int = 0,
     ) -> None:
-        self.method = method
         self.cfg = cfg
         self.device = device
-        self.model = wrap_ddp(method, device)
-        self.optimizer = build_optimizer(method, cfg.optim, cfg.train.batch_size)
+        self.method = sync_batchnorm(method, cfg, device)
+        self.model = wrap_ddp(self.method, device)
+        self.optimizer = build_optimizer(self.method, cfg.optim, cfg.train.batch_size)
         self.total_steps = total_steps
         self.steps_per_epoch = steps_per_epoch
         self.peak_lr = scaled_lr(cfg.optim, cfg.train.batch_size)
@@ -116,57 +165,104 @@ class TrainStep:
         self.dtype = autocast_dtype(cfg, device)
         seed = cfg.train.seed * 1000 + distributed.rank()
         self.generator = torch.Generator(device=device).manual_seed(seed)
+        self.probe = None
+        if cfg.eval.online_probe and num_classes > 1:
+            dim = self.method.encoder.out_dim
+            self.probe = OnlineProbe(dim, num_classes, cfg.eval.probe_lr, device)
 
     def progress(self, step: int) -> Progress:
         return Progress(step, self.total_steps, self.steps_per_epoch)
 
-    def __call__(self, batch: dict[str, torch.Tensor], step: int) -> StepResult:
-        progress = self.progress(step)
+    def schedules(self, step: int) -> dict[str, float]:
+        """Set this step's lr (and weight decay when scheduled) on the optimizer."""
+        o = self.cfg.optim
         lr = warmup_cosine(
-            step,
-            self.total_steps,
-            self.warmup_steps,
-            self.peak_lr,
-            self.peak_lr * self.cfg.optim.final_lr_ratio,
+            step, self.total_steps, self.warmup_steps, self.peak_lr, self.peak_lr * o.final_lr_ratio
         )
         set_lr(self.optimizer, lr)
-        metrics = {"lr": lr, **self.method.on_step_start(progress)}
-        views = prepare_views(batch, self.cfg, self.device, self.generator)
+        out = {"lr": lr}
+        if o.weight_decay_end >= 0:
+            out["weight_decay"] = set_weight_decay(
+                self.optimizer, step, self.total_steps, o.weight_decay, o.weight_decay_end
+            )
+        return out
 
-        autocast = (
-            torch.autocast(self.device.type, dtype=self.dtype)
-            if self.dtype is not None
-            else contextlib.nullcontext()
-        )
+    def _autocast(self):
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype)
+
+    def __call__(
+        self, batch: dict[str, torch.Tensor], step: int, labels: torch.Tensor | None = None
+    ) -> StepResult:
+        progress = self.progress(step)
+        metrics = self.schedules(step)
+        metrics.update(self.method.on_step_start(progress))
+        parts = self.cfg.train.accumulate_steps
+        micro = split_batch(batch, parts)
+
         self.method.train()
-        with autocast:
-            outputs = self.model(views)
-        loss = outputs["loss"]
-        loss_value = loss.item()
-        if not math.isfinite(loss_value):
-            raise NonFiniteLossError(f"loss is {loss_value} at step {step}")
-
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        outputs, probe_feats = [], []
+        for i, part in enumerate(micro):
+            views = prepare_views(part, self.cfg, self.device, self.generator)
+            # DDP all-reduces gradients once per optimizer step: after the last micro-batch
+            accumulate = i < parts - 1 and self.model is not self.method
+            with self.model.no_sync() if accumulate else contextlib.nullcontext():
+                with self._autocast():
+                    out = self.model(views)
+                loss = out["loss"]
+                value = loss.item()
+                if not math.isfinite(value):
+                    raise NonFiniteLossError(f"loss is {value} at step {step}")
+                (loss / parts).backward()
+            outputs.append(out)
+            if self.probe is not None and labels is not None:
+                feats = out.get("features")
+                if feats is None:
+                    first = views[next(iter(self.cfg.views.groups))]
+                    with self._autocast():
+                        feats = probe_features(self.method.encoder, first)
+                probe_feats.append(feats.detach())
+
         self.method.on_after_backward(progress)
         if self.cfg.optim.clip_grad > 0:
             norm = nn.utils.clip_grad_norm_(self.method.parameters(), self.cfg.optim.clip_grad)
             metrics["grad_norm"] = float(norm)
         self.optimizer.step()
-        self.method.on_step_end(outputs, progress)
+        merged = merge_outputs(outputs)
+        self.method.on_step_end(merged, progress)
 
-        for key, value in outputs.items():
+        if probe_feats and labels is not None:
+            metrics.update(self.probe.step(torch.cat(probe_feats), labels.to(self.device)))
+        loss_value = sum(float(o["loss"].detach()) for o in outputs) / parts
+        for key, value in merged.items():
             if key != "loss" and isinstance(value, torch.Tensor) and value.ndim == 0:
                 metrics[key] = float(value.detach())
         metrics["loss"] = loss_value
         return StepResult(loss_value, metrics)
 
     def state_dict(self) -> dict:
-        return {"model": self.method.state_dict(), "optimizer": self.optimizer.state_dict()}
+        """Model, optimizer, probe and this rank's random state (see checkpoint.py)."""
+        state = {
+            "model": self.method.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "rng": capture_rng(self.generator),
+        }
+        if self.probe is not None:
+            state["probe"] = self.probe.state_dict()
+        return state
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state: dict, rng: dict | None = None) -> None:
+        """Restore a :meth:`state_dict`; ``rng`` is this rank's entry (the default: the state's
+        own ``rng`` when it is one rank's dict)."""
         self.method.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
+        if self.probe is not None and "probe" in state:
+            self.probe.load_state_dict(state["probe"])
+        rng = rng if rng is not None else state.get("rng")
+        if isinstance(rng, dict) and rng:  # a list is every rank's: the caller picks its own
+            restore_rng(rng, self.generator)
 
 
 class Throughput:

@@ -1,55 +1,46 @@
 """``sslpipe pretrain`` on the driver: data, Ray, the TorchTrainer, evaluation, registry."""
 
+import dataclasses
 import hashlib
 import logging
 import os
 import subprocess
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import ray
 import torch
-from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from mlflow import MlflowClient
+from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from pipelines import tracking
-from pipelines.config import Config, to_dict
+from pipelines.config import Config, dump_yaml, to_dict
 from pipelines.data.manifest import Manifest
 from pipelines.data.source import training_dataset
 from pipelines.data.synthetic import ensure_embedded
-from pipelines.evaluate import embed, eval_views, knn_top1
+from pipelines.encoders import encoders_from_state, eval_image_size
+from pipelines.eval_sets import HOLDOUT, EvalSplit, split_views
+from pipelines.evaluate import embed, knn_top1
 from pipelines.train.checkpoint import load_state
 from pipelines.train.loop import train_loop_per_worker
-from pipelines.train.step import build_method
 from ssl_models.export import Encoder
 from ssl_models.registry import get_method
 
 log = logging.getLogger(__name__)
 
-HOLDOUT = 0.1  # fraction of training rows used as kNN queries when no eval set is given
 
-
-@dataclass(frozen=True)
-class DataPaths:
-    train: str
-    eval: str  # labeled shards for kNN queries ("" when none)
-    eval_note: str  # how the kNN split was made, for the summary
-
-
-def resolve_data(cfg: Config) -> DataPaths:
+def resolve_data(cfg: Config) -> tuple[EvalSplit, str]:
+    """The kNN split of this run and a line describing it for the summary."""
     if not cfg.data.path:
         train, test = ensure_embedded(
             cfg.data.cache_dir, cfg.data.embedded_train_per_class, cfg.data.embedded_test_per_class
         )
-        return DataPaths(
-            train, test, "embedded dataset: train split as bank, test split as queries"
-        )
-    if cfg.data.eval_path:
-        return DataPaths(cfg.data.path, cfg.data.eval_path, f"queries from {cfg.data.eval_path}")
-    return DataPaths(
-        cfg.data.path, "", f"a fixed {HOLDOUT:.0%} of training rows (by key hash) as queries"
-    )
+        return EvalSplit(
+            train, test
+        ), "embedded dataset: train split as bank, test split as queries"
+    split = EvalSplit(cfg.data.path, cfg.data.eval_path)
+    return split, split.note
 
 
 def ensure_ray(cfg: Config) -> None:
@@ -86,55 +77,36 @@ def storage_root(cfg: Config) -> str:
     return s if "://" in s else os.path.abspath(s)
 
 
-def eval_image_size(cfg: Config) -> int:
-    groups = cfg.views.groups
-    return (groups.get("global") or next(iter(groups.values()))).size
-
-
-def encoders_from_state(cfg: Config, state: dict[str, Any] | None) -> dict[str, Encoder]:
-    """The trained encoder from a checkpoint state and, optionally, the same architecture at its
-    random initialisation (seeded exactly as the training run started)."""
-    size = eval_image_size(cfg)
-    out = {}
-    if state is not None:
-        method = build_method(cfg)
-        method.load_state_dict(state["model"])
-        out["trained"] = Encoder(method.encoder, cfg.views.mean, cfg.views.std, size)
-    if cfg.eval.knn_random_init:
-        torch.manual_seed(cfg.train.seed)
-        out["random_init"] = Encoder(build_method(cfg).encoder, cfg.views.mean, cfg.views.std, size)
-    return out
+def resolved(cfg: Config) -> Config:
+    """The config as this run uses it: run name fixed, storage and tracking URI absolute, so
+    ``sslpipe pretrain --resume`` from any directory finds the same run."""
+    name = cfg.train.name or f"{cfg.method}-{time.strftime('%Y%m%d-%H%M%S')}"
+    train = dataclasses.replace(cfg.train, name=name, storage=storage_root(cfg))
+    track = dataclasses.replace(cfg.tracking, uri=tracking.absolute_uri(cfg.tracking.uri))
+    return dataclasses.replace(cfg, train=train, tracking=track)
 
 
 def evaluate_knn(
-    cfg: Config, paths: DataPaths, encoders: dict[str, Encoder], num_classes: int
+    cfg: Config, split: EvalSplit, encoders: dict[str, Encoder], num_classes: int
 ) -> dict[str, float]:
     """kNN top-1 of each encoder: bank from the training rows, queries from the eval split."""
-    size, crop = eval_image_size(cfg), cfg.eval.crop_fraction
-    if paths.eval:
-        bank_ds, _ = eval_views(paths.train, size, crop)
-        query_ds, _ = eval_views(paths.eval, size, crop)
-    else:
-        bank_ds, _ = eval_views(paths.train, size, crop, HOLDOUT, 1.0)
-        query_ds, _ = eval_views(paths.train, size, crop, 0.0, HOLDOUT)
+    bank_ds, query_ds = split_views(split, eval_image_size(cfg), cfg.eval.crop_fraction)
     bank, bank_labels = embed(encoders, bank_ds, cfg.eval.batch_size)
     queries, query_labels = embed(encoders, query_ds, cfg.eval.batch_size)
+    k, t = cfg.eval.knn_k, cfg.eval.knn_temperature
     return {
-        name: knn_top1(
-            bank[name],
-            bank_labels,
-            queries[name],
-            query_labels,
-            num_classes,
-            cfg.eval.knn_k,
-            cfg.eval.knn_temperature,
-        )
+        name: knn_top1(bank[name], bank_labels, queries[name], query_labels, num_classes, k, t)
         for name in encoders
     }
 
 
 def build_trainer(
-    cfg: Config, ds: ray.data.Dataset, loop_config: dict[str, Any], name: str, storage: str
+    cfg: Config,
+    ds: ray.data.Dataset,
+    loop_config: dict[str, Any],
+    name: str,
+    storage: str,
+    extra_datasets: dict[str, ray.data.Dataset] | None = None,
 ) -> TorchTrainer:
     """The TorchTrainer of one run. Relaunching with the same ``name`` and ``storage`` resumes
     from that run's latest checkpoint (Ray Train keeps a snapshot of reported checkpoints)."""
@@ -152,38 +124,62 @@ def build_trainer(
             failure_config=FailureConfig(max_failures=cfg.train.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
         ),
-        datasets={"train": ds},
+        datasets={"train": ds, **(extra_datasets or {})},
+        # only the training stream is split over workers; the monitor's sets are read whole
+        dataset_config=DataConfig(datasets_to_split=["train"]),
     )
 
 
-def pretrain(cfg: Config) -> dict[str, Any]:
-    """Train, evaluate, log and register; return the summary."""
+def monitor_datasets(cfg: Config, split: EvalSplit, manifest: Manifest) -> dict:
+    """The online kNN monitor's fixed bank and query subsets (materialised once, small)."""
+    if not cfg.eval.knn_every_epochs or not manifest.class_names:
+        return {}
+    rows = max(1, manifest.total_rows)
+    bank_fraction = cfg.eval.monitor_bank_rows / rows
+    # an eval set's size is unknown without reading its manifest: cut it by row count instead
+    query_fraction = 1.0 if split.eval else cfg.eval.monitor_query_rows / (rows * HOLDOUT)
+    size, crop = eval_image_size(cfg), cfg.eval.crop_fraction
+    bank, queries = split_views(split, size, crop, bank_fraction, query_fraction)
+    if split.eval:
+        queries = queries.limit(cfg.eval.monitor_query_rows)
+    return {"knn_bank": bank.materialize(), "knn_query": queries.materialize()}
+
+
+def pretrain(cfg: Config, resume_run_id: str | None = None) -> dict[str, Any]:
+    """Train, evaluate, log and register; return the summary. With ``resume_run_id`` (a run
+    started earlier with this resolved config) continue that run and its MLflow run."""
     started = time.time()
-    paths = resolve_data(cfg)
+    cfg = resolved(cfg)
+    split, eval_note = resolve_data(cfg)
     ensure_ray(cfg)
     ray.data.DataContext.get_current().enable_progress_bars = False
-    ds, manifest = training_dataset(cfg, paths.train)
+    ds, manifest = training_dataset(cfg, split.train)
 
     workers = cfg.train.workers
     per_worker = cfg.train.batch_size // workers
     steps_per_epoch = (manifest.total_rows // workers) // max(1, per_worker)
     if steps_per_epoch < 1:
         raise ValueError(
-            f"{paths.train} holds {manifest.total_rows} images, fewer than one global batch of "
+            f"{split.train} holds {manifest.total_rows} images, fewer than one global batch of "
             f"train.batch_size={cfg.train.batch_size}; lower the batch size"
         )
 
-    name = cfg.train.name or f"{cfg.method}-{time.strftime('%Y%m%d-%H%M%S')}"
-    storage = storage_root(cfg)
-    tracking_uri = tracking.absolute_uri(cfg.tracking.uri)
-    tags = {
-        "sslpipe.method": cfg.method,
-        "sslpipe.family": get_method(cfg.method).family,
-        "sslpipe.git_commit": git_commit(),
-        "sslpipe.data": paths.train,
-        "sslpipe.data_manifest_sha256": manifest_digest(manifest),
-    }
-    run_id = tracking.start_run(cfg, name, tags)
+    name, storage, uri = cfg.train.name, cfg.train.storage, cfg.tracking.uri
+    if resume_run_id:
+        run_id = resume_run_id
+        client = MlflowClient(uri)
+        client.update_run(run_id, status="RUNNING")
+        client.set_tag(run_id, "sslpipe.resumed_at", time.strftime("%Y-%m-%dT%H:%M:%S"))
+    else:
+        tags = {
+            "sslpipe.method": cfg.method,
+            "sslpipe.family": get_method(cfg.method).family,
+            "sslpipe.git_commit": git_commit(),
+            "sslpipe.data": split.train,
+            "sslpipe.data_manifest_sha256": manifest_digest(manifest),
+        }
+        run_id = tracking.start_run(cfg, name, tags)
+        tracking.log_text(run_id, uri, dump_yaml(cfg), "config.yaml")
     run_dir = f"{storage}/{name}"
     print(
         f"sslpipe: run {name} (MLflow run {run_id}), {manifest.total_rows} images, "
@@ -191,59 +187,99 @@ def pretrain(cfg: Config) -> dict[str, Any]:
         flush=True,
     )
 
+    extra = monitor_datasets(cfg, split, manifest)
     loop_config = {
         "cfg": to_dict(cfg),
         "steps_per_epoch": steps_per_epoch,
         "run_id": run_id,
-        "tracking_uri": tracking_uri,
+        "tracking_uri": uri,
         "run_dir": run_dir,
+        "num_classes": len(manifest.class_names),
+        "knn_monitor": bool(extra),
     }
-    trainer = build_trainer(cfg, ds, loop_config, name, storage)
+    trainer = build_trainer(cfg, ds, loop_config, name, storage, extra)
     try:
         result = trainer.fit()
     except Exception:
-        tracking.end_run(run_id, tracking_uri, "FAILED")
+        tracking.end_run(run_id, uri, "FAILED")
         raise
-    train_seconds = time.time() - started
     if result.checkpoint is None:
-        tracking.end_run(run_id, tracking_uri, "FAILED")
+        tracking.end_run(run_id, uri, "FAILED")
         raise RuntimeError(f"run {name} finished without a checkpoint under {run_dir}")
     with result.checkpoint.as_directory() as d:
         state = load_state(d)
-
-    summary_metrics: dict[str, float] = {"train_seconds": round(train_seconds, 1)}
-    size = eval_image_size(cfg)
     encoders = encoders_from_state(cfg, state)
+    seconds = time.time() - started
+    summary_metrics = evaluate_and_log(cfg, split, manifest, state, encoders, run_id, seconds)
+    return finish(cfg, run_id, state, encoders["trained"], summary_metrics, eval_note, started)
+
+
+def evaluate_and_log(
+    cfg: Config,
+    split: EvalSplit,
+    manifest: Manifest,
+    state: dict,
+    encoders: dict[str, Encoder],
+    run_id: str,
+    seconds: float,
+) -> dict[str, float]:
+    """Final kNN of the trained and random-init encoders; send every metric still pending
+    (rank 0's unsent ones travel in the checkpoint) with the summary metrics."""
+    summary_metrics: dict[str, float] = {"train_seconds": round(seconds, 1)}
     if manifest.class_names:
-        accuracy = evaluate_knn(cfg, paths, encoders, len(manifest.class_names))
+        accuracy = evaluate_knn(cfg, split, encoders, len(manifest.class_names))
         summary_metrics["knn_top1"] = accuracy["trained"]
         if "random_init" in accuracy:
             summary_metrics["knn_top1_random_init"] = accuracy["random_init"]
-    metrics_log = tracking.MetricLogger(tracking_uri, run_id)
+    metrics_log = tracking.MetricLogger(cfg.tracking.uri, run_id)
+    metrics_log.requeue(state.get("pending_metrics", []))
     metrics_log.log(summary_metrics, state["step"])
-    metrics_log.flush()
-
-    example = torch.rand(1, 3, size, size).numpy()
-    model_uri = tracking.log_encoder(run_id, tracking_uri, encoders["trained"], example)
-    registered = ""
-    if cfg.tracking.register:
-        registered = tracking.register(
-            model_uri, tracking_uri, cfg.tracking.registered_model or f"sslpipe-{cfg.method}", []
+    if not metrics_log.flush(timeout=cfg.tracking.final_flush_seconds):
+        raise RuntimeError(
+            f"MLflow at {tracking.redact({'u': cfg.tracking.uri})['u']} stayed unreachable for "
+            f"{cfg.tracking.final_flush_seconds:.0f} s; the checkpoint keeps the unsent metrics: "
+            f"rerun with --resume {run_id} once it is back"
         )
+    return summary_metrics
+
+
+def finish(
+    cfg: Config,
+    run_id: str,
+    state: dict,
+    encoder: Encoder,
+    summary_metrics: dict[str, float],
+    eval_note: str,
+    started: float,
+) -> dict[str, Any]:
+    """Curves, the encoder as a model, the registry, the summary; the run ends FINISHED."""
+    from pipelines.curves import plot_curves
+
+    uri = cfg.tracking.uri
+    size = eval_image_size(cfg)
+    plot_curves(run_id, uri)
+    example = torch.rand(2, 3, size, size).numpy()
+    model_uri = tracking.log_encoder(run_id, uri, encoder, example)
+    registered, is_best = "", False
+    if cfg.tracking.register:
+        name = cfg.tracking.registered_model or f"sslpipe-{cfg.method}"
+        knn = summary_metrics.get("knn_top1")
+        registered, is_best = tracking.register(model_uri, uri, name, cfg.tracking.aliases, knn)
     summary = {
         "run_id": run_id,
-        "run_name": name,
+        "run_name": cfg.train.name,
         "method": cfg.method,
-        "tracking_uri": tracking_uri,
+        "tracking_uri": tracking.redact({"u": uri})["u"],
         "metrics": summary_metrics,
-        "knn_eval": paths.eval_note,
+        "knn_eval": eval_note,
         "model_uri": model_uri,
         "registered_model_uri": registered,
-        "checkpoint": result.checkpoint.path,
+        "best_alias": is_best,
+        "checkpoint": f"{cfg.train.storage}/{cfg.train.name}/checkpoint_{state['step']:09d}",
         "steps": state["step"],
         "wall_seconds": round(time.time() - started, 1),
-        "mlflow_ui": tracking.ui_command(tracking_uri),
+        "mlflow_ui": tracking.ui_command(uri),
     }
-    tracking.log_dict(run_id, tracking_uri, summary, "summary.json")
-    tracking.end_run(run_id, tracking_uri)
+    tracking.log_dict(run_id, uri, summary, "summary.json")
+    tracking.end_run(run_id, uri)
     return summary

@@ -1,0 +1,184 @@
+"""GPU check: one bf16 training step of every registered method at its recipe's resolution (224
+for the papers' recipes), then ResNet-50 SimCLR images/s. Needs only PyTorch, Pillow and numpy:
+no Ray, no MLflow, no PyYAML (``pipelines/mini_yaml.py`` reads the recipes then).
+
+    benchmarks/gpu_check.sh                 # on a GPU: the full check, under 5 minutes
+    python -m benchmarks.gpu_check --tiny --device cpu   # the same code at toy sizes (a test)
+
+Batches come from the real CPU-side view maker applied to synthetic JPEGs, so every key a
+method's view recipe produces is there; they are uint8 on the device, and the train-side
+photometric augmentation runs as in training. Exit status 1 when any method fails.
+"""
+
+import argparse
+import io
+import sys
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from pipelines.config import Config, load_config
+from pipelines.train.step import TrainStep, build_method, place
+from ssl_models.registry import METHODS
+
+
+@dataclass
+class Row:
+    method: str
+    family: str
+    backbone: str
+    views: str
+    status: str = "ok"
+    loss: float = float("nan")
+    ms_per_step: float = float("nan")
+    peak_mib: float = float("nan")
+
+
+def method_config(key: str, tiny: bool, batch: int) -> Config:
+    """The paper's recipe at full size (a data path is set, so the laptop profile does not
+    apply), or the laptop profile's 32-pixel version when ``tiny``."""
+    overrides: dict = {
+        "train": {"batch_size": batch, "workers": 1, "accumulate_steps": 1, "precision": "bf16"},
+        "views": {"augment_device": "train"},
+    }
+    if not tiny:
+        overrides["data"] = {"path": "gpu-check-synthetic"}
+    return load_config(key, overrides=overrides)
+
+
+def synthetic_jpegs(n: int, side: int, seed: int = 0) -> list[bytes]:
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        base = rng.integers(0, 256, (1, 1, 3))
+        ramp = np.linspace(0, 1, side)[None, :, None] * rng.integers(0, 256, (1, 1, 3))
+        pixels = np.clip(base * 0.5 + ramp * 0.5 + rng.normal(0, 20, (side, side, 3)), 0, 255)
+        buf = io.BytesIO()
+        Image.fromarray(pixels.astype(np.uint8)).save(buf, format="JPEG", quality=90)
+        out.append(buf.getvalue())
+    return out
+
+
+def make_batch(cfg: Config, batch: int, device: torch.device) -> dict[str, torch.Tensor]:
+    """A training batch as the loop receives it: the view maker's output, tiled to ``batch``."""
+    from pipelines.data.views import ViewMaker
+
+    n = min(batch, 8)
+    side = max(g.size for g in cfg.views.groups.values()) + 32
+    rows = {
+        "key": np.array([f"synthetic/{i}.jpg" for i in range(n)], dtype=object),
+        "image": np.array(synthetic_jpegs(n, side), dtype=object),
+        "label": np.arange(n) % 2,
+    }
+    made = ViewMaker(cfg.views)(rows)
+    made.pop("label", None)
+    reps = -(-batch // n)
+    out = {}
+    for key, value in made.items():
+        t = torch.as_tensor(np.asarray(value))
+        out[key] = t.repeat(reps, *([1] * (t.ndim - 1)))[:batch].to(device)
+    return out
+
+
+def describe_views(cfg: Config) -> str:
+    return " ".join(f"{g.count}x{g.size}" for g in cfg.views.groups.values() if g.count)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def check_method(key: str, tiny: bool, batch: int, device: torch.device) -> Row:
+    cfg = method_config(key, tiny, batch)
+    row = Row(key, METHODS[key].family, cfg.backbone.name, describe_views(cfg))
+    try:
+        torch.manual_seed(0)
+        method = place(build_method(cfg), cfg, device)
+        step = TrainStep(method, cfg, device, total_steps=100, steps_per_epoch=10)
+        data = make_batch(cfg, batch, device)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        step(dict(data), 0)  # warm-up: kernels, allocator
+        sync(device)
+        t0 = time.perf_counter()
+        result = step(dict(data), 1)
+        sync(device)
+        row.ms_per_step = (time.perf_counter() - t0) * 1000
+        row.loss = result.loss
+        if device.type == "cuda":
+            row.peak_mib = torch.cuda.max_memory_allocated() / 2**20
+        if not np.isfinite(row.loss):
+            row.status = "non-finite loss"
+    except Exception as e:  # one broken method must not hide the others
+        row.status = f"FAILED: {type(e).__name__}: {str(e)[:120]}"
+    finally:
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return row
+
+
+def simclr_throughput(tiny: bool, device: torch.device, steps: int) -> tuple[float, Config]:
+    """Images/s of SimCLR training steps (ResNet-50, 224, batch 256, bf16 at full size)."""
+    cfg = method_config("simclr", tiny, 8 if tiny else 256)
+    torch.manual_seed(0)
+    step = TrainStep(place(build_method(cfg), cfg, device), cfg, device, 1000, 100)
+    data = make_batch(cfg, cfg.train.batch_size, device)
+    for i in range(3):
+        step(dict(data), i)
+    sync(device)
+    t0 = time.perf_counter()
+    for i in range(steps):
+        step(dict(data), 3 + i)
+    sync(device)
+    return steps * cfg.train.batch_size / (time.perf_counter() - t0), cfg
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--tiny", action="store_true", help="32-pixel laptop profile, batch 4")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--batch", type=int, help="per-method batch (default 64; tiny 4)")
+    p.add_argument("--steps", type=int, help="timed SimCLR steps (default 20; tiny 2)")
+    p.add_argument("--methods", nargs="*", help="only these method keys")
+    p.add_argument("--budget-s", type=float, default=240.0, help="skip methods after this")
+    args = p.parse_args(argv)
+    device = torch.device(args.device)
+    if device.type == "cpu" and not args.tiny:
+        print("gpu_check: no GPU here; use --tiny --device cpu for the toy-sized run")
+        return 2
+    if device.type == "cpu":
+        torch.set_num_threads(1)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    print(f"gpu_check: {name}, torch {torch.__version__}, bf16 autocast, tiny={args.tiny}")
+    batch = args.batch or (4 if args.tiny else 64)
+    started = time.perf_counter()
+    rows = []
+    for key in args.methods or list(METHODS):
+        if time.perf_counter() - started > args.budget_s:
+            rows.append(Row(key, METHODS[key].family, "-", "-", status="skipped (time budget)"))
+            continue
+        rows.append(check_method(key, args.tiny, batch, device))
+
+    print(f"\n{'method':<14} {'family':<24} {'backbone':<12} {'views':<14} "
+          f"{'loss':>8} {'ms/step':>8} {'peak MiB':>9}  status  (batch {batch})")  # fmt: skip
+    for r in rows:
+        print(
+            f"{r.method:<14} {r.family:<24} {r.backbone:<12} {r.views:<14} "
+            f"{r.loss:>8.3f} {r.ms_per_step:>8.1f} {r.peak_mib:>9.0f}  {r.status}"
+        )
+    ips, cfg = simclr_throughput(args.tiny, device, args.steps or (2 if args.tiny else 20))
+    print(
+        f"\nSimCLR {cfg.backbone.name} {describe_views(cfg)} batch {cfg.train.batch_size} bf16: "
+        f"{ips:.0f} images/s  ({name})"
+    )
+    print(f"gpu_check: {time.perf_counter() - started:.0f} s")
+    return 0 if all(r.status == "ok" for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,115 @@
+"""Which labeled rows an evaluation uses, as Ray datasets of evaluation views.
+
+Split rules, the same for the final kNN of ``pretrain``, the online monitor and ``sslpipe eval``:
+
+- with a separate labeled set (``--eval-data`` / ``data.eval_path``): the training shards are
+  the bank (kNN) or the training set (linear probe), the eval shards are the queries / test set;
+- without one: a fixed 10% of the training rows, chosen by a hash of each row's key (stable
+  across runs, machines and shard layouts), are the queries / test set, the other 90% the bank;
+- the online monitor takes fixed subsets of those, again by key hash, sized by
+  ``eval.monitor_bank_rows`` and ``eval.monitor_query_rows``;
+- rows labeled -1 (unknown) are dropped.
+"""
+
+import zlib
+from dataclasses import dataclass
+
+import numpy as np
+
+HOLDOUT = 0.1  # fraction of training rows used as queries when no eval set is given
+
+
+@dataclass(frozen=True)
+class EvalSplit:
+    train: str  # shards of the bank / probe training set
+    eval: str  # labeled shards of the queries / test set ("" when carved out of ``train``)
+
+    @property
+    def note(self) -> str:
+        if self.eval:
+            return f"bank {self.train}, queries {self.eval}"
+        return f"a fixed {HOLDOUT:.0%} of {self.train}'s rows (by key hash) as queries"
+
+
+def key_fraction(key: str) -> float:
+    """A stable pseudo-random number in [0, 1) per row key, for deterministic splits."""
+    return (zlib.crc32(key.encode()) % 1_000_003) / 1_000_003
+
+
+def _select(
+    batch: dict[str, np.ndarray], lo: float, hi: float, labeled_only: bool
+) -> dict[str, np.ndarray]:
+    pairs = zip(batch["key"], batch["label"], strict=True)
+    keep = [lo <= key_fraction(str(k)) < hi and (int(y) >= 0 or not labeled_only) for k, y in pairs]
+    return {name: column[np.asarray(keep, dtype=bool)] for name, column in batch.items()}
+
+
+def _eval_views(batch: dict[str, np.ndarray], size: int, crop_fraction: float, keys: bool):
+    """Rows -> evaluation views; with ``keys`` the row keys ride along (undecodable rows are
+    skipped, so each row goes through the view maker alone to keep keys aligned)."""
+    from pipelines.data.views import EvalViewMaker
+
+    maker = EvalViewMaker(size, crop_fraction)
+    if not keys:
+        return maker(batch)
+    images, labels, kept = [], [], []
+    for i in range(len(batch["image"])):
+        out = maker({name: column[i : i + 1] for name, column in batch.items()})
+        if len(out["label"]):
+            images.append(out["image"][0])
+            labels.append(out["label"][0])
+            kept.append(str(batch["key"][i]))
+    return {
+        "image": np.stack(images) if images else np.zeros((0, 3, size, size), np.uint8),
+        "label": np.asarray(labels, dtype=np.int64),
+        "key": np.asarray(kept, dtype=object),
+    }
+
+
+def eval_views(
+    path: str,
+    size: int,
+    crop_fraction: float,
+    lo: float = 0.0,
+    hi: float = 1.0,
+    keys: bool = False,
+    labeled_only: bool = True,
+):
+    """Ray dataset of evaluation views of the shard rows whose key fraction is in [lo, hi)
+    (labeled ones only, unless told): ``image`` uint8 (3, S, S), ``label``, ``key`` if asked."""
+    import ray
+
+    from pipelines.data.source import read_shards
+
+    ds, manifest = read_shards(path, ["key", "image", "label"])
+    selection = {"lo": lo, "hi": hi, "labeled_only": labeled_only}
+    ds = ds.map_batches(_select, fn_kwargs=selection, batch_format="numpy")
+    ds = ds.map_batches(
+        _eval_views,
+        fn_kwargs={"size": size, "crop_fraction": crop_fraction, "keys": keys},
+        batch_format="numpy",
+        batch_size=256,
+        compute=ray.data.TaskPoolStrategy(size=2),
+    )
+    return ds, manifest
+
+
+def split_views(
+    split: EvalSplit,
+    size: int,
+    crop_fraction: float,
+    bank_fraction: float = 1.0,
+    query_fraction: float = 1.0,
+    keys: bool = False,
+):
+    """(bank, queries) datasets under the rules above; the fractions cut each side to a fixed
+    key-hash subset (the online monitor's)."""
+    b, q = min(1.0, bank_fraction), min(1.0, query_fraction)
+    if split.eval:
+        bank, _ = eval_views(split.train, size, crop_fraction, 0.0, b, keys)
+        queries, _ = eval_views(split.eval, size, crop_fraction, 0.0, q, keys)
+    else:
+        hi = HOLDOUT + (1 - HOLDOUT) * b
+        bank, _ = eval_views(split.train, size, crop_fraction, HOLDOUT, hi, keys)
+        queries, _ = eval_views(split.train, size, crop_fraction, 0.0, HOLDOUT * q, keys)
+    return bank, queries

@@ -1,0 +1,76 @@
+"""Fault injection fires once per run; the step function imports without ray, mlflow or yaml;
+config rules of the training sections."""
+
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipelines.config import ConfigError, load_config, parse_set
+from pipelines.train import faults
+from pipelines.train.faults import FaultInjector
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_fault_fires_once_at_its_step_on_its_rank(tmp_path, monkeypatch):
+    kills = []
+    monkeypatch.setattr(faults.os, "kill", lambda pid, sig: kills.append(sig))
+    run_dir = str(tmp_path / "run")
+    other = FaultInjector(3, target_rank=1, rank=0, run_dir=run_dir)
+    target = FaultInjector(3, target_rank=1, rank=1, run_dir=run_dir)
+    for step in range(6):
+        other.maybe_fire(step)
+        target.maybe_fire(step)
+    assert kills == [signal.SIGKILL]
+    # the restarted worker finds the marker and does not fire again
+    restarted = FaultInjector(3, target_rank=1, rank=1, run_dir=run_dir)
+    restarted.maybe_fire(3)
+    assert kills == [signal.SIGKILL] and not restarted.armed
+    assert not FaultInjector(-1, 0, 0, run_dir).armed
+
+
+BLOCK = """
+import sys
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("ray", "mlflow", "yaml"):
+            raise ImportError(f"{name} is blocked")
+sys.meta_path.insert(0, Block())
+"""
+
+
+def test_step_imports_and_runs_without_ray_mlflow_or_yaml():
+    code = BLOCK + (
+        "import torch\n"
+        "from pipelines.config import build_config\n"
+        "from pipelines.train.step import TrainStep, build_method, place\n"
+        "cfg = build_config({'method': 'simclr', 'backbone': {'name': 'resnet18', 'width': 0.125},"
+        " 'views': {'groups': {'global': {'size': 16}}}, 'train': {'batch_size': 2, 'workers': 1},"
+        " 'method_args': {'proj_hidden_dim': 8, 'proj_dim': 4}})\n"
+        "m = place(build_method(cfg), cfg, torch.device('cpu'))\n"
+        "s = TrainStep(m, cfg, torch.device('cpu'), 4, 2)\n"
+        "r = s({'global': torch.zeros(2, 2, 3, 16, 16, dtype=torch.uint8)}, 0)\n"
+        "print('ok', r.loss)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.startswith("ok ")
+
+
+def test_batch_must_split_over_workers_and_micro_batches():
+    with pytest.raises(ConfigError, match=r"train.batch_size.*divide evenly"):
+        load_config(overrides=parse_set(["train.batch_size=12", "train.accumulate_steps=4"]))
+    with pytest.raises(ConfigError, match=r"train.accumulate_steps.*at least 1"):
+        load_config(overrides=parse_set(["train.accumulate_steps=0"]))
+
+
+def test_reserved_aliases_are_refused():
+    with pytest.raises(ConfigError, match=r"MLflow reserves 'latest'"):
+        load_config(overrides=parse_set(["tracking.aliases=[latest]"]))
+    cfg = load_config(overrides=parse_set(["tracking.aliases=[candidate]"]))
+    assert cfg.tracking.aliases == ("candidate",)

@@ -1,0 +1,166 @@
+"""MLflow side: redaction, buffered metrics that survive an unreachable server, checkpoint
+records, one value per step after a resume, and the `best` alias."""
+
+import threading
+from types import SimpleNamespace
+
+import pytest
+from mlflow import MlflowClient
+from mlflow.entities import Metric
+
+from pipelines import tracking
+from pipelines.config import load_config, parse_set
+from pipelines.tracking import (
+    MetricLogger,
+    checkpoint_tags,
+    checkpoints_of,
+    latest_per_step,
+    redact,
+)
+
+
+def test_credentials_are_redacted_from_params_and_tags():
+    out = redact(
+        {
+            "storage.aws_secret_access_key": "abc",
+            "AWS_ACCESS_KEY_ID": "AKIA123",
+            "tracking.api_token": "t0k",
+            "db.password": "hunter2",
+            "hf_TOKEN": "x",
+            "tracking.uri": "https://alice:s3cret@mlflow.example.com/",
+            "train.epochs": 3,
+            "train.name": "simclr-tokenizer",  # the value is harmless; only keys are judged
+        }
+    )
+    for key in ("storage.aws_secret_access_key", "AWS_ACCESS_KEY_ID", "tracking.api_token"):
+        assert out[key] == "***", key
+    assert out["db.password"] == "***" and out["hf_TOKEN"] == "***"
+    assert out["tracking.uri"] == "https://alice:***@mlflow.example.com/"
+    assert out["train.epochs"] == "3" and out["train.name"] == "simclr-tokenizer"
+    assert "s3cret" not in str(out) and "hunter2" not in str(out)
+
+
+def test_params_of_a_config_with_a_credentialed_uri():
+    cfg = load_config(overrides=parse_set(["tracking.uri=http://bob:pw@localhost:5000"]))
+    params = tracking.params_of(cfg)
+    assert params["tracking.uri"] == "http://bob:***@localhost:5000"
+    assert params["train.epochs"] == "8"
+
+
+class FlakyClient:
+    """Fails the first ``failures`` log_batch calls, then records what it is sent."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures = failures
+        self.metrics: list[Metric] = []
+        self.tags: dict[str, str] = {}
+        self.calls = 0
+
+    def log_batch(self, run_id, metrics=(), tags=()):
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise ConnectionError("connection refused")
+        self.metrics += list(metrics)
+        self.tags.update({t.key: t.value for t in tags})
+
+
+def logger_with(client: FlakyClient, background: bool = False, **kw) -> MetricLogger:
+    return MetricLogger("unused", "run", background=background, client=client, **kw)
+
+
+def test_metrics_are_kept_while_the_server_is_down_and_sent_later():
+    client = FlakyClient(failures=3)
+    log = logger_with(client)
+    for step in range(1, 4):
+        log.log({"loss": 1.0 / step}, step)
+        assert not log._send_all()  # what the thread does; fails quietly while the server is down
+    assert client.metrics == [] and [p[3] for p in log.pending()] == [1, 2, 3]
+    for step in range(4, 6):
+        log.log({"loss": 1.0 / step}, step)
+    assert log.flush(timeout=10)
+    assert [m.step for m in client.metrics] == [1, 2, 3, 4, 5]
+    assert log.pending() == []
+
+
+def test_pending_up_to_a_step_and_requeue_keep_timestamps():
+    log = logger_with(FlakyClient(failures=100))
+    log.log({"loss": 0.5}, 3, timestamp_ms=111)
+    log.log({"loss": 0.4}, 7, timestamp_ms=222)
+    assert log.pending(max_step=5) == [["loss", 0.5, 111, 3]]
+    other = logger_with(FlakyClient(failures=0))
+    other.requeue(log.pending(max_step=5))
+    assert other.flush(timeout=5)
+    (m,) = other.client.metrics
+    assert (m.key, m.value, m.timestamp, m.step) == ("loss", 0.5, 111, 3)
+
+
+def test_background_flush_waits_at_most_its_timeout():
+    client = FlakyClient(failures=10**6)
+    log = logger_with(client, background=True, flush_seconds=0.05)
+    log.log({"loss": 1.0}, 1)
+    done = threading.Event()
+    result = []
+    threading.Thread(target=lambda: (result.append(log.flush(timeout=0.2)), done.set())).start()
+    assert done.wait(30), "flush blocked past its timeout"
+    assert result == [False] and len(log.pending()) == 1
+    client.failures = 0  # the server is back: the thread sends it
+    assert log.close(timeout=30)
+    assert [m.step for m in client.metrics] == [1]
+
+
+def test_latest_per_step_keeps_the_surviving_value():
+    history = [
+        Metric("loss", 3.0, 100, 3),
+        Metric("loss", 1.0, 50, 1),
+        Metric("loss", 2.0, 60, 2),
+        Metric("loss", 2.5, 300, 3),  # re-logged after a resume: later timestamp wins
+    ]
+    assert [(m.step, m.value) for m in latest_per_step(history)] == [(1, 1.0), (2, 2.0), (3, 2.5)]
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> str:
+    """One SQLite store for the module: creating its schema takes seconds."""
+    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'm.db'}"
+
+
+def test_checkpoint_records_round_trip_through_a_run(store):
+    uri = store
+    client = MlflowClient(uri)
+    run_id = client.create_run(client.create_experiment("x")).info.run_id
+    log = MetricLogger(uri, run_id)
+    log.set_tags(checkpoint_tags("s3://b/runs/r/checkpoint_000000020", 20, 1))
+    log.set_tags(checkpoint_tags("/runs/r/checkpoint_000000010", 10, 0))
+    assert log.flush(timeout=30)
+    records = checkpoints_of(client.get_run(run_id))
+    assert records == [
+        {"uri": "/runs/r/checkpoint_000000010", "step": 10, "epoch": 0},
+        {"uri": "s3://b/runs/r/checkpoint_000000020", "step": 20, "epoch": 1},
+    ]
+
+
+def test_best_alias_follows_knn_and_latest_is_refused(store, monkeypatch):
+    uri = store
+    monkeypatch.setattr(tracking.mlflow, "register_model", _fake_register(uri))
+    _, best1 = tracking.register("file:///m1", uri, "enc", ("candidate",), knn_top1=0.30)
+    v2, best2 = tracking.register("file:///m2", uri, "enc", (), knn_top1=0.25)
+    _, best3 = tracking.register("file:///m3", uri, "enc", (), knn_top1=0.40)
+    assert (best1, best2, best3) == (True, False, True)
+    client = MlflowClient(uri)
+    assert str(client.get_model_version_by_alias("enc", "best").version) == "3"
+    assert str(client.get_model_version_by_alias("enc", "candidate").version) == "1"
+    assert v2 == "models:/enc/2"
+    with pytest.raises(Exception, match="latest"):
+        client.set_registered_model_alias("enc", "latest", "1")  # why we never set it
+
+
+def _fake_register(uri: str):
+    """mlflow.register_model for a bare source URI, without logging a model first."""
+
+    def register(model_uri: str, name: str):
+        client = MlflowClient(uri)
+        if not client.search_registered_models(f"name = '{name}'"):
+            client.create_registered_model(name)
+        return SimpleNamespace(version=client.create_model_version(name, model_uri).version)
+
+    return register
