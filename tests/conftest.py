@@ -9,6 +9,14 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 
+def pytest_configure(config):
+    # one intra-op thread, as Ray gives each 1-CPU task: on a busy 2-core machine OpenMP's
+    # barriers otherwise make tiny tensor ops 1000× slower (20 ms instead of 20 µs, measured)
+    import torch
+
+    torch.set_num_threads(1)
+
+
 def pytest_collection_modifyitems(config, items):
     if os.environ.get("SSLPIPE_SLOW") == "1":
         return

@@ -67,3 +67,21 @@ def tar_bytes(members: dict[str, bytes]) -> bytes:
         for name, data in members.items():
             add_to_tar(tar, name, data)
     return buf.getvalue()
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG that declares ``width`` × ``height`` and holds no pixel data: a decompression bomb
+    to PIL when large, a truncated file otherwise."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        crc = zlib.crc32(kind + body) & 0xFFFFFFFF
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", crc)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
+
+
+def all_bad_records() -> dict[str, bytes]:
+    return {**bad_records(), "bomb": png_header_only(60_000, 60_000)}

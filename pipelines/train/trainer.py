@@ -15,6 +15,7 @@ from ray.train.torch import TorchTrainer
 
 from pipelines import tracking
 from pipelines.config import Config, to_dict
+from pipelines.data.bad_images import bad_image_report, create_counter
 from pipelines.data.manifest import Manifest
 from pipelines.data.source import training_dataset
 from pipelines.data.synthetic import ensure_embedded
@@ -162,7 +163,8 @@ def pretrain(cfg: Config) -> dict[str, Any]:
     paths = resolve_data(cfg)
     ensure_ray(cfg)
     ray.data.DataContext.get_current().enable_progress_bars = False
-    ds, manifest = training_dataset(cfg, paths.train)
+    counter = create_counter()  # undecodable images skipped by the data tasks
+    ds, manifest = training_dataset(cfg, paths.train, counter)
 
     workers = cfg.train.workers
     per_worker = cfg.train.batch_size // workers
@@ -197,6 +199,7 @@ def pretrain(cfg: Config) -> dict[str, Any]:
         "run_id": run_id,
         "tracking_uri": tracking_uri,
         "run_dir": run_dir,
+        "bad_images_counter": counter,
     }
     trainer = build_trainer(cfg, ds, loop_config, name, storage)
     try:
@@ -211,7 +214,16 @@ def pretrain(cfg: Config) -> dict[str, Any]:
     with result.checkpoint.as_directory() as d:
         state = load_state(d)
 
-    summary_metrics: dict[str, float] = {"train_seconds": round(train_seconds, 1)}
+    bad = bad_image_report(counter)
+    summary_metrics: dict[str, float] = {
+        "train_seconds": round(train_seconds, 1),
+        "bad_images": bad.count,
+    }
+    if bad.count:
+        log.warning("skipped %d undecodable images, e.g. %s", bad.count, bad.keys[:10])
+        tracking.log_dict(
+            run_id, tracking_uri, {"count": bad.count, "keys": bad.keys}, "bad_images.json"
+        )
     size = eval_image_size(cfg)
     encoders = encoders_from_state(cfg, state)
     if manifest.class_names:
