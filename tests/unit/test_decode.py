@@ -19,6 +19,10 @@ from tests.images import all_bad_records, encode, photo
 RED = (200, 30, 40)
 
 
+def one(data: bytes, key: str = "k") -> dict:
+    return {"key": np.array([key], object), "image": np.array([data], object), "label": np.zeros(1)}
+
+
 def solid(mode: str) -> bytes:
     """A 6×4 image of ``mode`` whose expected RGB value is given in MODES."""
     if mode == "1":
