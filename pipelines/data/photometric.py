@@ -59,42 +59,67 @@ def _blend(x: torch.Tensor, other: torch.Tensor, f: torch.Tensor) -> torch.Tenso
     return (f.view(-1, 1, 1, 1) * x + (1 - f.view(-1, 1, 1, 1)) * other).clamp_(0, 1)
 
 
+# Each adjustment takes x: (N, 3, H, W) in [0, 1] and one factor per image, f: (N,); the
+# formulas are torchvision's adjust_* (tests/unit/test_photometric.py checks them against it).
+
+
+def adjust_brightness(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+    return (x * f.view(-1, 1, 1, 1)).clamp_(0, 1)
+
+
+def adjust_contrast(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+    """Blend with the image's mean grey level."""
+    return _blend(x, _grayscale(x).mean((1, 2, 3), keepdim=True), f)
+
+
+def adjust_saturation(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+    """Blend with the image's greyscale version."""
+    return _blend(x, _grayscale(x), f)
+
+
+def adjust_hue(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+    """Rotate the hue by ``f`` turns (f in [-0.5, 0.5])."""
+    hsv = _rgb_to_hsv(x)
+    hsv[:, 0] = (hsv[:, 0] + f.view(-1, 1, 1)) % 1.0
+    return _hsv_to_rgb(hsv)
+
+
+def grayscale3(x: torch.Tensor) -> torch.Tensor:
+    """Greyscale, kept as three channels."""
+    return _grayscale(x).expand_as(x).clone()
+
+
+def solarize(x: torch.Tensor, threshold: float) -> torch.Tensor:
+    """Invert the pixels at or above ``threshold``."""
+    return torch.where(x >= threshold, 1 - x, x)
+
+
 def color_jitter(
     x: torch.Tensor, cfg: PhotometricConfig, g: torch.Generator | None = None
 ) -> torch.Tensor:
     """Jitter every image of x: (N, 3, H, W) in [0, 1], each with its own factors and order."""
     n, dev = x.shape[0], x.device
-    ops = []
+    ops = []  # (adjustment, its per-image factors)
     if cfg.brightness > 0:
-        f = _factor(n, cfg.brightness, g, dev)
-        ops.append(lambda y, idx, f=f: (y * f[idx].view(-1, 1, 1, 1)).clamp_(0, 1))
+        ops.append((adjust_brightness, _factor(n, cfg.brightness, g, dev)))
     if cfg.contrast > 0:
-        f = _factor(n, cfg.contrast, g, dev)
-        ops.append(
-            lambda y, idx, f=f: _blend(y, _grayscale(y).mean((1, 2, 3), keepdim=True), f[idx])
-        )
+        ops.append((adjust_contrast, _factor(n, cfg.contrast, g, dev)))
     if cfg.saturation > 0:
-        f = _factor(n, cfg.saturation, g, dev)
-        ops.append(lambda y, idx, f=f: _blend(y, _grayscale(y), f[idx]))
+        ops.append((adjust_saturation, _factor(n, cfg.saturation, g, dev)))
     if cfg.hue > 0:
-        f = torch.empty(n, device=dev).uniform_(-cfg.hue, cfg.hue, generator=g)
-
-        def hue(y: torch.Tensor, idx: torch.Tensor, f: torch.Tensor = f) -> torch.Tensor:
-            hsv = _rgb_to_hsv(y)
-            hsv[:, 0] = (hsv[:, 0] + f[idx].view(-1, 1, 1)) % 1.0
-            return _hsv_to_rgb(hsv)
-
-        ops.append(hue)
+        ops.append(
+            (adjust_hue, torch.empty(n, device=dev).uniform_(-cfg.hue, cfg.hue, generator=g))
+        )
     if not ops:
         return x
     # an independent random order of the adjustments for every sample
     order = torch.rand(n, len(ops), device=dev, generator=g).argsort(dim=1)  # (N, n_ops)
     x = x.clone()
     for position in range(len(ops)):
-        for op_index, op in enumerate(ops):
+        for op_index, (op, factors) in enumerate(ops):
             idx = (order[:, position] == op_index).nonzero().squeeze(1)
             if idx.numel():
-                x[idx] = op(x[idx], idx)
+                x[idx] = op(x[idx], factors[idx])
     return x
 
 
@@ -148,7 +173,7 @@ def photometric(
     if cfg.jitter_p > 0:
         x = _where(draw(cfg.jitter_p), lambda y, _: color_jitter(y, cfg, g), x)
     if cfg.grayscale_p > 0:
-        x = _where(draw(cfg.grayscale_p), lambda y, _: _grayscale(y).expand_as(y).clone(), x)
+        x = _where(draw(cfg.grayscale_p), lambda y, _: grayscale3(y), x)
     if cfg.blur_p > 0:
         mask = draw(cfg.blur_p)
         sigma = torch.empty(n, device=dev).uniform_(*cfg.blur_sigma, generator=g)
@@ -156,5 +181,5 @@ def photometric(
         x = _where(mask, lambda y, idx: gaussian_blur(y, sigma[idx], k), x)
     if cfg.solarize_p > 0:
         t = cfg.solarize_threshold
-        x = _where(draw(cfg.solarize_p), lambda y, _: torch.where(y >= t, 1 - y, y), x)
+        x = _where(draw(cfg.solarize_p), lambda y, _: solarize(y, t), x)
     return x
