@@ -4,7 +4,8 @@ Decoding runs in stateless Ray Data tasks spread over the cluster; the count has
 each of them and be readable from the training loop. One small named actor per training run
 holds it: tasks that skip images tell it (one call per batch, only when something was skipped,
 so the common path costs nothing), rank 0 of the training loop reads it when it logs, and the
-driver reads the final count and the first keys at the end.
+driver reads the final count and the first keys at the end. The count is of distinct keys: a
+bad record met again in the next epoch is the same bad image.
 """
 
 import logging
@@ -15,7 +16,7 @@ import ray
 
 log = logging.getLogger(__name__)
 
-MAX_KEYS = 1000  # keys kept for the report; the count is exact regardless
+MAX_KEYS = 1000  # keys in the report; the count is exact regardless
 _NAMESPACE = "sslpipe"
 _handles: dict[str, ray.actor.ActorHandle] = {}  # keeps the driver's counters alive
 
@@ -23,15 +24,13 @@ _handles: dict[str, ray.actor.ActorHandle] = {}  # keeps the driver's counters a
 @ray.remote(num_cpus=0)
 class BadImageCounter:
     def __init__(self) -> None:
-        self.count = 0
-        self.keys: list[str] = []
+        self.keys: set[str] = set()
 
     def add(self, keys: list[str]) -> None:
-        self.count += len(keys)
-        self.keys.extend(keys[: max(0, MAX_KEYS - len(self.keys))])
+        self.keys.update(keys)
 
     def snapshot(self) -> tuple[int, list[str]]:
-        return self.count, list(self.keys)
+        return len(self.keys), sorted(self.keys)[:MAX_KEYS]
 
 
 @dataclass(frozen=True)
@@ -61,7 +60,8 @@ def record_bad_images(name: str, keys: list[str]) -> None:
     """From a decoding task: add ``keys`` to the counter ``name`` (no-op without one)."""
     counter = _lookup(name)
     if counter is not None and keys:
-        counter.add.remote(keys)
+        # waited for, so a count read after the data is consumed includes every skip
+        ray.get(counter.add.remote(keys))
 
 
 def bad_image_report(name: str) -> BadImageReport:
