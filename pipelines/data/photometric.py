@@ -56,7 +56,9 @@ def _factor(n: int, strength: float, g: torch.Generator | None, device) -> torch
 
 
 def _blend(x: torch.Tensor, other: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
-    return (f.view(-1, 1, 1, 1) * x + (1 - f.view(-1, 1, 1, 1)) * other).clamp_(0, 1)
+    """f * x + (1 - f) * other, clipped to [0, 1]; f: (N,), other broadcasts to x."""
+    f = f.view(-1, 1, 1, 1)
+    return (x * f).add_(other * (1 - f)).clamp_(0, 1)
 
 
 # Each adjustment takes x: (N, 3, H, W) in [0, 1] and one factor per image, f: (N,); the
@@ -78,10 +80,29 @@ def adjust_saturation(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
 
 
 def adjust_hue(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
-    """Rotate the hue by ``f`` turns (f in [-0.5, 0.5])."""
-    hsv = _rgb_to_hsv(x)
-    hsv[:, 0] = (hsv[:, 0] + f.view(-1, 1, 1)) % 1.0
-    return _hsv_to_rgb(hsv)
+    """Rotate the hue by ``f`` turns (f in [-0.5, 0.5]), keeping HSV saturation and value.
+
+    The same map as torchvision's RGB -> HSV -> RGB round trip, written without building the
+    HSV image: with hue ``h`` in [0, 6), ``max``/``min`` over channels and ``delta = max - min``,
+    channel n of the result is ``max - delta * clamp(min(k, 4 - k), 0, 1)``, k = (n + h) mod 6,
+    n = 5, 3, 1 for R, G, B (the closed form of the HSV sextants). About 4× fewer passes.
+    """
+    maxc, argmax = x.max(1)  # (N, H, W)
+    minc = x.min(1).values
+    delta = maxc - minc
+    r, g, b = x.unbind(1)
+    inv = 1.0 / delta.clamp_min(1e-12)
+    # hue in sextants, [-1, 5): where each channel is the maximum (ties as torchvision: r, g, b)
+    h = torch.where(
+        argmax == 0, (g - b) * inv, torch.where(argmax == 1, (b - r) * inv + 2, (r - g) * inv + 4)
+    )
+    h = h.add_(6.0 * f.view(-1, 1, 1)).remainder_(6.0)
+    out = torch.empty_like(x)
+    for channel, n in enumerate((5.0, 3.0, 1.0)):
+        k = (h + n).remainder_(6.0)
+        t = torch.minimum(k, 4.0 - k).clamp_(0.0, 1.0)
+        out[:, channel] = maxc - delta * t
+    return out
 
 
 def grayscale3(x: torch.Tensor) -> torch.Tensor:

@@ -8,7 +8,8 @@ buffers whatever the dataset size.
 
 Order: the file order is reshuffled at every epoch from a seed; each read task then interleaves
 ``interleave`` files row group by row group and permutes the rows of each round, a local shuffle
-buffer of ``interleave`` row groups (about 16 MB each) that costs the consumer nothing.
+buffer of ``interleave`` row groups (about 16 MB each) that costs the consumer nothing. Blocks are
+kept to about 8 MB, so the object store holds little at a time.
 """
 
 from collections.abc import Iterator
@@ -24,6 +25,8 @@ from pipelines.config import Config, ViewsConfig
 from pipelines.data.bad_images import record_bad_images
 from pipelines.data.manifest import Manifest, join, read_manifest
 from pipelines.data.views import ViewMaker
+
+BLOCK_BYTES = 8 * 2**20  # largest block of this pipeline (see read_shards)
 
 
 def read_parquet_files(
@@ -56,12 +59,13 @@ def read_shards(
     shuffle_seed: int | None = None,
     endpoint: str = "",
     interleave: int = 1,
+    read_tasks: int = 2,
 ) -> tuple[ray.data.Dataset, Manifest]:
     """The rows of the files the manifest at ``path`` (local or s3://) names, and the manifest.
 
     With ``shuffle_seed`` the file order is shuffled at every execution (epoch), differently
     each time but reproducibly from the seed. ``endpoint``: an S3-compatible endpoint (default:
-    ``AWS_ENDPOINT_URL``, else AWS).
+    ``AWS_ENDPOINT_URL``, else AWS). ``read_tasks``: files read at a time.
     """
     manifest, fs, root = read_manifest(path, endpoint)
     files = [join(root, f.name) for f in manifest.files if f.rows > 0]
@@ -70,6 +74,10 @@ def read_shards(
     if interleave < 1:
         raise ValueError(f"interleave must be at least 1, got {interleave}")
     ds = ray.data.from_items([{"path": p} for p in files], override_num_blocks=len(files))
+    # Ray Data coalesces a task's output up to target_max_block_size (128 MB by default): a few
+    # such blocks of image bytes would fill a small object store. Smaller blocks keep what is in
+    # flight small; the setting belongs to this dataset (its own copy of the context).
+    ds.context.target_max_block_size = BLOCK_BYTES
     if shuffle_seed is not None:
         # only the list of paths is materialised here, never the rows
         seed = RandomSeedConfig(seed=shuffle_seed, reseed_after_execution=True)
@@ -79,6 +87,11 @@ def read_shards(
         fn_kwargs={"columns": columns, "filesystem": fs},
         batch_size=interleave,
         batch_format="numpy",
+        # reading is I/O: a quarter CPU each, so reads never hold the slots decoding needs;
+        # few at a time, since each keeps up with many decoding tasks and every running read
+        # holds blocks in the object store
+        num_cpus=0.25,
+        compute=ray.data.TaskPoolStrategy(size=read_tasks),
     )
     return ds, manifest
 
@@ -119,5 +132,6 @@ def training_dataset(
         cfg.data.shuffle_seed,
         cfg.data.s3_endpoint,
         cfg.data.interleave_files,
+        read_tasks=max(1, -(-cfg.data.decode_tasks // 4)),  # one read keeps ~4 decoders busy
     )
     return view_dataset(ds, cfg.views, cfg, counter), manifest
