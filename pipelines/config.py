@@ -83,7 +83,10 @@ class DataConfig:
     cache_dir: str = "sslpipe-data"  # where the embedded dataset is generated, once
     embedded_train_per_class: int = 600  # embedded dataset size (10 classes)
     embedded_test_per_class: int = 100
+    s3_endpoint: str = ""  # S3-compatible endpoint (MinIO...); empty: $AWS_ENDPOINT_URL or AWS
     shuffle_seed: int = 0  # per-epoch file order derives from this
+    interleave_files: int = 4  # files each read task mixes row group by row group: a local
+    #   shuffle buffer of that many row groups (~16 MB each), free for the training workers
     decode_tasks: int = 1  # Ray Data tasks decoding and cropping in parallel
     decode_batch_size: int = 64  # images per map_batches call
     bad_images: Literal["skip", "strict"] = "skip"  # skip and count undecodable images, or stop

@@ -59,6 +59,7 @@ class ViewMaker:
         self.views = views
         self.groups = {k: g for k, g in views.groups.items() if g.count > 0}
         self.bad_images = bad_images
+        self.skipped: list[str] = []  # keys of the images skipped so far (policy "skip")
         self.rng = np.random.default_rng(seed)
         self.torch_gen = torch.Generator().manual_seed(int(self.rng.integers(2**62)))
 
@@ -103,6 +104,7 @@ class ViewMaker:
                 if self.bad_images == "strict":
                     raise BadImageError(f"bad image {key}: {e}") from e
                 log.warning("skipping bad image %s: %s", key, e)
+                self.skipped.append(str(key))
                 continue
             for name in self.groups:
                 per_group[name].append(crops[name])

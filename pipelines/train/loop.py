@@ -22,6 +22,7 @@ import ray.train.torch
 import torch
 
 from pipelines.config import Config, build_config
+from pipelines.data.bad_images import bad_image_count
 from pipelines.train.checkpoint import capture_rng, gather_rng, load_state, save_state
 from pipelines.train.faults import FaultInjector
 from pipelines.train.monitors import KnnMonitor
@@ -168,7 +169,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             epoch_meter.images += per_worker_batch * world
             epoch_losses.append(result.loss)
             if metrics_log is not None and step % cfg.train.log_every_steps == 0:
-                metrics_log.log({**result.metrics, **meter.summary(), "epoch": epoch}, step)
+                bad = bad_image_count(loop_config.get("bad_images_counter", ""))
+                metrics_log.log(
+                    {**result.metrics, **meter.summary(), "epoch": epoch, "bad_images": bad}, step
+                )
                 meter.reset()
             every = cfg.train.checkpoint_every_steps
             if every and step % every == 0 and i < budget - 1:

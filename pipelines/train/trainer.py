@@ -16,6 +16,7 @@ from ray.train.torch import TorchTrainer
 
 from pipelines import tracking
 from pipelines.config import Config, dump_yaml, to_dict
+from pipelines.data.bad_images import bad_image_report, create_counter
 from pipelines.data.manifest import Manifest
 from pipelines.data.source import training_dataset
 from pipelines.data.synthetic import ensure_embedded
@@ -153,7 +154,8 @@ def pretrain(cfg: Config, resume_run_id: str | None = None) -> dict[str, Any]:
     split, eval_note = resolve_data(cfg)
     ensure_ray(cfg)
     ray.data.DataContext.get_current().enable_progress_bars = False
-    ds, manifest = training_dataset(cfg, split.train)
+    counter = create_counter()  # undecodable images skipped by the data tasks
+    ds, manifest = training_dataset(cfg, split.train, counter)
 
     workers = cfg.train.workers
     per_worker = cfg.train.batch_size // workers
@@ -196,6 +198,7 @@ def pretrain(cfg: Config, resume_run_id: str | None = None) -> dict[str, Any]:
         "run_dir": run_dir,
         "num_classes": len(manifest.class_names),
         "knn_monitor": bool(extra),
+        "bad_images_counter": counter,
     }
     trainer = build_trainer(cfg, ds, loop_config, name, storage, extra)
     try:
@@ -208,9 +211,15 @@ def pretrain(cfg: Config, resume_run_id: str | None = None) -> dict[str, Any]:
         raise RuntimeError(f"run {name} finished without a checkpoint under {run_dir}")
     with result.checkpoint.as_directory() as d:
         state = load_state(d)
+    bad = bad_image_report(counter)
+    if bad.count:
+        log.warning("skipped %d undecodable images, e.g. %s", bad.count, bad.keys[:10])
+        tracking.log_dict(run_id, uri, {"count": bad.count, "keys": bad.keys}, "bad_images.json")
     encoders = encoders_from_state(cfg, state)
     seconds = time.time() - started
-    summary_metrics = evaluate_and_log(cfg, split, manifest, state, encoders, run_id, seconds)
+    summary_metrics = evaluate_and_log(
+        cfg, split, manifest, state, encoders, run_id, seconds, {"bad_images": bad.count}
+    )
     return finish(cfg, run_id, state, encoders["trained"], summary_metrics, eval_note, started)
 
 
@@ -222,10 +231,11 @@ def evaluate_and_log(
     encoders: dict[str, Encoder],
     run_id: str,
     seconds: float,
+    extra: dict[str, float] | None = None,
 ) -> dict[str, float]:
     """Final kNN of the trained and random-init encoders; send every metric still pending
     (rank 0's unsent ones travel in the checkpoint) with the summary metrics."""
-    summary_metrics: dict[str, float] = {"train_seconds": round(seconds, 1)}
+    summary_metrics: dict[str, float] = {"train_seconds": round(seconds, 1), **(extra or {})}
     if manifest.class_names:
         accuracy = evaluate_knn(cfg, split, encoders, len(manifest.class_names))
         summary_metrics["knn_top1"] = accuracy["trained"]

@@ -1,0 +1,209 @@
+"""Input-pipeline throughput, SimCLR two views at 224, in one run (not a test: no assertions).
+
+    flock /tmp/sslpipe-heavy.lock env PYTHONPATH=$PWD .venv/bin/python \\
+        benchmarks/data_throughput.py --images 3000
+
+Builds an ImageNet-like set from ../shared/data/imagenet-sample-1000.tar (real photos, median
+500×375; beyond 1,000 images each photo is re-cropped to 85-100% of each side and re-encoded, so
+copies differ but keep ImageNet sizes), as an ImageFolder and as sslpipe shards. Then measures
+images/s, each from its first batch to its end (start-up excluded alike), of:
+
+  (a) torchvision ImageFolder + DataLoader(num_workers = cores), the SimCLR transform twice
+  (b) sslpipe's Ray Data path, photometric work on the CPU side (views.augment_device = cpu)
+  (c) sslpipe's Ray Data path, photometric work on the "training device", batched in the
+      consuming process (augment_device = train); without a GPU that device is this process's
+      CPU, which shares the same cores with the decoding tasks
+  (d) the decode-only ceiling: full PIL decode to RGB, no augmentation, `cores` processes
+"""
+
+import argparse
+import io
+import json
+import multiprocessing
+import os
+import platform
+import random
+import tarfile
+import time
+from pathlib import Path
+
+SAMPLE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "imagenet-sample-1000.tar"
+BATCH = 64
+
+
+def build(workdir: Path, images: int, seed: int = 0) -> tuple[Path, Path]:
+    """ImageFolder (classes: the photos' wnids) and shards of ``images`` photos."""
+    from PIL import Image
+
+    from pipelines.data.shard import ShardOptions
+    from pipelines.data.shard_job import shard
+
+    folder, shards = workdir / f"folder-{images}", workdir / f"shards-{images}"
+    if (shards / "_manifest.json").exists():
+        return folder, shards
+    if not SAMPLE.exists():
+        raise SystemExit(f"{SAMPLE} is absent: this benchmark needs the shared ImageNet sample")
+    with tarfile.open(SAMPLE) as tar:
+        photos = [
+            (m.name.rsplit("/", 1)[-1], tar.extractfile(m).read())
+            for m in tar
+            if m.isfile() and m.name.lower().endswith((".jpeg", ".jpg"))
+        ]
+    photos.sort()
+    rng = random.Random(seed)
+    for i in range(images):
+        name, data = photos[i % len(photos)]
+        wnid = name.split("_", 1)[0]
+        if i >= len(photos):  # a different crop of the same photo, ImageNet-sized still
+            img = Image.open(io.BytesIO(data)).convert("RGB")
+            w, h = img.size
+            cw, ch = int(w * rng.uniform(0.85, 1)), int(h * rng.uniform(0.85, 1))
+            left, top = rng.randint(0, w - cw), rng.randint(0, h - ch)
+            buf = io.BytesIO()
+            img.crop((left, top, left + cw, top + ch)).save(buf, "JPEG", quality=90)
+            data = buf.getvalue()
+        (folder / wnid).mkdir(parents=True, exist_ok=True)
+        (folder / wnid / f"{i:06d}.JPEG").write_bytes(data)
+    shard(str(folder), str(shards), ShardOptions(), workers=0, progress=False)
+    return folder, shards
+
+
+def timed(batches, count) -> float:
+    """Images per second from the first batch to the last (the first batch is not counted)."""
+    iterator = iter(batches)
+    next(iterator)
+    start, n = time.perf_counter(), 0
+    for batch in iterator:
+        n += count(batch)
+    return n / (time.perf_counter() - start)
+
+
+def simclr_transform():
+    import torchvision.transforms as T
+
+    return T.Compose(
+        [
+            T.RandomResizedCrop(224, scale=(0.08, 1.0)),
+            T.RandomHorizontalFlip(),
+            T.RandomApply([T.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
+            T.RandomGrayscale(p=0.2),
+            T.RandomApply([T.GaussianBlur(23, sigma=(0.1, 2.0))], p=0.5),
+            T.ToTensor(),
+        ]
+    )
+
+
+class TwoViews:
+    def __init__(self, transform) -> None:
+        self.transform = transform
+
+    def __call__(self, img):
+        return self.transform(img), self.transform(img)
+
+
+def _one_thread() -> None:
+    import torch
+
+    torch.set_num_threads(1)  # as Ray gives each 1-CPU task
+
+
+def torchvision_rate(folder: Path, cores: int) -> float:
+    import torch
+    from torchvision.datasets import ImageFolder
+
+    ds = ImageFolder(str(folder), transform=TwoViews(simclr_transform()))
+    loader = torch.utils.data.DataLoader(
+        ds,
+        batch_size=BATCH,
+        shuffle=True,
+        num_workers=cores,
+        worker_init_fn=lambda _: _one_thread(),
+        drop_last=False,
+    )
+    return timed(loader, lambda b: len(b[1]))
+
+
+def _decode(path: str) -> int:
+    from PIL import Image
+
+    with Image.open(path) as img:
+        img.convert("RGB").load()
+    return 1
+
+
+def decode_rate(folder: Path, cores: int) -> float:
+    files = sorted(str(p) for p in folder.rglob("*.JPEG"))
+    with multiprocessing.get_context("spawn").Pool(cores) as pool:
+        pool.map(_decode, files[: cores * 4])  # warm the workers
+        start = time.perf_counter()
+        n = sum(pool.imap_unordered(_decode, files, chunksize=16))
+        return n / (time.perf_counter() - start)
+
+
+def ray_rate(shards: Path, cores: int, augment_device: str) -> float:
+    import torch
+
+    from pipelines.config import load_config, parse_set
+    from pipelines.data.source import training_dataset
+    from pipelines.train.step import prepare_views
+
+    cfg = load_config(
+        "simclr",
+        overrides=parse_set(
+            [
+                f"data.path={shards}",
+                f"data.decode_tasks={cores}",
+                f"views.augment_device={augment_device}",
+            ]
+        ),
+    )
+    ds, _ = training_dataset(cfg, str(shards))
+    device, g = torch.device("cpu"), torch.Generator().manual_seed(0)
+    torch.set_num_threads(1)
+
+    def consume(batch) -> int:
+        if augment_device == "train":  # what TrainStep does on its device before the model
+            prepare_views(batch, cfg, device, g)
+        return len(batch["label"])
+
+    ds.iter_torch_batches(batch_size=BATCH)
+    return timed(ds.iter_torch_batches(batch_size=BATCH, prefetch_batches=2), consume)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--images", type=int, default=3000)
+    parser.add_argument("--cores", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--workdir", default="/tmp/sslpipe-bench")
+    parser.add_argument("--json", help="also write the figures to this file")
+    args = parser.parse_args()
+    folder, shards = build(Path(args.workdir), args.images)
+
+    import ray
+
+    rates = {"d_decode_only": decode_rate(folder, args.cores)}
+    rates["a_torchvision"] = torchvision_rate(folder, args.cores)
+    ray.init(address="local", num_cpus=args.cores, include_dashboard=False, log_to_driver=False)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    rates["b_sslpipe_cpu"] = ray_rate(shards, args.cores, "cpu")
+    rates["c_sslpipe_train"] = ray_rate(shards, args.cores, "train")
+    ray.shutdown()
+
+    a, d = rates["a_torchvision"], rates["d_decode_only"]
+    report = {
+        "images": args.images,
+        "cores": args.cores,
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
+        "date": time.strftime("%Y-%m-%d"),
+        "images_per_sec": {k: round(v, 1) for k, v in rates.items()},
+        "b_over_a": round(rates["b_sslpipe_cpu"] / a, 2),
+        "c_over_a": round(rates["c_sslpipe_train"] / a, 2),
+        "fraction_of_d": {k: round(v / d, 3) for k, v in rates.items()},
+    }
+    print(json.dumps(report, indent=2))
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
