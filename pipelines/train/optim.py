@@ -22,7 +22,16 @@ _NORMS = (
 
 
 def param_groups(model: nn.Module, weight_decay: float, exclude_bias_and_norm: bool) -> list[dict]:
-    """Two groups: regular weights, and biases plus norm parameters (no decay, no LARS)."""
+    """Two groups: regular weights, and biases plus norm parameters (no decay, no LARS).
+
+    Parameters of the submodules a method names in ``fixed_lr_modules`` (SimSiam's predictor)
+    go into copies of those groups marked ``fixed_lr``, which :func:`set_lr` leaves at the peak.
+    """
+    fixed = {
+        id(p)
+        for name in getattr(model, "fixed_lr_modules", ())
+        for p in model.get_submodule(name).parameters()
+    }
     regular, excluded = [], []
     seen: set[int] = set()
     for module in model.modules():
@@ -35,7 +44,14 @@ def param_groups(model: nn.Module, weight_decay: float, exclude_bias_and_norm: b
     groups = [{"params": regular, "weight_decay": weight_decay, "lars_exclude": False}]
     if excluded:
         groups.append({"params": excluded, "weight_decay": 0.0, "lars_exclude": True})
-    return groups
+    out = []
+    for g in groups:
+        scheduled = [p for p in g["params"] if id(p) not in fixed]
+        kept = [p for p in g["params"] if id(p) in fixed]
+        out.append({**g, "params": scheduled, "fixed_lr": False})
+        if kept:
+            out.append({**g, "params": kept, "fixed_lr": True})
+    return out
 
 
 class LARS(torch.optim.Optimizer):
@@ -115,5 +131,7 @@ def warmup_cosine(
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """Set the scheduled lr; ``fixed_lr`` groups keep the one they were built with (the peak)."""
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        if not group.get("fixed_lr", False):
+            group["lr"] = lr
