@@ -172,37 +172,31 @@ def test_memory_queue_wraps_and_keeps_the_newest():
         queue.push(torch.zeros(3, 4))
 
 
-def _moco_enqueue_on_two_workers(rank: int, world: int):
-    method = tiny_method("moco_v2")  # same seed: same initial queue on every rank
-    keys = F.normalize(torch.randn(3, 16, generator=torch.Generator().manual_seed(rank)), dim=1)
-    method.on_step_end({"keys": keys}, Progress(0, 10, 5))
-    return keys, method.queue.keys[:6].clone(), int(method.queue.ptr)
-
-
-def test_moco_queue_receives_the_keys_of_all_workers():
-    results = run_distributed(_moco_enqueue_on_two_workers, world=2)
-    everyone = torch.cat([keys for keys, _, _ in results])  # rank order
-    for _, queue_head, ptr in results:
-        torch.testing.assert_close(queue_head, everyone)
-        assert ptr == 6
-
-
-def _moco_shuffled_keys(rank: int, world: int):
-    method = tiny_method("moco_v2")
+def _moco_on_two_workers(rank: int, world: int):
+    torch.set_num_threads(1)
+    method = tiny_method("moco_v2")  # same seed: same weights and initial queue on every rank
+    # shuffle-BN: keys computed on a shuffled global batch come back to their own worker
     x = tiny_batch(n=8)["global"][rank * 4 : rank * 4 + 4, 1]
     method.eval()  # running statistics: a key depends on its own image only
     shuffled = method.keys(x)
     plain = F.normalize(method._encode_keys(x), dim=1)
     method.train()  # batch statistics over the shuffled sub-batch: still one unit key per image
     trained = method.keys(x)
-    return shuffled, plain, trained
+    # enqueueing: every worker's queue receives the keys of every worker
+    keys = F.normalize(torch.randn(3, 16, generator=torch.Generator().manual_seed(rank)), dim=1)
+    method.on_step_end({"keys": keys}, Progress(0, 10, 5))
+    return shuffled, plain, trained, keys, method.queue.keys[:6].clone(), int(method.queue.ptr)
 
 
-def test_shuffle_bn_returns_each_worker_its_own_keys():
-    for shuffled, plain, trained in run_distributed(_moco_shuffled_keys, world=2):
+def test_moco_on_two_workers_shuffles_bn_and_enqueues_everyones_keys():
+    results = run_distributed(_moco_on_two_workers, world=2)
+    everyone = torch.cat([r[3] for r in results])  # rank order
+    for shuffled, plain, trained, _, queue_head, ptr in results:
         torch.testing.assert_close(shuffled, plain)
         assert trained.shape == (4, 16)
         torch.testing.assert_close(trained.norm(dim=1), torch.ones(4))
+        torch.testing.assert_close(queue_head, everyone)
+        assert ptr == 6
 
 
 @pytest.mark.parametrize("key", ["simclr_v2", "moco_v3", "byol", "simsiam", "dino"])
