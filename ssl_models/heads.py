@@ -1,6 +1,9 @@
-"""Projection and prediction heads: thin configurations of one MLP builder."""
+"""Projection and prediction heads: thin configurations of one MLP builder, plus DINO's head."""
 
+import torch
+import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils.parametrizations import weight_norm
 
 
 def mlp(
@@ -11,12 +14,14 @@ def mlp(
     batch_norm: bool = True,
     last_batch_norm: bool = False,
     last_bias: bool = True,
+    activation: type[nn.Module] = nn.ReLU,
 ) -> nn.Sequential:
-    """``num_layers`` linear layers with BatchNorm and ReLU between them.
+    """``num_layers`` linear layers with BatchNorm and ``activation`` between them.
 
     ``last_batch_norm`` adds an affine-free BatchNorm after the output layer (SimCLR v2, SimSiam's
     projector, MoCo v3), ``last_bias=False`` drops the output bias where that BatchNorm makes it
-    redundant. ``num_layers=1`` is a plain linear layer (MoCo v1's head).
+    redundant. ``num_layers=1`` is a plain linear layer (MoCo v1's head). DINO's head uses
+    ``activation=nn.GELU`` and no BatchNorm.
     """
     if num_layers < 1:
         raise ValueError(f"num_layers must be at least 1, got {num_layers}")
@@ -26,9 +31,53 @@ def mlp(
         layers.append(nn.Linear(dim, hidden_dim, bias=not batch_norm))
         if batch_norm:
             layers.append(nn.BatchNorm1d(hidden_dim))
-        layers.append(nn.ReLU(inplace=True))
+        layers.append(activation())
         dim = hidden_dim
     layers.append(nn.Linear(dim, out_dim, bias=last_bias))
     if last_batch_norm:
         layers.append(nn.BatchNorm1d(out_dim, affine=False))
     return nn.Sequential(*layers)
+
+
+class DINOHead(nn.Module):
+    """DINO's projection head (Caron et al. 2021, arXiv:2104.14294; ``DINOHead`` in the
+    reference ``vision_transformer.py``): ``(N, in_dim) -> (N, out_dim)``.
+
+    An MLP (GELU, BatchNorm only with ``use_bn``) down to ``bottleneck_dim``, an L2
+    normalisation, then a weight-normalised linear layer without bias whose per-output norm
+    ``g`` starts at 1. With ``norm_last_layer`` that norm stays 1 (not trained), so the output is
+    the cosine similarity to ``out_dim`` learned directions: more stable, as the reference notes.
+    Reused by iBOT and DINOv2.
+    """
+
+    def __init__(
+        self,
+        in_dim: int,
+        out_dim: int,
+        hidden_dim: int = 2048,
+        bottleneck_dim: int = 256,
+        num_layers: int = 3,
+        use_bn: bool = False,
+        norm_last_layer: bool = True,
+    ) -> None:
+        super().__init__()
+        self.mlp = mlp(
+            in_dim, hidden_dim, bottleneck_dim, num_layers, batch_norm=use_bn, activation=nn.GELU
+        )
+        for m in self.mlp.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+        # The last layer keeps nn.Linear's default initialisation, as the reference (it is
+        # created after the truncated-normal pass).
+        self.last_layer = weight_norm(nn.Linear(bottleneck_dim, out_dim, bias=False))
+        g = self.last_layer.parametrizations.weight.original0  # (out_dim, 1), the norms
+        with torch.no_grad():
+            g.fill_(1.0)
+        g.requires_grad_(not norm_last_layer)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (N, in_dim) -> (N, out_dim)."""
+        x = F.normalize(self.mlp(x), dim=-1)  # (N, bottleneck_dim), unit length
+        return self.last_layer(x)

@@ -6,7 +6,12 @@ its tests.
 
 from dataclasses import dataclass
 
+from ssl_models.methods.byol import BYOL, BYOLConfig
+from ssl_models.methods.dino import DINO, DINOConfig
+from ssl_models.methods.moco import MoCo, MoCoConfig
+from ssl_models.methods.moco_v3 import MoCoV3, MoCoV3Config
 from ssl_models.methods.simclr import SimCLR, SimCLRConfig
+from ssl_models.methods.simsiam import SimSiam, SimSiamConfig
 
 
 @dataclass(frozen=True)
@@ -19,6 +24,13 @@ class MethodEntry:
 
 METHODS: dict[str, MethodEntry] = {
     "simclr": MethodEntry(SimCLR, SimCLRConfig, "contrastive", "Chen et al., ICML 2020"),
+    "simclr_v2": MethodEntry(SimCLR, SimCLRConfig, "contrastive", "Chen et al., NeurIPS 2020"),
+    "moco_v1": MethodEntry(MoCo, MoCoConfig, "contrastive", "He et al., CVPR 2020"),
+    "moco_v2": MethodEntry(MoCo, MoCoConfig, "contrastive", "Chen et al., arXiv:2003.04297"),
+    "moco_v3": MethodEntry(MoCoV3, MoCoV3Config, "contrastive", "Chen, Xie & He, ICCV 2021"),
+    "byol": MethodEntry(BYOL, BYOLConfig, "self-distillation", "Grill et al., NeurIPS 2020"),
+    "simsiam": MethodEntry(SimSiam, SimSiamConfig, "self-distillation", "Chen & He, CVPR 2021"),
+    "dino": MethodEntry(DINO, DINOConfig, "self-distillation", "Caron et al., ICCV 2021"),
 }
 
 

@@ -1,4 +1,5 @@
-"""Contrastive losses with negatives: SimCLR's NT-Xent."""
+"""Contrastive losses with negatives: SimCLR's NT-Xent, MoCo v1/v2's InfoNCE against a queue,
+MoCo v3's in-batch InfoNCE."""
 
 import torch
 import torch.nn.functional as F
@@ -53,3 +54,71 @@ def nt_xent_loss(
     positive_index = torch.cat([local + total, local])
     logits = logits.masked_fill(F.one_hot(self_index, num_classes=2 * total).bool(), float("-inf"))
     return F.cross_entropy(logits, positive_index)
+
+
+def info_nce_loss(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    queue: torch.Tensor,
+    temperature: float = 0.2,
+) -> torch.Tensor:
+    """InfoNCE against a queue of negatives (MoCo, He et al. 2020, arXiv:1911.05722; MoCo v2,
+    Chen et al. 2020, arXiv:2003.04297).
+
+    q: (N, D) queries; k: (N, D) keys, the positive of each query; queue: (K, D) keys of past
+    batches, the negatives. All three are L2-normalised here. Logits are ``[q·k, q·queueᵀ] / T``
+    with the positive at index 0; returns the mean cross-entropy over the N queries. ``k`` and
+    ``queue`` carry no gradient (they come from the momentum encoder; the reference computes
+    them under ``no_grad``), so they are detached here. The paper's T is 0.07 (v1), 0.2 (v2).
+    """
+    _check_pair(q, k, "info_nce_loss")
+    if queue.ndim != 2 or queue.shape[1] != q.shape[1] or queue.shape[0] < 1:
+        raise ValueError(
+            f"info_nce_loss: queue must be (K >= 1, {q.shape[1]}) to match q {tuple(q.shape)}, got "
+            f"{tuple(queue.shape)}"
+        )
+    q = F.normalize(q, dim=1)
+    k = F.normalize(k.detach(), dim=1)
+    queue = F.normalize(queue.detach(), dim=1)
+    positive = (q * k).sum(dim=1, keepdim=True)  # (N, 1)
+    negative = q @ queue.T  # (N, K)
+    logits = torch.cat([positive, negative], dim=1) / temperature  # (N, 1 + K)
+    target = torch.zeros(q.shape[0], dtype=torch.long, device=q.device)
+    return F.cross_entropy(logits, target)
+
+
+def moco_v3_loss(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    temperature: float = 0.2,
+    gather_distributed: bool = False,
+) -> torch.Tensor:
+    """MoCo v3's contrastive loss with in-batch negatives (Chen, Xie & He 2021,
+    arXiv:2104.02057; ``contrastive_loss`` in the reference ``moco/builder.py``).
+
+    q: (N, D) predictions of one view; k: (N, D) momentum keys of the other view, the i-th key
+    the positive of the i-th query and every other key a negative. Both L2-normalised here.
+    Returns ``cross_entropy(q·kᵀ / T, diagonal) · 2T``, the mean over the N queries; the factor
+    2T is the reference's (it makes the gradient scale independent of T). The method sums this
+    over both directions (q1 with k2, q2 with k1). Gradient flows into both arguments; MoCo v3
+    passes keys from its momentum encoder, which carry none. The reference's T is 1.0 for ResNets
+    and 0.2 for ViTs.
+
+    With ``gather_distributed`` the keys are those of the global batch (gathered with gradient)
+    and the queries stay local, as the reference; under DDP's gradient averaging this equals one
+    process holding the global batch.
+    """
+    _check_pair(q, k, "moco_v3_loss")
+    n = q.shape[0]
+    distributed_keys = gather_distributed and distributed.is_distributed()
+    if n * (distributed.world_size() if distributed_keys else 1) < 2:
+        raise ValueError("moco_v3_loss needs at least 2 images to have a negative")
+    q = F.normalize(q, dim=1)
+    k = F.normalize(k, dim=1)
+    offset = 0
+    if distributed_keys:
+        k = distributed.gather(k)  # (W*N, D)
+        offset = distributed.rank() * n
+    logits = q @ k.T / temperature  # (N, W*N)
+    target = torch.arange(n, device=q.device) + offset
+    return F.cross_entropy(logits, target) * (2 * temperature)

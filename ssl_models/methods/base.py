@@ -35,6 +35,9 @@ class SSLMethod(nn.Module):
 
     #: attribute holding the encoder to export (the backbone, or an EMA teacher's copy)
     encoder_name: str = "backbone"
+    #: submodules whose parameters keep the peak learning rate, outside the schedule (SimSiam's
+    #: predictor); the optimizer puts them in their own param groups
+    fixed_lr_modules: tuple[str, ...] = ()
 
     @property
     def encoder(self) -> nn.Module:
@@ -53,3 +56,16 @@ class SSLMethod(nn.Module):
     @torch.no_grad()
     def on_step_end(self, outputs: dict[str, torch.Tensor], progress: Progress) -> None:
         """Update non-gradient state after the optimizer step (EMA, centres, queues)."""
+
+
+def view_group(
+    batch: dict[str, torch.Tensor], group: str, method: str, count: int | None = None
+) -> torch.Tensor:
+    """``batch[group]``, checked to be ``(B, V, 3, S, S)`` with ``V == count`` when given."""
+    if group not in batch:
+        raise KeyError(f"{method} needs the view group '{group}'; the batch has {sorted(batch)}")
+    views = batch[group]
+    if views.ndim != 5 or (count is not None and views.shape[1] != count):
+        expected = f"(B, {count}, 3, S, S)" if count is not None else "(B, V, 3, S, S)"
+        raise ValueError(f"{method} expects '{group}' views {expected}, got {tuple(views.shape)}")
+    return views

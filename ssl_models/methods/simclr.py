@@ -1,4 +1,13 @@
-"""SimCLR v1 (Chen et al. 2020, arXiv:2002.05709): two views, MLP projection, NT-Xent."""
+"""SimCLR v1 (Chen et al. 2020, arXiv:2002.05709): two views, MLP projection, NT-Xent.
+
+SimCLR v2 (Chen et al. 2020, arXiv:2006.10029) is the same class with its own recipe
+(``configs/simclr_v2.yaml``): a deeper projection head (3 layers, BatchNorm after the last one as
+in the reference code) and v2's optimisation (800 epochs, weight decay 1e-4, 5% warmup). What v2
+adds and we do not do: bigger and selective-kernel ResNets (ResNet-152 3× + SK), fine-tuning
+from the projector's first layer, the optional MoCo-style memory of negatives (the paper reports
+about 1%), and the distillation stage on unlabeled data. The exported encoder is the backbone,
+as in v2's linear evaluation.
+"""
 
 from dataclasses import dataclass
 
@@ -7,7 +16,7 @@ from torch import nn
 
 from ssl_models.heads import mlp
 from ssl_models.losses import nt_xent_loss
-from ssl_models.methods.base import SSLMethod
+from ssl_models.methods.base import SSLMethod, view_group
 
 
 @dataclass(frozen=True)
@@ -16,6 +25,7 @@ class SimCLRConfig:
     proj_hidden_dim: int = 2048  # the paper's projection width is the backbone's (2048 for RN50)
     proj_dim: int = 128  # output dimension of the projection g(h)
     proj_layers: int = 2  # v1: 2 layers; SimCLR v2 uses 3
+    proj_last_batch_norm: bool = False  # BatchNorm on the output layer (v2's reference head)
     gather_distributed: bool = True  # negatives from the global batch, as the paper
 
 
@@ -26,14 +36,17 @@ class SimCLR(SSLMethod):
         super().__init__()
         self.cfg = cfg
         self.backbone = backbone
-        self.projector = mlp(backbone.out_dim, cfg.proj_hidden_dim, cfg.proj_dim, cfg.proj_layers)
+        self.projector = mlp(
+            backbone.out_dim,
+            cfg.proj_hidden_dim,
+            cfg.proj_dim,
+            cfg.proj_layers,
+            last_batch_norm=cfg.proj_last_batch_norm,
+            last_bias=not cfg.proj_last_batch_norm,
+        )
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        views = batch["global"]
-        if views.ndim != 5 or views.shape[1] != 2:
-            raise ValueError(
-                f"SimCLR expects global views (B, 2, 3, H, W), got {tuple(views.shape)}"
-            )
+        views = view_group(batch, "global", "SimCLR", count=2)
         b = views.shape[0]
         h = self.backbone(views.transpose(0, 1).flatten(0, 1))  # (2B, D), view-major
         z = self.projector(h)

@@ -1,0 +1,119 @@
+"""DINO (Caron et al. 2021, arXiv:2104.14294): self-distillation with no labels.
+
+A student (backbone + DINO head) sees every crop, two global and several local ones; a teacher,
+its EMA (momentum 0.996 → 1 on a cosine), sees only the global crops. The teacher's output is
+centred (a running mean, momentum 0.9, over every worker's batch) and sharpened (temperature
+warmed up from 0.04 to 0.07); the student's is softened by 0.1. The loss is the cross-entropy
+over every (teacher crop, other student crop) pair. The head's last layer is frozen during the
+first epoch. The exported encoder is the teacher's backbone, the one DINO evaluates.
+
+As the reference's ``MultiCropWrapper``, crops of one resolution go through the backbone together
+(global crops in one batch, local crops in another), then the head sees all crops at once.
+"""
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ssl_models.heads import DINOHead
+from ssl_models.losses import DINOCenter, dino_loss, teacher_temperature
+from ssl_models.methods.base import Progress, SSLMethod, view_group
+from ssl_models.momentum import cosine_momentum, momentum_copy, update_momentum
+
+
+@dataclass(frozen=True)
+class DINOConfig:
+    out_dim: int = 65536  # K, the head's output; "large values like 65k work well" on ImageNet
+    hidden_dim: int = 2048  # the head's MLP width
+    bottleneck_dim: int = 256  # the L2-normalised bottleneck before the last layer
+    head_layers: int = 3  # linear layers before the bottleneck
+    use_bn_in_head: bool = False  # the reference's default, also for ResNet-50
+    norm_last_layer: bool = True  # fix the last layer's weight norm to 1: more stable
+    student_temp: float = 0.1
+    warmup_teacher_temp: float = 0.04  # teacher temperature at the start
+    teacher_temp: float = 0.07  # after the warmup; "anything above 0.07 is unstable"
+    warmup_teacher_temp_epochs: float = 30.0  # linear warmup of the teacher temperature
+    center_momentum: float = 0.9  # EMA of the teacher-output mean
+    momentum: float = 0.996  # teacher EMA at the start, cosine to momentum_final
+    momentum_final: float = 1.0
+    freeze_last_layer_epochs: int = 1  # the last layer gets no update for this many epochs
+
+
+class DINO(SSLMethod):
+    """batch["global"]: (B, 2, 3, S, S); batch["local"] (optional): (B, L, 3, s, s)
+    -> {loss, teacher_output}; ``teacher_output`` (2B, K) feeds the centre update
+    in :meth:`on_step_end`."""
+
+    encoder_name = "teacher_backbone"
+
+    def __init__(self, backbone: nn.Module, cfg: DINOConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.backbone = backbone
+        self.head = DINOHead(
+            backbone.out_dim,
+            cfg.out_dim,
+            cfg.hidden_dim,
+            cfg.bottleneck_dim,
+            cfg.head_layers,
+            cfg.use_bn_in_head,
+            cfg.norm_last_layer,
+        )
+        self.teacher_backbone = momentum_copy(self.backbone)
+        self.teacher_head = momentum_copy(self.head)
+        self.center = DINOCenter(cfg.out_dim, cfg.center_momentum)
+        # set per step by on_step_start from the schedule; a pure function of the step, so a
+        # resumed run recomputes it
+        self.teacher_temp = cfg.warmup_teacher_temp
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        global_views = view_group(batch, "global", "DINO", count=2)
+        n_global = global_views.shape[1]
+        crops = [global_views.transpose(0, 1).flatten(0, 1)]  # (2B, 3, S, S), view-major
+        n_local = 0
+        if "local" in batch:
+            local_views = view_group(batch, "local", "DINO")
+            n_local = local_views.shape[1]
+            crops.append(local_views.transpose(0, 1).flatten(0, 1))  # (LB, 3, s, s)
+
+        with torch.no_grad():
+            teacher_out = self.teacher_head(self.teacher_backbone(crops[0]))  # (2B, K)
+        features = torch.cat([self.backbone(x) for x in crops])  # ((2 + L)B, D)
+        student_out = self.head(features)  # ((2 + L)B, K)
+
+        loss = dino_loss(
+            student_out.chunk(n_global + n_local),
+            teacher_out.chunk(n_global),
+            self.center.center,
+            self.cfg.student_temp,
+            self.teacher_temp,
+        )
+        return {"loss": loss, "teacher_output": teacher_out}
+
+    def momentum(self, progress: Progress) -> float:
+        return cosine_momentum(progress.fraction, self.cfg.momentum, self.cfg.momentum_final)
+
+    def on_step_start(self, progress: Progress) -> dict[str, float]:
+        epoch = progress.step / max(1, progress.steps_per_epoch)  # fractional: per step
+        self.teacher_temp = teacher_temperature(
+            epoch,
+            self.cfg.warmup_teacher_temp,
+            self.cfg.teacher_temp,
+            self.cfg.warmup_teacher_temp_epochs,
+        )
+        return {"momentum": self.momentum(progress), "teacher_temp": self.teacher_temp}
+
+    def on_after_backward(self, progress: Progress) -> None:
+        if progress.epoch < self.cfg.freeze_last_layer_epochs:
+            # no gradient, so no update at all (not even weight decay or momentum), as the
+            # reference's cancel_gradients_last_layer
+            for p in self.head.last_layer.parameters():
+                p.grad = None
+
+    @torch.no_grad()
+    def on_step_end(self, outputs: dict[str, torch.Tensor], progress: Progress) -> None:
+        m = self.momentum(progress)
+        update_momentum(self.backbone, self.teacher_backbone, m)
+        update_momentum(self.head, self.teacher_head, m)
+        self.center.update(outputs["teacher_output"])

@@ -1,0 +1,96 @@
+"""Heads (shapes at batch sizes 1 and 2, DINO's normalised last layer) and momentum updates."""
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from ssl_models.heads import DINOHead, mlp
+from ssl_models.momentum import cosine_momentum, momentum_copy, update_momentum
+
+# BatchNorm heads cannot normalise a batch of one in training mode (PyTorch refuses), so batch
+# size 1 is checked in eval mode, where they use their running statistics; 2 in both modes.
+HEADS = {
+    "linear (MoCo v1)": lambda: mlp(16, 32, 8, num_layers=1),
+    "MLP without BN (MoCo v2)": lambda: mlp(16, 32, 8, 2, batch_norm=False),
+    "2-layer BN (BYOL, MoCo v3 predictor)": lambda: mlp(16, 32, 8, 2),
+    "3-layer BN + last BN (SimCLR v2, SimSiam)": lambda: mlp(
+        16, 32, 8, 3, last_batch_norm=True, last_bias=False
+    ),
+    "DINO": lambda: DINOHead(16, 8, hidden_dim=32, bottleneck_dim=4),
+    "DINO with BN": lambda: DINOHead(16, 8, hidden_dim=32, bottleneck_dim=4, use_bn=True),
+}
+
+
+@pytest.mark.parametrize("name", list(HEADS))
+def test_head_output_shapes(name):
+    head = HEADS[name]()
+    head.train()
+    assert head(torch.randn(2, 16)).shape == (2, 8)
+    head.eval()
+    for n in (1, 2):
+        assert head(torch.randn(n, 16)).shape == (n, 8)
+
+
+def test_mlp_layout():
+    head = mlp(16, 32, 8, 3, last_batch_norm=True, last_bias=False, activation=nn.GELU)
+    kinds = [type(m).__name__ for m in head]
+    assert kinds == ["Linear", "BatchNorm1d", "GELU"] * 2 + ["Linear", "BatchNorm1d"]
+    assert head[0].bias is None and head[-2].bias is None and not head[-1].affine
+    with pytest.raises(ValueError, match="num_layers must be at least 1"):
+        mlp(4, 4, 4, num_layers=0)
+
+
+def test_dino_last_layer_is_a_cosine_to_unit_directions():
+    torch.manual_seed(0)
+    head = DINOHead(16, 8, hidden_dim=32, bottleneck_dim=4, norm_last_layer=True)
+    g = head.last_layer.parametrizations.weight.original0
+    assert not g.requires_grad  # the norm is fixed at 1, not trained
+    torch.testing.assert_close(head.last_layer.weight.norm(dim=1), torch.ones(8))
+    # inputs of any scale give outputs bounded by 1: normalised bottleneck · unit rows
+    out = head(100 * torch.randn(5, 16))
+    assert out.abs().max() <= 1 + 1e-5
+    free = DINOHead(16, 8, hidden_dim=32, bottleneck_dim=4, norm_last_layer=False)
+    assert free.last_layer.parametrizations.weight.original0.requires_grad
+    # the weight-normalised layer survives deepcopy (the teacher is a copy of the student)
+    x = torch.randn(3, 16)
+    torch.testing.assert_close(copy.deepcopy(head)(x), head(x))
+
+
+def test_update_momentum_at_the_ends_and_in_between():
+    torch.manual_seed(0)
+    model, ema = nn.Linear(3, 2), nn.Linear(3, 2)
+    before = [p.clone() for p in ema.parameters()]
+    update_momentum(model, ema, 1.0)  # teacher unchanged
+    for p, b in zip(ema.parameters(), before, strict=True):
+        torch.testing.assert_close(p, b, rtol=0, atol=0)
+    update_momentum(model, ema, 0.25)
+    for p, b, s in zip(ema.parameters(), before, model.parameters(), strict=True):
+        torch.testing.assert_close(p, 0.25 * b + 0.75 * s)
+    update_momentum(model, ema, 0.0)  # teacher becomes the student
+    for p, s in zip(ema.parameters(), model.parameters(), strict=True):
+        torch.testing.assert_close(p, s, rtol=0, atol=0)
+
+
+def test_update_momentum_errors():
+    with pytest.raises(ValueError, match="same parameters"):
+        update_momentum(nn.Linear(3, 2), nn.Linear(3, 4), 0.5)
+    with pytest.raises(ValueError, match=r"m must lie in \[0, 1\]"):
+        update_momentum(nn.Linear(3, 2), nn.Linear(3, 2), 1.5)
+
+
+def test_momentum_copy_is_equal_and_frozen():
+    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))
+    ema = momentum_copy(model)
+    assert all(not p.requires_grad for p in ema.parameters())
+    assert all(p.requires_grad for p in model.parameters())
+    for p, q in zip(model.parameters(), ema.parameters(), strict=True):
+        assert torch.equal(p, q) and p.data_ptr() != q.data_ptr()
+
+
+def test_cosine_momentum_schedule():
+    assert cosine_momentum(0.0, 0.996, 1.0) == pytest.approx(0.996)
+    assert cosine_momentum(0.5, 0.996, 1.0) == pytest.approx(0.998)
+    assert cosine_momentum(1.0, 0.996, 1.0) == pytest.approx(1.0)
+    assert cosine_momentum(0.3, 0.999, 0.999) == pytest.approx(0.999)  # MoCo v1/v2: constant

@@ -1,0 +1,98 @@
+"""Each method's recipe through the real pieces of the pipeline, without Ray: config layers ->
+ViewMaker on JPEGs -> TrainStep; plus the paper values the recipes must carry."""
+
+import io
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from pipelines.config import OptimConfig, load_config, parse_set
+from pipelines.data.views import ViewMaker
+from pipelines.train.optim import build_optimizer, set_lr
+from pipelines.train.step import TrainStep, build_method, place
+from tests.method_helpers import tiny_method
+
+KEYS = ["simclr_v2", "moco_v1", "moco_v2", "moco_v3", "byol", "simsiam", "dino"]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _jpeg(seed: int) -> bytes:
+    rng = np.random.default_rng(seed)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 255, (36, 40, 3), dtype=np.uint8)).save(buf, format="JPEG")
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("key", KEYS)
+def test_embedded_recipe_trains_two_steps_through_the_step(key):
+    cfg = load_config(key, overrides=parse_set(["backbone.width=0.125", "train.batch_size=4"]))
+    rows = {
+        "key": np.array([f"k{i}" for i in range(4)], dtype=object),
+        "image": np.array([_jpeg(i) for i in range(4)], dtype=object),
+        "label": np.arange(4, dtype=np.int32),
+    }
+    views = ViewMaker(cfg.views, seed=0)(rows)
+    batch = {k: torch.from_numpy(v) for k, v in views.items() if k != "label"}
+    device = torch.device("cpu")
+    torch.manual_seed(0)
+    method = place(build_method(cfg), cfg, device)
+    step = TrainStep(method, cfg, device, total_steps=2, steps_per_epoch=1)
+    results = [step(batch, s) for s in range(2)]
+    assert all(math.isfinite(r.loss) for r in results)
+    if key == "dino":
+        assert batch["local"].shape == (4, 8, 3, 16, 16)  # multi-crop reaches the method
+
+
+@pytest.mark.parametrize(
+    "key, expected",
+    [
+        ("simclr_v2", {"proj_layers": 3, "proj_last_batch_norm": True, "temperature": 0.1}),
+        ("moco_v1", {"temperature": 0.07, "proj_layers": 1, "queue_size": 65536}),
+        ("moco_v2", {"temperature": 0.2, "proj_layers": 2, "momentum": 0.999}),
+        ("moco_v3", {"temperature": 1.0, "momentum": 0.99, "momentum_final": 1.0}),
+        ("byol", {"momentum": 0.996, "proj_hidden_dim": 4096, "proj_dim": 256}),
+        ("simsiam", {"proj_layers": 3, "pred_hidden_dim": 512, "fix_predictor_lr": True}),
+        ("dino", {"out_dim": 65536, "student_temp": 0.1, "teacher_temp": 0.07}),
+    ],
+)
+def test_papers_recipe_applies_with_user_data(key, expected):
+    cfg = load_config(key, overrides={"data": {"path": "/shards"}})
+    assert cfg.backbone.name == "resnet50" and cfg.views.groups["global"].size == 224
+    for field, value in expected.items():
+        assert getattr(cfg.method_args, field) == value, field
+
+
+def test_asymmetric_and_multi_crop_view_recipes():
+    byol = load_config("byol", overrides={"data": {"path": "/shards"}}).views.groups["global"]
+    assert [(p.blur_p, p.solarize_p) for p in byol.photometric] == [(1.0, 0.0), (0.1, 0.2)]
+    dino = load_config("dino", overrides={"data": {"path": "/shards"}}).views.groups
+    assert (dino["local"].count, dino["local"].size) == (8, 96)
+    assert dino["global"].scale[0] == dino["local"].scale[1]  # the crops split the scale range
+    moco_v2 = load_config("moco_v2", overrides={"data": {"path": "/shards"}}).views
+    assert moco_v2.groups["global"].photometric[0].blur_p == 0.5  # v2's addition over v1
+    assert load_config("moco_v1").views.groups["global"].photometric[0].blur_p == 0.0
+
+
+def test_simsiam_predictor_keeps_the_peak_lr():
+    method = tiny_method("simsiam")
+    opt = build_optimizer(method, OptimConfig(name="sgd", base_lr=0.05), global_batch=512)
+    fixed = [g for g in opt.param_groups if g["fixed_lr"]]
+    predictor = {id(p) for p in method.predictor.parameters()}
+    assert {id(p) for g in fixed for p in g["params"]} == predictor
+    set_lr(opt, 0.001)  # the schedule moves everything else
+    assert all(g["lr"] == pytest.approx(0.1) for g in fixed)  # 0.05 × 512 / 256
+    assert all(g["lr"] == 0.001 for g in opt.param_groups if not g["fixed_lr"])
+
+    plain = tiny_method("simsiam", fix_predictor_lr=False)
+    opt = build_optimizer(plain, OptimConfig(name="lars"), global_batch=256)
+    assert not any(g["fixed_lr"] for g in opt.param_groups)
