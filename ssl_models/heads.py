@@ -1,5 +1,7 @@
-"""Projection and prediction heads: thin configurations of one MLP builder."""
+"""Projection and prediction heads: thin configurations of one MLP builder, and prototypes."""
 
+import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -32,3 +34,17 @@ def mlp(
     if last_batch_norm:
         layers.append(nn.BatchNorm1d(out_dim, affine=False))
     return nn.Sequential(*layers)
+
+
+class Prototypes(nn.Linear):
+    """SwAV's K prototype vectors (Caron et al. 2020, arXiv:2006.09882): a bias-free linear
+    layer, z: (B, dim) -> scores (B, K). The rows are put back on the unit sphere by
+    :meth:`normalize_`, which the method calls from its step hook (never in ``forward``), so
+    that scores of normalised embeddings are cosine similarities."""
+
+    def __init__(self, dim: int, num_prototypes: int) -> None:
+        super().__init__(dim, num_prototypes, bias=False)
+
+    @torch.no_grad()
+    def normalize_(self) -> None:
+        self.weight.copy_(F.normalize(self.weight, dim=1))
