@@ -6,7 +6,13 @@ its tests.
 
 from dataclasses import dataclass
 
+from ssl_models.methods.barlow_twins import BarlowTwins, BarlowTwinsConfig
+from ssl_models.methods.jigsaw import Jigsaw, JigsawConfig
+from ssl_models.methods.relative_loc import RelativeLoc, RelativeLocConfig
+from ssl_models.methods.rotnet import RotNet, RotNetConfig
 from ssl_models.methods.simclr import SimCLR, SimCLRConfig
+from ssl_models.methods.swav import SwAV, SwAVConfig
+from ssl_models.methods.vicreg import VICReg, VICRegConfig
 
 
 @dataclass(frozen=True)
@@ -18,7 +24,19 @@ class MethodEntry:
 
 
 METHODS: dict[str, MethodEntry] = {
+    "rotnet": MethodEntry(RotNet, RotNetConfig, "context-based", "Gidaris et al., ICLR 2018"),
+    "relative_loc": MethodEntry(
+        RelativeLoc, RelativeLocConfig, "context-based", "Doersch et al., ICCV 2015"
+    ),
+    "jigsaw": MethodEntry(Jigsaw, JigsawConfig, "context-based", "Noroozi & Favaro, ECCV 2016"),
     "simclr": MethodEntry(SimCLR, SimCLRConfig, "contrastive", "Chen et al., ICML 2020"),
+    "swav": MethodEntry(SwAV, SwAVConfig, "clustering", "Caron et al., NeurIPS 2020"),
+    "barlow_twins": MethodEntry(
+        BarlowTwins, BarlowTwinsConfig, "feature decorrelation", "Zbontar et al., ICML 2021"
+    ),
+    "vicreg": MethodEntry(
+        VICReg, VICRegConfig, "feature decorrelation", "Bardes et al., ICLR 2022"
+    ),
 }
 
 
