@@ -16,7 +16,7 @@ from ray.data import RandomSeedConfig
 
 from pipelines.config import Config, ViewsConfig
 from pipelines.data.manifest import Manifest, join, read_manifest
-from pipelines.data.views import ViewMaker
+from pipelines.data.views import view_maker
 
 
 def read_parquet_files(
@@ -62,7 +62,7 @@ def read_shards(
 def make_views(batch: dict, views: ViewsConfig, bad_images: str) -> dict:
     """Stateless ``map_batches`` function: tasks reuse Ray's worker processes from epoch to
     epoch, where an actor pool would be started anew at every execution."""
-    return ViewMaker(views, bad_images)(batch)
+    return view_maker(views, bad_images)(batch)
 
 
 def view_dataset(ds: ray.data.Dataset, views: ViewsConfig, cfg: Config) -> ray.data.Dataset:
