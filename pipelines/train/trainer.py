@@ -87,6 +87,8 @@ def storage_root(cfg: Config) -> str:
 
 
 def eval_image_size(cfg: Config) -> int:
+    if cfg.eval.image_size:
+        return cfg.eval.image_size
     groups = cfg.views.groups
     return (groups.get("global") or next(iter(groups.values()))).size
 
