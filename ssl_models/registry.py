@@ -24,12 +24,12 @@ class MethodEntry:
 
 
 METHODS: dict[str, MethodEntry] = {
+    "simclr": MethodEntry(SimCLR, SimCLRConfig, "contrastive", "Chen et al., ICML 2020"),
     "rotnet": MethodEntry(RotNet, RotNetConfig, "context-based", "Gidaris et al., ICLR 2018"),
     "relative_loc": MethodEntry(
         RelativeLoc, RelativeLocConfig, "context-based", "Doersch et al., ICCV 2015"
     ),
     "jigsaw": MethodEntry(Jigsaw, JigsawConfig, "context-based", "Noroozi & Favaro, ECCV 2016"),
-    "simclr": MethodEntry(SimCLR, SimCLRConfig, "contrastive", "Chen et al., ICML 2020"),
     "swav": MethodEntry(SwAV, SwAVConfig, "clustering", "Caron et al., NeurIPS 2020"),
     "barlow_twins": MethodEntry(
         BarlowTwins, BarlowTwinsConfig, "feature decorrelation", "Zbontar et al., ICML 2021"
