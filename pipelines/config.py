@@ -63,11 +63,49 @@ class ViewGroupConfig:
 
 
 @dataclass(frozen=True)
+class RelativeLocViewsConfig:
+    """Patch pairs of relative location (Doersch et al. 2015, section 3); sizes in pixels at the
+    patch resolution (the ``patches`` group's size; 96 in the paper)."""
+
+    gap: int = 48  # space between neighbouring patches: no low-level edge continuation
+    jitter: int = 7  # each patch moves by up to this much: no straight-line continuation
+    drop_channels: bool = True  # keep one random colour channel per patch (chromatic aberration)
+    drop_noise: float = 0.01  # std of the noise in the dropped channels, × the kept channel's std
+
+
+@dataclass(frozen=True)
+class JigsawViewsConfig:
+    """3×3 jigsaw puzzles (Noroozi & Favaro 2016, section 3); tiles take the ``tiles`` group's
+    size (64 in the paper)."""
+
+    cell: int = 75  # side of each grid cell; the tile is cut at a random place inside it
+    permutations: int = 1000  # size of the permutation set: the number of classes
+    permutation_seed: int = 0  # the set is chosen deterministically from this seed
+    # "average": the paper's Algorithm 1 (largest mean Hamming distance to the chosen set);
+    # "maximin": the largest minimum distance first, then the paper's criterion (same mean)
+    selection: Literal["average", "maximin"] = "average"
+    channel_jitter: int = 2  # shift each colour channel by up to this much: chromatic aberration
+    grayscale_p: float = 0.3  # whole images turned grey, so colour alone cannot place tiles
+
+
+# view group and view count each pretext recipe writes
+RECIPE_GROUPS: dict[str, tuple[str, int]] = {
+    "rotation": ("global", 4),  # the 0°, 90°, 180°, 270° copies of one crop
+    "relative_loc": ("patches", 2),  # the centre patch, then one of its 8 neighbours
+    "jigsaw": ("tiles", 9),  # the 3×3 tiles in shuffled order
+}
+
+
+@dataclass(frozen=True)
 class ViewsConfig:
-    recipe: Literal["crops"] = "crops"  # how views are cut from an image
+    # how views are cut from an image: random crops per group, or a pretext task's views plus
+    # its targets (pipelines/data/pretext_views.py)
+    recipe: Literal["crops", "rotation", "relative_loc", "jigsaw"] = "crops"
     groups: dict[str, ViewGroupConfig] = field(
         default_factory=lambda: {"global": ViewGroupConfig()}
     )
+    relative_loc: RelativeLocViewsConfig = field(default_factory=RelativeLocViewsConfig)
+    jigsaw: JigsawViewsConfig = field(default_factory=JigsawViewsConfig)
     # where colour and blur run: on the CPU side inside Ray Data, or batched on the train device
     augment_device: Literal["cpu", "train"] = "train"
     draft_decode: bool = True  # let PIL decode JPEGs at reduced size when the crop shrinks anyway
@@ -150,6 +188,7 @@ class EvalConfig:
     linear_lr: float = 0.1  # full-feature-set SGD with momentum 0.9, cosine to 0
     linear_weight_decay: float = 0.0
     linear_batch_size: int = 256
+    image_size: int = 0  # evaluation view side; 0: the global (else the first) view group's
 
 
 @dataclass(frozen=True)
@@ -291,6 +330,7 @@ def build_config(data: dict[str, Any]) -> Config:
     args = _coerce(method_args, get_method(method).config, "method_args")
     cfg = dataclasses.replace(cfg, method_args=args)
     check_training(cfg)
+    check_recipe(cfg)
     return cfg
 
 
@@ -318,6 +358,38 @@ def check_training(cfg: Config) -> None:
             raise ConfigError(
                 f"config key 'tracking.aliases': '{alias}' is not settable; 'best' is set by kNN "
                 "top-1 and MLflow reserves 'latest' (use models:/NAME/latest for the newest)"
+            )
+
+
+def check_recipe(cfg: Config) -> None:
+    """A pretext recipe's view group must exist with its fixed view count, and its settings
+    must agree with the method's (a mismatch would otherwise fail deep inside a Ray task)."""
+    views = cfg.views
+    if views.recipe not in RECIPE_GROUPS:
+        return
+    name, count = RECIPE_GROUPS[views.recipe]
+    group = views.groups.get(name)
+    if group is None or group.count != count:
+        raise ConfigError(
+            f"config key 'views.groups.{name}.count': the {views.recipe} recipe writes {count} "
+            f"views to group '{name}', got {'no such group' if group is None else group.count}"
+        )
+    if views.recipe == "jigsaw":
+        jig = views.jigsaw
+        if jig.cell < group.size + 2 * jig.channel_jitter:
+            raise ConfigError(
+                f"config key 'views.jigsaw.cell': {jig.cell} cannot hold a tile of "
+                f"{group.size} plus a channel jitter of {jig.channel_jitter} on each side"
+            )
+        if not 2 <= jig.permutations <= 362880:
+            raise ConfigError(
+                f"config key 'views.jigsaw.permutations': {jig.permutations} is not in [2, 9!]"
+            )
+        classes = getattr(cfg.method_args, "num_permutations", jig.permutations)
+        if classes != jig.permutations:
+            raise ConfigError(
+                f"config key 'method_args.num_permutations': {classes} must equal "
+                f"views.jigsaw.permutations = {jig.permutations}"
             )
 
 

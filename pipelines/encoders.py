@@ -15,6 +15,9 @@ from ssl_models.export import Encoder
 
 
 def eval_image_size(cfg: Config) -> int:
+    """``eval.image_size``, else the global (or first) view group's side."""
+    if cfg.eval.image_size:
+        return cfg.eval.image_size
     groups = cfg.views.groups
     return (groups.get("global") or next(iter(groups.values()))).size
 

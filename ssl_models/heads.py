@@ -1,4 +1,5 @@
-"""Projection and prediction heads: thin configurations of one MLP builder, plus DINO's head."""
+"""Projection and prediction heads: thin configurations of one MLP builder, DINO's head and
+SwAV's prototypes."""
 
 import torch
 import torch.nn.functional as F
@@ -81,3 +82,17 @@ class DINOHead(nn.Module):
         """x: (N, in_dim) -> (N, out_dim)."""
         x = F.normalize(self.mlp(x), dim=-1)  # (N, bottleneck_dim), unit length
         return self.last_layer(x)
+
+
+class Prototypes(nn.Linear):
+    """SwAV's K prototype vectors (Caron et al. 2020, arXiv:2006.09882): a bias-free linear
+    layer, z: (B, dim) -> scores (B, K). The rows are put back on the unit sphere by
+    :meth:`normalize_`, which the method calls from its step hook (never in ``forward``), so
+    that scores of normalised embeddings are cosine similarities."""
+
+    def __init__(self, dim: int, num_prototypes: int) -> None:
+        super().__init__(dim, num_prototypes, bias=False)
+
+    @torch.no_grad()
+    def normalize_(self) -> None:
+        self.weight.copy_(F.normalize(self.weight, dim=1))

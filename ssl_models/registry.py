@@ -6,12 +6,18 @@ its tests.
 
 from dataclasses import dataclass
 
+from ssl_models.methods.barlow_twins import BarlowTwins, BarlowTwinsConfig
 from ssl_models.methods.byol import BYOL, BYOLConfig
 from ssl_models.methods.dino import DINO, DINOConfig
+from ssl_models.methods.jigsaw import Jigsaw, JigsawConfig
 from ssl_models.methods.moco import MoCo, MoCoConfig
 from ssl_models.methods.moco_v3 import MoCoV3, MoCoV3Config
+from ssl_models.methods.relative_loc import RelativeLoc, RelativeLocConfig
+from ssl_models.methods.rotnet import RotNet, RotNetConfig
 from ssl_models.methods.simclr import SimCLR, SimCLRConfig
 from ssl_models.methods.simsiam import SimSiam, SimSiamConfig
+from ssl_models.methods.swav import SwAV, SwAVConfig
+from ssl_models.methods.vicreg import VICReg, VICRegConfig
 
 
 @dataclass(frozen=True)
@@ -31,6 +37,18 @@ METHODS: dict[str, MethodEntry] = {
     "byol": MethodEntry(BYOL, BYOLConfig, "self-distillation", "Grill et al., NeurIPS 2020"),
     "simsiam": MethodEntry(SimSiam, SimSiamConfig, "self-distillation", "Chen & He, CVPR 2021"),
     "dino": MethodEntry(DINO, DINOConfig, "self-distillation", "Caron et al., ICCV 2021"),
+    "rotnet": MethodEntry(RotNet, RotNetConfig, "context-based", "Gidaris et al., ICLR 2018"),
+    "relative_loc": MethodEntry(
+        RelativeLoc, RelativeLocConfig, "context-based", "Doersch et al., ICCV 2015"
+    ),
+    "jigsaw": MethodEntry(Jigsaw, JigsawConfig, "context-based", "Noroozi & Favaro, ECCV 2016"),
+    "swav": MethodEntry(SwAV, SwAVConfig, "clustering", "Caron et al., NeurIPS 2020"),
+    "barlow_twins": MethodEntry(
+        BarlowTwins, BarlowTwinsConfig, "feature decorrelation", "Zbontar et al., ICML 2021"
+    ),
+    "vicreg": MethodEntry(
+        VICReg, VICRegConfig, "feature decorrelation", "Bardes et al., ICLR 2022"
+    ),
 }
 
 

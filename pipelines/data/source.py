@@ -24,7 +24,7 @@ from ray.data import RandomSeedConfig
 from pipelines.config import Config, ViewsConfig
 from pipelines.data.bad_images import record_bad_images
 from pipelines.data.manifest import Manifest, join, read_manifest
-from pipelines.data.views import ViewMaker
+from pipelines.data.views import view_maker
 
 BLOCK_BYTES = 8 * 2**20  # largest block of this pipeline (see read_shards)
 
@@ -100,7 +100,7 @@ def make_views(batch: dict, views: ViewsConfig, bad_images: str, counter: str = 
     """Stateless ``map_batches`` function: tasks reuse Ray's worker processes from epoch to
     epoch, where an actor pool would be started anew at every execution. Skipped images are
     reported to the run's counter (``bad_images.py``)."""
-    maker = ViewMaker(views, bad_images)
+    maker = view_maker(views, bad_images)
     out = maker(batch)
     if maker.skipped:
         record_bad_images(counter, maker.skipped)

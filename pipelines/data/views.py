@@ -123,6 +123,16 @@ class ViewMaker:
         return out
 
 
+def view_maker(views: ViewsConfig, bad_images: str = "skip", seed: int | None = None):
+    """The ``map_batches`` callable of ``views.recipe``: random crops (:class:`ViewMaker`) or a
+    pretext task's views and targets (``pretext_views.py``)."""
+    if views.recipe == "crops":
+        return ViewMaker(views, bad_images, seed)
+    from pipelines.data.pretext_views import PRETEXT_VIEW_MAKERS  # it imports this module
+
+    return PRETEXT_VIEW_MAKERS[views.recipe](views, bad_images, seed)
+
+
 def augment_views(
     x: torch.Tensor, group: ViewGroupConfig, g: torch.Generator | None = None
 ) -> torch.Tensor:

@@ -3,7 +3,9 @@
 The names, signatures and conventions here are a public API that other tools call.
 """
 
+from ssl_models.losses.clustering import sinkhorn, swav_loss
 from ssl_models.losses.contrastive import info_nce_loss, moco_v3_loss, nt_xent_loss
+from ssl_models.losses.decorrelation import barlow_twins_loss, vicreg_loss, vicreg_terms
 from ssl_models.losses.dino import (
     DINOCenter,
     dino_center_update,
@@ -11,15 +13,24 @@ from ssl_models.losses.dino import (
     teacher_temperature,
 )
 from ssl_models.losses.distillation import byol_loss, simsiam_loss
+from ssl_models.losses.pretext import jigsaw_loss, relative_loc_loss, rotation_loss
 
 __all__ = [
     "DINOCenter",
+    "barlow_twins_loss",
     "byol_loss",
     "dino_center_update",
     "dino_loss",
     "info_nce_loss",
+    "jigsaw_loss",
     "moco_v3_loss",
     "nt_xent_loss",
+    "relative_loc_loss",
+    "rotation_loss",
     "simsiam_loss",
+    "sinkhorn",
+    "swav_loss",
     "teacher_temperature",
+    "vicreg_loss",
+    "vicreg_terms",
 ]

@@ -1,0 +1,52 @@
+"""Each method of this family through the real pipeline pieces, without Ray: its recipe with
+the embedded profile -> its view maker on JPEGs -> TrainStep (normalise, augment, hooks,
+optimizer) for 2 steps."""
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from pipelines.config import load_config
+from pipelines.data.views import view_maker
+from pipelines.train.step import TrainStep, build_method, place
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One intra-op thread: on a shared 2-core machine a second one makes these 10× slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def jpeg(seed: int) -> bytes:
+    rng = np.random.default_rng(seed)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 255, (32, 40, 3), dtype=np.uint8)).save(buf, format="JPEG")
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize(
+    "method", ["swav", "barlow_twins", "vicreg", "rotnet", "relative_loc", "jigsaw"]
+)
+def test_recipe_views_train_step(method):
+    cfg = load_config(method)
+    rows = {
+        "key": np.array([f"k{i}" for i in range(6)], dtype=object),
+        "image": np.array([jpeg(i) for i in range(6)], dtype=object),
+        "label": np.arange(6, dtype=np.int32),
+    }
+    views = view_maker(cfg.views, cfg.data.bad_images, seed=0)(rows)
+    batch = {k: torch.from_numpy(v) for k, v in views.items()}
+    batch.pop("label")  # as the worker loop does
+    assert set(batch) - set(cfg.views.groups) <= {"rotation", "position", "permutation"}
+    torch.manual_seed(cfg.train.seed)
+    device = torch.device("cpu")
+    step = TrainStep(place(build_method(cfg), cfg, device), cfg, device, 2, 1)
+    results = [step(batch, i) for i in range(2)]
+    assert all(np.isfinite(r.loss) for r in results)
+    assert results[0].metrics["lr"] > 0
