@@ -65,7 +65,7 @@ def synthetic_jpegs(n: int, side: int, seed: int = 0) -> list[bytes]:
 
 def make_batch(cfg: Config, batch: int, device: torch.device) -> dict[str, torch.Tensor]:
     """A training batch as the loop receives it: the view maker's output, tiled to ``batch``."""
-    from pipelines.data.views import ViewMaker
+    from pipelines.data.views import view_maker
 
     n = min(batch, 8)
     side = max(g.size for g in cfg.views.groups.values()) + 32
@@ -74,7 +74,7 @@ def make_batch(cfg: Config, batch: int, device: torch.device) -> dict[str, torch
         "image": np.array(synthetic_jpegs(n, side), dtype=object),
         "label": np.arange(n) % 2,
     }
-    made = ViewMaker(cfg.views)(rows)
+    made = view_maker(cfg.views)(rows)  # crops, or a pretext task's views and targets
     made.pop("label", None)
     reps = -(-batch // n)
     out = {}
