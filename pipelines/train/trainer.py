@@ -14,6 +14,7 @@ from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from pipelines import tracking
+from pipelines.assets import log_assets, prepare_assets
 from pipelines.config import Config, to_dict
 from pipelines.data.manifest import Manifest
 from pipelines.data.source import training_dataset
@@ -175,6 +176,8 @@ def pretrain(cfg: Config) -> dict[str, Any]:
 
     name = cfg.train.name or f"{cfg.method}-{time.strftime('%Y%m%d-%H%M%S')}"
     storage = storage_root(cfg)
+    run_dir = f"{storage}/{name}"
+    cfg, assets = prepare_assets(cfg, paths.train, run_dir)  # e.g. BEiT's fitted tokenizer
     tracking_uri = tracking.absolute_uri(cfg.tracking.uri)
     tags = {
         "sslpipe.method": cfg.method,
@@ -184,7 +187,7 @@ def pretrain(cfg: Config) -> dict[str, Any]:
         "sslpipe.data_manifest_sha256": manifest_digest(manifest),
     }
     run_id = tracking.start_run(cfg, name, tags)
-    run_dir = f"{storage}/{name}"
+    log_assets(run_id, tracking_uri, assets)
     print(
         f"sslpipe: run {name} (MLflow run {run_id}), {manifest.total_rows} images, "
         f"{cfg.train.epochs} epochs × {steps_per_epoch} steps, {workers} workers",
