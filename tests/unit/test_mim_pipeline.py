@@ -12,7 +12,7 @@ from PIL import Image
 
 from pipelines import tokenizer as pipeline_tokenizer
 from pipelines.assets import prepare_assets
-from pipelines.config import load_config
+from pipelines.config import deep_merge, load_config
 from pipelines.data.synthetic import ensure_embedded
 from pipelines.data.views import ViewMaker
 from pipelines.train.step import TrainStep, build_method, place, prepare_views
@@ -43,13 +43,13 @@ def jpegs(n: int) -> dict:
     }
 
 
-@pytest.mark.parametrize("key", ["mae", "simmim", "beit", "cae"])
-def test_two_training_steps_from_jpegs(key, tmp_path):
+def configured(key: str, tmp_path, overrides: dict | None = None):
+    """The embedded config of ``key`` and a batch of views cut by the CPU-side recipe; BEiT and
+    CAE get a tokenizer fitted on those views, as the driver would."""
     tokenized = key in ("beit", "cae")
-    cfg = load_config(key, overrides=SMALL_TOKENIZER if tokenized else None)
-    assert cfg.backbone.name == "vit_tiny" and cfg.backbone.vit.patch_size == 4
-    group = cfg.views.groups["global"]
-    assert group.count == 1 and group.size == 32 and group.scale == (0.2, 1.0)
+    cfg = load_config(
+        key, overrides=deep_merge(SMALL_TOKENIZER if tokenized else {}, overrides or {})
+    )
     views = ViewMaker(cfg.views, seed=0)(jpegs(8))
     assert set(views) == {"global", "label"} and views["global"].shape == (8, 1, 3, 32, 32)
     batch = {"global": torch.from_numpy(views["global"])}
@@ -63,14 +63,33 @@ def test_two_training_steps_from_jpegs(key, tmp_path):
         cfg = dataclasses.replace(
             cfg, method_args=dataclasses.replace(cfg.method_args, tokenizer=tcfg)
         )
+    return cfg, batch
+
+
+def two_steps(cfg, batch) -> list[float]:
     torch.manual_seed(0)
-    method = place(build_method(cfg), cfg, CPU)  # channels_last as configured
-    assert cfg.train.channels_last
+    method = place(build_method(cfg), cfg, CPU)  # channels_last when configured
     step = TrainStep(method, cfg, CPU, total_steps=2, steps_per_epoch=2)
-    for i in range(2):
-        result = step(batch, i)
-        assert math.isfinite(result.loss) and result.metrics["loss"] == result.loss
-    assert method.encoder(torch.zeros(2, 3, 32, 32)).shape == (2, 96)
+    return [step(batch, i).loss for i in range(2)]
+
+
+@pytest.mark.parametrize("key", ["mae", "simmim", "beit", "cae"])
+def test_two_training_steps_from_jpegs(key, tmp_path):
+    cfg, batch = configured(key, tmp_path)
+    assert cfg.backbone.name == "vit_tiny" and cfg.backbone.vit.patch_size == 4
+    group = cfg.views.groups["global"]
+    assert group.count == 1 and group.size == 32 and group.scale == (0.2, 1.0)
+    assert cfg.train.channels_last
+    assert all(math.isfinite(loss) for loss in two_steps(cfg, batch))
+    encoder = build_method(cfg).encoder
+    assert encoder(torch.zeros(2, 3, 32, 32)).shape == (2, 96)
+
+
+@pytest.mark.parametrize("key", ["mae", "simmim", "beit", "cae"])
+def test_bf16_autocast(key, tmp_path):
+    # the GPU path's precision (bf16 autocast), exercised on the CPU
+    cfg, batch = configured(key, tmp_path, {"train": {"precision": "bf16"}})
+    assert all(math.isfinite(loss) for loss in two_steps(cfg, batch))
 
 
 @pytest.fixture(scope="module")
