@@ -51,9 +51,14 @@ def _sq_distances_rows(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def nearest(x: torch.Tensor, centres: torch.Tensor, chunk: int = 16384) -> torch.Tensor:
-    """Index of the nearest centre for each row of x: (N, P) -> (N,) long, in chunks."""
+    """Index of the nearest centre for each row of x: (N, P) -> (N,) long, in chunks.
+    ``|x|²`` is the same for every centre, so ``|c|² - 2 x·c`` decides."""
+    c_sq = (centres * centres).sum(1)
     return torch.cat(
-        [_sq_distances(x[i : i + chunk], centres).argmin(1) for i in range(0, x.shape[0], chunk)]
+        [
+            torch.addmm(c_sq, x[i : i + chunk], centres.T, alpha=-2).argmin(1)
+            for i in range(0, x.shape[0], chunk)
+        ]
     )
 
 
