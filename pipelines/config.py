@@ -14,6 +14,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
+from ssl_models.backbones.vit import ViTConfig
 from ssl_models.registry import METHODS, get_method
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -30,6 +31,7 @@ class BackboneConfig:
     width: float = 1.0  # multiplies every stage's channels; 0.25 makes a CPU-sized ResNet
     cifar_stem: bool = False  # 3×3 stem without max-pool, for images of ~32 pixels
     stem_stride: int = 1  # stride of the CIFAR stem; 2 makes the network 4× cheaper
+    vit: ViTConfig = field(default_factory=ViTConfig)  # vit_* only: patch size, overrides, pooling
 
 
 @dataclass(frozen=True)

@@ -7,14 +7,18 @@ its tests.
 from dataclasses import dataclass
 
 from ssl_models.methods.barlow_twins import BarlowTwins, BarlowTwinsConfig
+from ssl_models.methods.beit import BEiT, BEiTConfig
 from ssl_models.methods.byol import BYOL, BYOLConfig
+from ssl_models.methods.cae import CAE, CAEConfig
 from ssl_models.methods.dino import DINO, DINOConfig
 from ssl_models.methods.jigsaw import Jigsaw, JigsawConfig
+from ssl_models.methods.mae import MAE, MAEConfig
 from ssl_models.methods.moco import MoCo, MoCoConfig
 from ssl_models.methods.moco_v3 import MoCoV3, MoCoV3Config
 from ssl_models.methods.relative_loc import RelativeLoc, RelativeLocConfig
 from ssl_models.methods.rotnet import RotNet, RotNetConfig
 from ssl_models.methods.simclr import SimCLR, SimCLRConfig
+from ssl_models.methods.simmim import SimMIM, SimMIMConfig
 from ssl_models.methods.simsiam import SimSiam, SimSiamConfig
 from ssl_models.methods.swav import SwAV, SwAVConfig
 from ssl_models.methods.vicreg import VICReg, VICRegConfig
@@ -49,6 +53,10 @@ METHODS: dict[str, MethodEntry] = {
     "vicreg": MethodEntry(
         VICReg, VICRegConfig, "feature decorrelation", "Bardes et al., ICLR 2022"
     ),
+    "mae": MethodEntry(MAE, MAEConfig, "masked image modeling", "He et al., CVPR 2022"),
+    "simmim": MethodEntry(SimMIM, SimMIMConfig, "masked image modeling", "Xie et al., CVPR 2022"),
+    "beit": MethodEntry(BEiT, BEiTConfig, "masked image modeling", "Bao et al., ICLR 2022"),
+    "cae": MethodEntry(CAE, CAEConfig, "masked image modeling", "Chen et al., IJCV 2023"),
 }
 
 

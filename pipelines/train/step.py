@@ -18,11 +18,11 @@ from torch.nn.parallel import DistributedDataParallel
 
 from pipelines.config import Config
 from pipelines.data.views import augment_views
+from pipelines.train.backbone import backbone_from_config
 from pipelines.train.checkpoint import capture_rng, restore_rng
 from pipelines.train.monitors import OnlineProbe, probe_features
 from pipelines.train.optim import build_optimizer, scaled_lr, set_lr, set_weight_decay
 from ssl_models import distributed
-from ssl_models.backbones import build_backbone
 from ssl_models.methods.base import Progress, SSLMethod
 from ssl_models.registry import get_method
 from ssl_models.schedules import warmup_cosine
@@ -35,12 +35,7 @@ class NonFiniteLossError(FloatingPointError):
 
 
 def build_method(cfg: Config) -> SSLMethod:
-    backbone = build_backbone(
-        cfg.backbone.name,
-        width=cfg.backbone.width,
-        cifar_stem=cfg.backbone.cifar_stem,
-        stem_stride=cfg.backbone.stem_stride,
-    )
+    backbone = backbone_from_config(cfg)
     return get_method(cfg.method).cls(backbone, cfg.method_args)
 
 

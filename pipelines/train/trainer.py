@@ -15,6 +15,7 @@ from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, Sc
 from ray.train.torch import TorchTrainer
 
 from pipelines import tracking
+from pipelines.assets import log_assets, prepare_assets
 from pipelines.config import Config, dump_yaml, to_dict
 from pipelines.data.bad_images import bad_image_report, create_counter
 from pipelines.data.manifest import Manifest
@@ -167,6 +168,8 @@ def pretrain(cfg: Config, resume_run_id: str | None = None) -> dict[str, Any]:
         )
 
     name, storage, uri = cfg.train.name, cfg.train.storage, cfg.tracking.uri
+    run_dir = f"{storage}/{name}"
+    cfg, assets = prepare_assets(cfg, split.train, run_dir)  # e.g. BEiT's fitted tokenizer
     if resume_run_id:
         run_id = resume_run_id
         client = MlflowClient(uri)
@@ -182,7 +185,7 @@ def pretrain(cfg: Config, resume_run_id: str | None = None) -> dict[str, Any]:
         }
         run_id = tracking.start_run(cfg, name, tags)
         tracking.log_text(run_id, uri, dump_yaml(cfg), "config.yaml")
-    run_dir = f"{storage}/{name}"
+        log_assets(run_id, uri, assets)
     print(
         f"sslpipe: run {name} (MLflow run {run_id}), {manifest.total_rows} images, "
         f"{cfg.train.epochs} epochs × {steps_per_epoch} steps, {workers} workers",

@@ -13,20 +13,32 @@ from ssl_models.losses.dino import (
     teacher_temperature,
 )
 from ssl_models.losses.distillation import byol_loss, simsiam_loss
+from ssl_models.losses.mim import (
+    beit_loss,
+    cae_alignment_loss,
+    cae_loss,
+    mae_loss,
+    simmim_loss,
+)
 from ssl_models.losses.pretext import jigsaw_loss, relative_loc_loss, rotation_loss
 
 __all__ = [
     "DINOCenter",
     "barlow_twins_loss",
+    "beit_loss",
     "byol_loss",
+    "cae_alignment_loss",
+    "cae_loss",
     "dino_center_update",
     "dino_loss",
     "info_nce_loss",
     "jigsaw_loss",
+    "mae_loss",
     "moco_v3_loss",
     "nt_xent_loss",
     "relative_loc_loss",
     "rotation_loss",
+    "simmim_loss",
     "simsiam_loss",
     "sinkhorn",
     "swav_loss",

@@ -1,0 +1,21 @@
+"""The backbone a config names, with the options of its family (ResNet or ViT)."""
+
+import dataclasses
+
+from torch import nn
+
+from pipelines.config import Config
+from ssl_models.backbones import build_backbone, is_vit
+
+
+def backbone_from_config(cfg: Config) -> nn.Module:
+    """A ViT's position embedding is built for ``backbone.vit.image_size``, or, when that is 0,
+    for the size of the global views (the size the method and the kNN evaluation feed it)."""
+    b = cfg.backbone
+    if is_vit(b.name):
+        options = dataclasses.asdict(b.vit)
+        if not options["image_size"]:
+            groups = cfg.views.groups
+            options["image_size"] = (groups.get("global") or next(iter(groups.values()))).size
+        return build_backbone(b.name, **options)
+    return build_backbone(b.name, width=b.width, cifar_stem=b.cifar_stem, stem_stride=b.stem_stride)

@@ -1,0 +1,304 @@
+"""Vision Transformer (Dosovitskiy et al. 2021, arXiv:2010.11929) with token masking.
+
+Pre-norm blocks as in timm and MAE (LayerNorm eps 1e-6, GELU MLP, qkv bias), a CLS token, and a
+fixed 2-D sin-cos position embedding (MAE, He et al. 2022) or a learned one. Two ways to mask
+patch tokens, for masked image modeling:
+
+- drop them: ``forward_tokens(x, keep=ids)`` encodes only the listed patches (MAE, CAE);
+- replace them: ``forward_tokens(x, mask=m)`` swaps their embeddings for a learnable mask token
+  before the position embedding is added (SimMIM, BEiT, iBOT); call ``enable_mask_token()`` once.
+
+``backbone(x)`` pools to ``(B, out_dim)`` features: the CLS token, or the mean of the patch tokens
+(``pool="mean"``, which MIM models want: BEiT's and SimMIM's CLS token receives no loss at all, and
+MAE reports average pooling working as well as its CLS token). No pretrained weights are loaded.
+"""
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+SIZES: dict[str, tuple[int, int, int]] = {  # name -> (dim, depth, heads), mlp ratio 4
+    "vit_tiny": (192, 12, 3),
+    "vit_small": (384, 12, 6),
+    "vit_base": (768, 12, 12),
+}
+
+
+@dataclass(frozen=True)
+class ViTConfig:
+    """ViT options; ``0`` means the named size's default (tiny/small/base)."""
+
+    patch_size: int = 16  # patch side in pixels: 16 at 224 px (196 tokens), 4 at 32 px (64)
+    image_size: int = 0  # side the position embedding is built for; 0: the global views' size
+    dim: int = 0  # token width (tiny 192, small 384, base 768)
+    depth: int = 0  # transformer blocks (12 for every named size)
+    heads: int = 0  # attention heads (3, 6, 12)
+    mlp_ratio: float = 4.0  # MLP hidden width / dim
+    pos_embed: Literal["sincos", "learned"] = "sincos"  # fixed 2-D sin-cos as MAE, or learned
+    pool: Literal["cls", "mean"] = "cls"  # what backbone(x) returns: CLS token or patch mean
+    layer_scale: float = 0.0  # residual branch scale init (CaiT); BEiT and CAE use 0.1; 0: off
+    drop_path: float = 0.0  # stochastic depth at the last block, linear from 0 at the first
+
+
+def sincos_2d(dim: int, grid_h: int, grid_w: int) -> torch.Tensor:
+    """Fixed 2-D sin-cos position embedding (MAE's ``get_2d_sincos_pos_embed``) ->
+    ``(1 + grid_h * grid_w, dim)``, row 0 (the CLS position) all zeros."""
+    if dim % 4:
+        raise ValueError(f"a sin-cos position embedding needs dim divisible by 4, got {dim}")
+    omega = 1.0 / 10000 ** (torch.arange(dim // 4, dtype=torch.float64) / (dim // 4))
+
+    def one_axis(pos: torch.Tensor) -> torch.Tensor:  # (M,) -> (M, dim / 2)
+        angles = pos.reshape(-1, 1) * omega.reshape(1, -1)
+        return torch.cat([angles.sin(), angles.cos()], dim=1)
+
+    ys, xs = torch.meshgrid(
+        torch.arange(grid_h, dtype=torch.float64),
+        torch.arange(grid_w, dtype=torch.float64),
+        indexing="ij",
+    )
+    emb = torch.cat([one_axis(xs), one_axis(ys)], dim=1)  # (h*w, dim), row-major patch order
+    return torch.cat([torch.zeros(1, dim, dtype=torch.float64), emb]).float()
+
+
+def drop_path(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """Stochastic depth (Huang et al. 2016): zero a residual branch per sample, rescale the rest."""
+    if p == 0.0 or not training:
+        return x
+    keep = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(1 - p)
+    return x * keep / (1 - p)
+
+
+class Attention(nn.Module):
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"dim {dim} is not divisible by {heads} heads")
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, d = x.shape
+        qkv = self.qkv(x).reshape(b, n, 3, self.heads, d // self.heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)  # each (B, heads, N, head_dim)
+        out = F.scaled_dot_product_attention(q, k, v)  # (B, heads, N, head_dim)
+        return self.proj(out.transpose(1, 2).reshape(b, n, d))
+
+
+class Mlp(nn.Sequential):
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block; ``layer_scale > 0`` scales each residual branch by a learned
+    per-channel factor starting at that value (BEiT, CAE)."""
+
+    def __init__(
+        self,
+        dim: int,
+        heads: int,
+        mlp_ratio: float = 4.0,
+        layer_scale: float = 0.0,
+        drop_path: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.attn = Attention(dim, heads)
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.drop_path = drop_path
+        if layer_scale > 0:
+            self.gamma1 = nn.Parameter(torch.full((dim,), layer_scale))
+            self.gamma2 = nn.Parameter(torch.full((dim,), layer_scale))
+        else:
+            self.gamma1 = self.gamma2 = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = self.attn(self.norm1(x))
+        if self.gamma1 is not None:
+            a = self.gamma1 * a
+        x = x + drop_path(a, self.drop_path, self.training)
+        m = self.mlp(self.norm2(x))
+        if self.gamma2 is not None:
+            m = self.gamma2 * m
+        return x + drop_path(m, self.drop_path, self.training)
+
+
+def init_weights(module: nn.Module) -> None:
+    """MAE's initialisation: Xavier-uniform linear layers, zero biases, unit LayerNorms."""
+    if isinstance(module, nn.Linear):
+        nn.init.xavier_uniform_(module.weight)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+
+
+class VisionTransformer(nn.Module):
+    """images ``(B, 3, H, W)`` -> pooled features ``(B, out_dim)``; see the module docstring."""
+
+    def __init__(
+        self,
+        image_size: int = 224,
+        patch_size: int = 16,
+        dim: int = 768,
+        depth: int = 12,
+        heads: int = 12,
+        mlp_ratio: float = 4.0,
+        pos_embed: str = "sincos",
+        pool: str = "cls",
+        layer_scale: float = 0.0,
+        drop_path: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if image_size % patch_size:
+            raise ValueError(
+                f"image_size {image_size} is not a multiple of patch_size {patch_size}"
+            )
+        if pos_embed not in ("sincos", "learned") or pool not in ("cls", "mean"):
+            raise ValueError(
+                f"pos_embed must be sincos|learned and pool cls|mean, got {pos_embed}, {pool}"
+            )
+        self.patch_size = patch_size
+        self.grid = image_size // patch_size
+        self.num_patches = self.grid**2
+        self.dim = self.out_dim = dim
+        self.heads = heads
+        self.pool = pool
+        self.pos_kind = pos_embed
+
+        self.patch_embed = nn.Conv2d(3, dim, patch_size, stride=patch_size)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
+        if pos_embed == "sincos":
+            # fixed, so recomputed rather than saved
+            table = sincos_2d(dim, self.grid, self.grid).unsqueeze(0)
+            self.register_buffer("pos_embed", table, persistent=False)
+        else:
+            self.pos_embed = nn.Parameter(torch.zeros(1, 1 + self.num_patches, dim))
+            nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        self.register_parameter("mask_token", None)
+        rates = torch.linspace(0, drop_path, depth).tolist() if depth else []
+        self.blocks = nn.ModuleList(
+            Block(dim, heads, mlp_ratio, layer_scale, rate) for rate in rates
+        )
+        self.norm = nn.LayerNorm(dim, eps=1e-6)
+
+        self.apply(init_weights)
+        # the patch projection initialised like a linear layer (MAE)
+        nn.init.xavier_uniform_(self.patch_embed.weight.view(dim, -1))
+        nn.init.zeros_(self.patch_embed.bias)
+        nn.init.normal_(self.cls_token, std=0.02)
+
+    def enable_mask_token(self) -> None:
+        """Add the learnable mask token (SimMIM, BEiT, iBOT). Separate from construction because
+        methods that drop tokens must not carry an unused parameter (DDP rejects those)."""
+        if self.mask_token is None:
+            self.mask_token = nn.Parameter(torch.zeros(1, 1, self.dim))
+            nn.init.normal_(self.mask_token, std=0.02)
+
+    def grid_of(self, x: torch.Tensor) -> tuple[int, int]:
+        if x.ndim != 4 or x.shape[1] != 3:
+            raise ValueError(f"ViT expects images (B, 3, H, W), got {tuple(x.shape)}")
+        h, w = x.shape[-2:]
+        if h % self.patch_size or w % self.patch_size:
+            raise ValueError(
+                f"image side {h}x{w} is not a multiple of patch_size {self.patch_size}"
+            )
+        return h // self.patch_size, w // self.patch_size
+
+    def position_embedding(self, grid_h: int, grid_w: int) -> torch.Tensor:
+        """``(1, 1 + grid_h * grid_w, dim)`` for any grid: recomputed (sin-cos) or bicubically
+        interpolated (learned, as DINO does for other resolutions)."""
+        if (grid_h, grid_w) == (self.grid, self.grid):
+            return self.pos_embed
+        if self.pos_kind == "sincos":
+            table = sincos_2d(self.dim, grid_h, grid_w).unsqueeze(0)
+            return table.to(self.pos_embed.device, self.pos_embed.dtype)
+        cls, patches = self.pos_embed[:, :1], self.pos_embed[:, 1:]
+        patches = patches.reshape(1, self.grid, self.grid, self.dim).permute(0, 3, 1, 2)
+        patches = F.interpolate(patches, size=(grid_h, grid_w), mode="bicubic", align_corners=False)
+        return torch.cat([cls, patches.flatten(2).transpose(1, 2)], dim=1)
+
+    def forward_tokens(
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        keep: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Encode images to normalised tokens, CLS first.
+
+        x: (B, 3, H, W). mask: (B, L) bool, True = replace that patch by the mask token.
+        keep: (B, K) long patch indices: encode only those patches, in that order.
+        Returns (B, 1 + L, dim), or (B, 1 + K, dim) with ``keep``.
+        """
+        if mask is not None and keep is not None:
+            raise ValueError("forward_tokens: pass mask (replace) or keep (drop), not both")
+        grid_h, grid_w = self.grid_of(x)
+        tokens = self.patch_embed(x).flatten(2).transpose(1, 2)  # (B, L, dim)
+        b, length, _ = tokens.shape
+        if mask is not None:
+            if self.mask_token is None:
+                raise ValueError("forward_tokens(mask=...) needs enable_mask_token() first")
+            if mask.shape != (b, length):
+                raise ValueError(f"mask must be (B, L) = {(b, length)}, got {tuple(mask.shape)}")
+            w = mask.unsqueeze(-1).to(tokens.dtype)
+            tokens = tokens * (1 - w) + self.mask_token.to(tokens.dtype) * w
+        pos = self.position_embedding(grid_h, grid_w)
+        tokens = tokens + pos[:, 1:]
+        if keep is not None:
+            if keep.ndim != 2 or keep.shape[0] != b:
+                raise ValueError(f"keep must be (B, K) indices, got {tuple(keep.shape)}")
+            tokens = torch.gather(tokens, 1, keep.unsqueeze(-1).expand(-1, -1, self.dim))
+        cls = (self.cls_token + pos[:, :1]).expand(b, -1, -1)
+        out = torch.cat([cls, tokens], dim=1)
+        for block in self.blocks:
+            out = block(out)
+        return self.norm(out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, 3, H, W) -> (B, out_dim): the CLS token or the mean patch token."""
+        tokens = self.forward_tokens(x)
+        return tokens[:, 0] if self.pool == "cls" else tokens[:, 1:].mean(dim=1)
+
+
+def vit(
+    name: str,
+    image_size: int = 224,
+    patch_size: int = 16,
+    dim: int = 0,
+    depth: int = 0,
+    heads: int = 0,
+    mlp_ratio: float = 4.0,
+    pos_embed: str = "sincos",
+    pool: str = "cls",
+    layer_scale: float = 0.0,
+    drop_path: float = 0.0,
+) -> VisionTransformer:
+    """A named size (``vit_tiny``, ``vit_small``, ``vit_base``) with explicit overrides."""
+    if name not in SIZES:
+        raise ValueError(f"unknown ViT size {name!r}; choose one of {sorted(SIZES)}")
+    if image_size <= 0:
+        raise ValueError(f"{name}: image_size must be positive, got {image_size}")
+    d, n, h = SIZES[name]
+    dim, depth, heads = dim or d, depth or n, heads or h
+    if min(dim, depth, heads) <= 0:
+        raise ValueError(
+            f"{name}: dim, depth and heads must be positive, got {dim}, {depth}, {heads}"
+        )
+    return VisionTransformer(
+        image_size=image_size,
+        patch_size=patch_size,
+        dim=dim,
+        depth=depth,
+        heads=heads,
+        mlp_ratio=mlp_ratio,
+        pos_embed=pos_embed,
+        pool=pool,
+        layer_scale=layer_scale,
+        drop_path=drop_path,
+    )
