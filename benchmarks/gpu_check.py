@@ -11,8 +11,11 @@ photometric augmentation runs as in training. Exit status 1 when any method fail
 """
 
 import argparse
+import dataclasses
 import io
+import os
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 
@@ -45,7 +48,26 @@ def method_config(key: str, tiny: bool, batch: int) -> Config:
     }
     if not tiny:
         overrides["data"] = {"path": "gpu-check-synthetic"}
-    return load_config(key, overrides=overrides)
+    return with_tokenizer(load_config(key, overrides=overrides))
+
+
+def with_tokenizer(cfg: Config) -> Config:
+    """BEiT and CAE predict the codes of a tokenizer ``sslpipe pretrain`` fits on the training
+    data; here one is fitted on random views (only the step's cost matters) and saved to a
+    temporary file."""
+    tcfg = getattr(cfg.method_args, "tokenizer", None)
+    if tcfg is None or tcfg.path:
+        return cfg
+    from pipelines.tokenizer import fit_tokenizer
+    from ssl_models.tokenizer import save_tokenizer
+
+    side = next(iter(cfg.views.groups.values())).size
+    views = torch.randn(max(8, tcfg.fit_images // 64), 3, side, side, generator=torch.Generator())
+    tok, _ = fit_tokenizer(cfg, [views])
+    path = os.path.join(tempfile.mkdtemp(prefix="gpu-check-"), "tokenizer.pt")
+    save_tokenizer(tok, path)
+    args = dataclasses.replace(cfg.method_args, tokenizer=dataclasses.replace(tcfg, path=path))
+    return dataclasses.replace(cfg, method_args=args)
 
 
 def synthetic_jpegs(n: int, side: int, seed: int = 0) -> list[bytes]:
