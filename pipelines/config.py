@@ -165,7 +165,8 @@ class TrainConfig:
     checkpoint_every_epochs: int = 1  # checkpoint at the end of every N-th epoch (and the last)
     checkpoint_every_steps: int = 0  # also every N optimizer steps, mid-epoch; 0: epoch ends only
     keep_checkpoints: int = 2  # the last K checkpoints are kept, older ones deleted
-    max_failures: int = 0  # worker-group restarts from the last checkpoint before giving up
+    # worker-group restarts from the last checkpoint before giving up: preemptible nodes die
+    max_failures: int = 3
     storage: str = "sslpipe-runs"  # checkpoint root, local path or s3://
     name: str = ""  # run name; empty: <method>-<timestamp>
     # fault injection for recovery tests: SIGKILL the worker of rank fail_rank when it is about
