@@ -232,3 +232,23 @@ def test_needs_a_vit_and_two_global_views(key):
 def test_ibot_shared_head_needs_one_output_size():
     with pytest.raises(ValueError, match="patch_out_dim == out_dim"):
         build("ibot", patch_out_dim=32)
+
+
+@pytest.mark.parametrize(
+    "key, expected",
+    [
+        ("ibot", {"out_dim": 8192, "shared_head": True, "norm_last_layer": False}),
+        ("dino_v2", {"out_dim": 65536, "separate_head": True, "koleo_weight": 0.1}),
+    ],
+)
+def test_papers_recipe_and_the_embedded_profile(key, expected):
+    from pipelines.config import load_config
+
+    paper = load_config(key, overrides={"data": {"path": "/shards"}})
+    assert {k: getattr(paper.method_args, k) for k in expected} == expected
+    assert paper.backbone.vit.patch_size == 16 and paper.optim.name == "adamw"
+    assert paper.views.groups["global"].scale[0] == paper.views.groups["local"].scale[1]
+    laptop = load_config(key)
+    assert laptop.backbone.name == "vit_tiny" and laptop.backbone.vit.patch_size == 4
+    assert (laptop.views.groups["local"].count, laptop.views.groups["local"].size) == (4, 16)
+    assert laptop.method_args.out_dim == 1024
