@@ -48,7 +48,8 @@ class DINOHead(nn.Module):
     normalisation, then a weight-normalised linear layer without bias whose per-output norm
     ``g`` starts at 1. With ``norm_last_layer`` that norm stays 1 (not trained), so the output is
     the cosine similarity to ``out_dim`` learned directions: more stable, as the reference notes.
-    Reused by iBOT and DINOv2.
+    Reused by iBOT (whose patch tokens may get a second last layer, :func:`normed_last_layer`)
+    and DINOv2.
     """
 
     def __init__(
@@ -72,16 +73,27 @@ class DINOHead(nn.Module):
                     nn.init.zeros_(m.bias)
         # The last layer keeps nn.Linear's default initialisation, as the reference (it is
         # created after the truncated-normal pass).
-        self.last_layer = weight_norm(nn.Linear(bottleneck_dim, out_dim, bias=False))
-        g = self.last_layer.parametrizations.weight.original0  # (out_dim, 1), the norms
-        with torch.no_grad():
-            g.fill_(1.0)
-        g.requires_grad_(not norm_last_layer)
+        self.last_layer = normed_last_layer(bottleneck_dim, out_dim, norm_last_layer)
+
+    def bottleneck(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (N, in_dim) -> (N, bottleneck_dim), unit length: what the last layer sees (iBOT
+        feeds it to a second last layer for patch tokens)."""
+        return F.normalize(self.mlp(x), dim=-1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (N, in_dim) -> (N, out_dim)."""
-        x = F.normalize(self.mlp(x), dim=-1)  # (N, bottleneck_dim), unit length
-        return self.last_layer(x)
+        return self.last_layer(self.bottleneck(x))
+
+
+def normed_last_layer(in_dim: int, out_dim: int, norm_last_layer: bool = True) -> nn.Module:
+    """DINO's last layer: a bias-free weight-normalised linear layer whose per-output norm ``g``
+    starts at 1 and, with ``norm_last_layer``, stays 1 (not trained)."""
+    layer = weight_norm(nn.Linear(in_dim, out_dim, bias=False))
+    g = layer.parametrizations.weight.original0  # (out_dim, 1), the norms
+    with torch.no_grad():
+        g.fill_(1.0)
+    g.requires_grad_(not norm_last_layer)
+    return layer
 
 
 class Prototypes(nn.Linear):

@@ -11,6 +11,8 @@ from ssl_models.methods.beit import BEiT, BEiTConfig
 from ssl_models.methods.byol import BYOL, BYOLConfig
 from ssl_models.methods.cae import CAE, CAEConfig
 from ssl_models.methods.dino import DINO, DINOConfig
+from ssl_models.methods.dino_v2 import DINOv2, DINOv2Config
+from ssl_models.methods.ibot import IBOT, IBOTConfig
 from ssl_models.methods.jigsaw import Jigsaw, JigsawConfig
 from ssl_models.methods.mae import MAE, MAEConfig
 from ssl_models.methods.moco import MoCo, MoCoConfig
@@ -57,6 +59,10 @@ METHODS: dict[str, MethodEntry] = {
     "simmim": MethodEntry(SimMIM, SimMIMConfig, "masked image modeling", "Xie et al., CVPR 2022"),
     "beit": MethodEntry(BEiT, BEiTConfig, "masked image modeling", "Bao et al., ICLR 2022"),
     "cae": MethodEntry(CAE, CAEConfig, "masked image modeling", "Chen et al., IJCV 2023"),
+    "ibot": MethodEntry(IBOT, IBOTConfig, "contrastive-generative", "Zhou et al., ICLR 2022"),
+    "dino_v2": MethodEntry(
+        DINOv2, DINOv2Config, "self-distillation + MIM", "Oquab et al., TMLR 2024"
+    ),
 }
 
 

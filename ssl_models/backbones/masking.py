@@ -1,10 +1,12 @@
 """Patches and masks for masked image modeling: which patches a method hides, and how.
 
-Masks are ``(B, L)`` bool tensors over the row-major patch grid, True = masked. Three strategies:
+Masks are ``(B, L)`` bool tensors over the row-major patch grid, True = masked. The strategies:
 
 - ``random_masking``: MAE's per-sample random shuffle, keeping the first ``L·(1 - ratio)``;
 - ``block_masking``: BEiT's blockwise masking (rectangles of at least 16 patches, aspect 0.3-3.3);
-- ``unit_masking``: SimMIM's masking of random square units larger than a patch (32 px).
+- ``unit_masking``: SimMIM's masking of random square units larger than a patch (32 px);
+- ``variable_block_masking``: blockwise with a size per sample, drawn by ``ibot_mask_counts``
+  (iBOT) or ``dinov2_mask_counts`` (DINOv2).
 
 Random draws come from an explicit ``torch.Generator`` (CPU); :func:`step_generator` seeds one per
 step and per rank, so DDP workers draw different masks and a resumed run draws the same ones.
@@ -157,6 +159,83 @@ def block_masking(
             mask[rng.sample(free, short)] = True
         masks.append(mask)
     return torch.stack(masks)
+
+
+def variable_block_masking(
+    counts: list[int],
+    grid: tuple[int, int],
+    min_block: int = 4,
+    min_aspect: float = 0.3,
+    max_block: int | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """BEiT's blockwise masking with its own patch count per sample (iBOT, DINOv2): sample i
+    gets ``counts[i]`` masked patches (0: none) -> (B, L) bool. Blocks of ``min_block`` to
+    ``max_block`` (default: the sample's count) patches, aspect in [min_aspect, 1 / min_aspect].
+    """
+    h, w = grid
+    if any(not 0 <= c < h * w for c in counts):
+        raise ValueError(f"mask counts must lie in [0, {h * w}), got {counts}")
+    if min_block < 1 or not 0 < min_aspect <= 1:
+        raise ValueError(f"min_block >= 1 and 0 < min_aspect <= 1, got {min_block}, {min_aspect}")
+    rng = random.Random(int(torch.randint(2**62, (1,), generator=generator)))
+    log_aspect = (math.log(min_aspect), math.log(1 / min_aspect))
+    masks = [
+        _block_mask_one(rng, grid, c, min_block, max_block or c, log_aspect)
+        if c
+        else torch.zeros(h * w, dtype=torch.bool)
+        for c in counts
+    ]
+    return torch.stack(masks) if masks else torch.zeros(0, h * w, dtype=torch.bool)
+
+
+def ibot_mask_counts(
+    batch: int,
+    num_patches: int,
+    ratio_range: tuple[float, float] = (0.1, 0.5),
+    probability: float = 0.5,
+    generator: torch.Generator | None = None,
+) -> list[int]:
+    """iBOT's per-image mask sizes (Zhou et al. 2022, arXiv:2111.07832; ``--pred_ratio 0 0.3
+    --pred_ratio_var 0 0.2``): each image independently is masked with ``probability``, at a
+    ratio uniform in ``ratio_range``; the others keep every patch."""
+    _check_ratios(ratio_range, probability)
+    lo, hi = ratio_range
+    masked = torch.rand(batch, generator=generator) < probability
+    ratios = lo + (hi - lo) * torch.rand(batch, generator=generator)
+    return [round(float(r) * num_patches) if m else 0 for m, r in zip(masked, ratios, strict=True)]
+
+
+def dinov2_mask_counts(
+    batch: int,
+    num_patches: int,
+    ratio_range: tuple[float, float] = (0.1, 0.5),
+    probability: float = 0.5,
+    generator: torch.Generator | None = None,
+) -> list[int]:
+    """DINOv2's per-image mask sizes (Oquab et al. 2024, arXiv:2304.07193; the reference's
+    ``collate_data_and_cast``): exactly ``int(batch · probability)`` images are masked, the k-th
+    at a ratio uniform in the k-th of as many equal slices of ``ratio_range`` (stratified), then
+    the images are shuffled."""
+    _check_ratios(ratio_range, probability)
+    lo, hi = ratio_range
+    n_masked = int(batch * probability)
+    edges = torch.linspace(lo, hi, n_masked + 1).tolist()
+    u = torch.rand(n_masked, generator=generator).tolist()
+    bins = zip(edges[:-1], edges[1:], u, strict=True)
+    counts = [int(num_patches * (a + (b - a) * x)) for a, b, x in bins]
+    counts += [0] * (batch - n_masked)
+    order = torch.randperm(batch, generator=generator).tolist()
+    return [counts[i] for i in order]
+
+
+def _check_ratios(ratio_range: tuple[float, float], probability: float) -> None:
+    lo, hi = ratio_range
+    if not 0 <= lo <= hi < 1 or not 0 <= probability <= 1:
+        raise ValueError(
+            f"mask ratio range must satisfy 0 <= lo <= hi < 1 and probability lie in [0, 1], "
+            f"got {ratio_range} and {probability}"
+        )
 
 
 def unit_masking(

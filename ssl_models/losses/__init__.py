@@ -10,9 +10,12 @@ from ssl_models.losses.dino import (
     DINOCenter,
     dino_center_update,
     dino_loss,
+    dino_loss_from_targets,
     teacher_temperature,
 )
 from ssl_models.losses.distillation import byol_loss, simsiam_loss
+from ssl_models.losses.ibot import ibot_loss, masked_patch_loss
+from ssl_models.losses.koleo import koleo_loss
 from ssl_models.losses.mim import (
     beit_loss,
     cae_alignment_loss,
@@ -31,9 +34,13 @@ __all__ = [
     "cae_loss",
     "dino_center_update",
     "dino_loss",
+    "dino_loss_from_targets",
+    "ibot_loss",
     "info_nce_loss",
     "jigsaw_loss",
+    "koleo_loss",
     "mae_loss",
+    "masked_patch_loss",
     "moco_v3_loss",
     "nt_xent_loss",
     "relative_loc_loss",

@@ -1,6 +1,7 @@
 """DINO's self-distillation loss and the state around it: the teacher centre and the teacher
 temperature schedule (Caron et al. 2021, arXiv:2104.14294; ``DINOLoss`` in the reference
-``main_dino.py``). Public so iBOT and DINOv2 reuse them.
+``main_dino.py``). Public so iBOT and DINOv2 reuse them (DINOv2 through
+:func:`dino_loss_from_targets`, its targets being Sinkhorn-Knopp codes).
 """
 
 from collections.abc import Sequence
@@ -29,40 +30,56 @@ def dino_loss(
     pair with v ≠ i contributes ``mean_N(−Σ_K target · log_prob)``; the loss is the mean over
     those pairs, as the reference (which skips the pairs where both see the same view).
     """
-    if len(teacher) < 1 or len(student) < len(teacher):
-        raise ValueError(
-            f"dino_loss: need at least one teacher crop and at least as many student crops "
-            f"(the global crops come first), got {len(student)} student and {len(teacher)} "
-            "teacher crops"
-        )
-    if len(student) == 1:
-        raise ValueError("dino_loss: one crop leaves no (teacher, other student crop) pair")
-    shape = teacher[0].shape
-    if len(shape) != 2:
-        raise ValueError(f"dino_loss: outputs must be (N, K), got {tuple(shape)}")
-    for name, crops in (("student", student), ("teacher", teacher)):
-        for i, x in enumerate(crops):
-            if x.shape != shape:
-                raise ValueError(
-                    f"dino_loss: {name} crop {i} has shape {tuple(x.shape)}, expected "
-                    f"{tuple(shape)} like teacher crop 0"
-                )
-    if center.numel() != shape[1]:
-        raise ValueError(
-            f"dino_loss: center must hold K={shape[1]} values, got {tuple(center.shape)}"
-        )
+    _check_crops("dino_loss", student, teacher)
+    k = teacher[0].shape[1]
+    if center.numel() != k:
+        raise ValueError(f"dino_loss: center must hold K={k} values, got {tuple(center.shape)}")
     center = center.reshape(1, -1)
     # the targets carry no gradient, into neither the teacher nor the centre
     targets = [F.softmax((t - center) / teacher_temp, dim=-1).detach() for t in teacher]
+    return dino_loss_from_targets(student, targets, student_temp)
+
+
+def dino_loss_from_targets(
+    student: Sequence[torch.Tensor], targets: Sequence[torch.Tensor], student_temp: float = 0.1
+) -> torch.Tensor:
+    """:func:`dino_loss` with the teacher's targets already made: one (N, K) probability row per
+    sample and global crop (DINOv2's Sinkhorn-Knopp codes instead of a centred softmax).
+
+    The same crop pairing and mean over pairs; the targets are detached.
+    """
+    _check_crops("dino_loss_from_targets", student, targets)
     log_probs = [F.log_softmax(s / student_temp, dim=-1) for s in student]
     total, terms = 0.0, 0
     for i, target in enumerate(targets):
+        target = target.detach()
         for v, log_prob in enumerate(log_probs):
             if v == i:
                 continue
             total = total + torch.sum(-target * log_prob, dim=-1).mean()
             terms += 1
     return total / terms
+
+
+def _check_crops(fn: str, student: Sequence[torch.Tensor], teacher: Sequence[torch.Tensor]) -> None:
+    if len(teacher) < 1 or len(student) < len(teacher):
+        raise ValueError(
+            f"{fn}: need at least one teacher crop and at least as many student crops "
+            f"(the global crops come first), got {len(student)} student and {len(teacher)} "
+            "teacher crops"
+        )
+    if len(student) == 1:
+        raise ValueError(f"{fn}: one crop leaves no (teacher, other student crop) pair")
+    shape = teacher[0].shape
+    if len(shape) != 2:
+        raise ValueError(f"{fn}: outputs must be (N, K), got {tuple(shape)}")
+    for name, crops in (("student", student), ("teacher", teacher)):
+        for i, x in enumerate(crops):
+            if x.shape != shape:
+                raise ValueError(
+                    f"{fn}: {name} crop {i} has shape {tuple(x.shape)}, expected "
+                    f"{tuple(shape)} like teacher crop 0"
+                )
 
 
 @torch.no_grad()
