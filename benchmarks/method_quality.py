@@ -196,6 +196,8 @@ def main() -> None:
 
     import ray
 
+    from pipelines.train.trainer import ensure_ray
+
     notes = {}
     for dataset in args.datasets:
         data = None
@@ -218,8 +220,9 @@ def main() -> None:
             name = f"{dataset}-{method}-{time.strftime('%H%M%S')}"
             cfg = method_config(method, out / dataset, name, args.epochs or None, data)
             with locked(args.lock):
-                if not ray.is_initialized():  # one instance for every run
-                    ray.init(address="local", num_cpus=os.cpu_count() or 1, log_to_driver=False)
+                # one instance for every run, sized as pretrain() sizes its own (workers plus
+                # decode tasks: fewer CPUs than that and Ray Data waits forever for a slot)
+                ensure_ray(cfg)
                 try:
                     row = run_one(method, dataset, cfg)
                 except Exception as e:  # one broken method must not lose the others' figures
