@@ -3,7 +3,7 @@
     flock /tmp/sslpipe-heavy.lock env PYTHONPATH=$PWD .venv/bin/python \\
         benchmarks/data_throughput.py --images 3000
 
-Builds an ImageNet-like set from ../shared/data/imagenet-sample-1000.tar (real photos, median
+Builds an ImageNet-like set from shared/data/imagenet-sample-1000.tar (--sample; real photos, median
 500×375; beyond 1,000 images each photo is re-cropped to 85-100% of each side and re-encoded, so
 copies differ but keep ImageNet sizes), as an ImageFolder and as sslpipe shards. Then measures
 images/s, each from its first batch to its end (start-up excluded alike), of:
@@ -27,11 +27,18 @@ import tarfile
 import time
 from pathlib import Path
 
-SAMPLE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "imagenet-sample-1000.tar"
+# the checkout's sibling ``shared/`` (main in /work/main) or the machine's /work/shared: a
+# worktree elsewhere still finds it; --sample names another copy
+_NAME = Path("shared") / "data" / "imagenet-sample-1000.tar"
+SAMPLE_CANDIDATES = [Path(__file__).resolve().parents[1].parent / _NAME, Path("/work") / _NAME]
 BATCH = 64
 
 
-def build(workdir: Path, images: int, seed: int = 0) -> tuple[Path, Path]:
+def default_sample() -> Path:
+    return next((p for p in SAMPLE_CANDIDATES if p.exists()), SAMPLE_CANDIDATES[0])
+
+
+def build(workdir: Path, images: int, sample: Path, seed: int = 0) -> tuple[Path, Path]:
     """ImageFolder (classes: the photos' wnids) and shards of ``images`` photos."""
     from PIL import Image
 
@@ -41,9 +48,11 @@ def build(workdir: Path, images: int, seed: int = 0) -> tuple[Path, Path]:
     folder, shards = workdir / f"folder-{images}", workdir / f"shards-{images}"
     if (shards / "_manifest.json").exists():
         return folder, shards
-    if not SAMPLE.exists():
-        raise SystemExit(f"{SAMPLE} is absent: this benchmark needs the shared ImageNet sample")
-    with tarfile.open(SAMPLE) as tar:
+    if not sample.exists():
+        raise SystemExit(
+            f"{sample} is absent: this benchmark needs the shared ImageNet sample (--sample)"
+        )
+    with tarfile.open(sample) as tar:
         photos = [
             (m.name.rsplit("/", 1)[-1], tar.extractfile(m).read())
             for m in tar
@@ -176,8 +185,11 @@ def main() -> None:
     parser.add_argument("--cores", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--workdir", default="/tmp/sslpipe-bench")
     parser.add_argument("--json", help="also write the figures to this file")
+    parser.add_argument(
+        "--sample", type=Path, default=default_sample(), help="imagenet-sample-1000.tar"
+    )
     args = parser.parse_args()
-    folder, shards = build(Path(args.workdir), args.images)
+    folder, shards = build(Path(args.workdir), args.images, args.sample)
 
     import ray
 

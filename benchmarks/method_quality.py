@@ -1,0 +1,255 @@
+"""Quality of every registered method at a small CPU budget (a benchmark, not a test).
+
+    env PYTHONPATH=$PWD .venv/bin/python -m benchmarks.method_quality \\
+        --datasets embedded cifar10 --lock /tmp/sslpipe-heavy.lock --out bench-quality
+
+Each method of ``ssl_models.registry.METHODS`` (or ``--methods``) goes through the real
+pipeline, ``pipelines.train.trainer.pretrain`` on a config built as ``sslpipe pretrain`` builds
+it, and is scored by the run's own final kNN top-1 against the same architecture at random
+initialisation (``eval.knn_random_init``). Datasets:
+
+  embedded  the built-in 32-pixel dataset with the laptop profile (pipelines/configs/embedded.yaml,
+            the default of ``sslpipe pretrain``: 8 epochs, batch 256)
+  cifar10   a class-balanced subset of CIFAR-10 (--cifar-train / --cifar-test per class) from
+            shared/data/cifar10-jpeg.tar.gz, unpacked and sharded once under --cache; trained with
+            the same laptop profile (32 pixels too). Skipped with a message when the tarball is
+            absent: the product never needs it.
+
+One local Ray instance serves every run (``pretrain`` reuses an initialised Ray). With --lock,
+each run holds that file's lock (flock) so a shared machine interleaves other work between
+methods. Results go to <out>/quality.json after every run and to a Markdown table per dataset in
+<out>/quality.md (and appended to --markdown, e.g. BENCHMARKS.md, when given).
+"""
+
+import argparse
+import contextlib
+import fcntl
+import json
+import os
+import platform
+import shutil
+import tarfile
+import time
+import traceback
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pipelines.config import Config, build_config, deep_merge, embedded_profile, parse_set, recipe
+from ssl_models.registry import METHODS
+
+_TARBALL = Path("shared") / "data" / "cifar10-jpeg.tar.gz"
+CIFAR_CANDIDATES = [Path(__file__).resolve().parents[1].parent / _TARBALL, Path("/work") / _TARBALL]
+
+
+@contextlib.contextmanager
+def locked(path: str | None) -> Iterator[None]:
+    """Hold an exclusive flock on ``path`` (none when ``path`` is empty)."""
+    if not path:
+        yield
+        return
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def prepare_cifar(tarball: Path, cache: Path, train_per_class: int, test_per_class: int) -> tuple:
+    """Shards of the first ``*_per_class`` images (sorted names) of every class, train and test."""
+    from pipelines.data.shard import ShardOptions
+    from pipelines.data.shard_job import shard
+
+    root = cache / f"cifar10-{train_per_class}-{test_per_class}"
+    out = []
+    for split, per_class in (("train", train_per_class), ("test", test_per_class)):
+        dest = root / f"shards-{split}"
+        if not (dest / "_manifest.json").exists():
+            folder = root / f"folder-{split}"
+            shutil.rmtree(folder, ignore_errors=True)
+            with tarfile.open(tarball) as tar:
+                members = sorted(
+                    (m for m in tar if m.isfile() and m.name.startswith(f"{split}/")),
+                    key=lambda m: m.name,
+                )
+                taken: dict[str, int] = {}
+                for m in members:
+                    cls = m.name.split("/")[1]
+                    if taken.get(cls, 0) >= per_class:
+                        continue
+                    taken[cls] = taken.get(cls, 0) + 1
+                    target = folder / cls / m.name.rsplit("/", 1)[-1]
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    target.write_bytes(tar.extractfile(m).read())
+            shard(str(folder), str(dest), ShardOptions(), workers=0, progress=False)
+            shutil.rmtree(folder)
+        out.append(str(dest))
+    return tuple(out)
+
+
+def method_config(
+    method: str, run_root: Path, name: str, epochs: int | None, data: tuple[str, str] | None
+) -> Config:
+    """The config ``sslpipe pretrain`` would build, plus the benchmark's storage and tracking.
+    With ``data`` (train and eval shards of 32-pixel images) the laptop profile is applied
+    explicitly, as it is only automatic without a data path."""
+    base = recipe(method)
+    base = deep_merge(base, embedded_profile(method, base))
+    sets = [
+        f"train.storage={run_root / 'runs'}",
+        f"train.name={name}",
+        f"tracking.uri=sqlite:///{run_root / 'mlflow.db'}",
+        "tracking.register=false",
+        f"data.cache_dir={run_root.parent / 'sslpipe-data'}",
+    ]
+    if epochs:
+        sets.append(f"train.epochs={epochs}")
+    if data:
+        sets += [f"data.path={data[0]}", f"data.eval_path={data[1]}"]
+    return build_config(deep_merge(base, parse_set(sets)))
+
+
+def describe_backbone(cfg: Config) -> str:
+    b = cfg.backbone
+    if b.name.startswith("vit"):
+        return f"{b.name} p{b.vit.patch_size} d{b.vit.dim}×{b.vit.depth}"
+    return f"{b.name} ×{b.width:g}"
+
+
+def run_one(method: str, dataset: str, cfg: Config) -> dict[str, Any]:
+    from pipelines.train.trainer import pretrain
+
+    started = time.time()
+    summary = pretrain(cfg)
+    m = summary["metrics"]
+    knn, rnd = m.get("knn_top1"), m.get("knn_top1_random_init")
+    return {
+        "method": method,
+        "dataset": dataset,
+        "family": METHODS[method].family,
+        "backbone": describe_backbone(cfg),
+        "epochs": cfg.train.epochs,
+        "batch": cfg.train.batch_size,
+        "steps": summary["steps"],
+        "wall_seconds": round(time.time() - started, 1),
+        "knn_top1": knn,
+        "knn_top1_random_init": rnd,
+        "margin": None if knn is None or rnd is None else round(knn - rnd, 4),
+    }
+
+
+def table(rows: list[dict[str, Any]], dataset: str, note: str) -> str:
+    cols = [
+        "method",
+        "family",
+        "backbone",
+        "epochs",
+        "steps",
+        "wall",
+        "kNN_top-1",
+        "random_init",
+        "margin",
+    ]
+    head = "| " + " | ".join(c.replace("_", " ") for c in cols) + " |\n"
+    head += "|" + "---|" * len(cols) + "\n"
+    lines = []
+    for r in rows:
+        if r["dataset"] != dataset:
+            continue
+        if "error" in r:
+            lines.append(f"| {r['method']} | {r['family']} | | | | | failed: {r['error']} | | |")
+            continue
+        fmt = lambda v: "–" if v is None else f"{v:.3f}"  # noqa: E731
+        margin = "–" if r["margin"] is None else f"{r['margin']:+.3f}"
+        wall = f"{r['wall_seconds'] / 60:.1f} min"
+        lines.append(
+            f"| {r['method']} | {r['family']} | {r['backbone']} | {r['epochs']} | {r['steps']} | "
+            f"{wall} | {fmt(r['knn_top1'])} | {fmt(r['knn_top1_random_init'])} | {margin} |"
+        )
+    return f"### {dataset}\n\n{note}\n\n{head}" + "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--methods", nargs="+", default=list(METHODS), help="default: all registered")
+    p.add_argument("--datasets", nargs="+", default=["embedded", "cifar10"])
+    p.add_argument("--epochs", type=int, default=0, help="0: the laptop profile's (8)")
+    p.add_argument("--out", default="bench-quality", help="run storage, MLflow and results")
+    p.add_argument("--markdown", help="also append the tables to this file (e.g. BENCHMARKS.md)")
+    p.add_argument("--lock", default="", help="flock this file around each run")
+    p.add_argument("--cifar", type=Path, default=None, help="cifar10-jpeg.tar.gz")
+    p.add_argument("--cifar-train", type=int, default=1000, help="training images per class")
+    p.add_argument("--cifar-test", type=int, default=200, help="kNN query images per class")
+    args = p.parse_args()
+    unknown = sorted(set(args.methods) - set(METHODS))
+    if unknown:
+        raise SystemExit(f"--methods: unknown {unknown}; registered: {sorted(METHODS)}")
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    results_path = out / "quality.json"
+    rows: list[dict[str, Any]] = (
+        json.loads(results_path.read_text())["results"] if results_path.exists() else []
+    )
+
+    import ray
+
+    from pipelines.train.trainer import ensure_ray
+
+    notes = {}
+    for dataset in args.datasets:
+        data = None
+        note = f"laptop profile, {args.epochs or 8} epochs"
+        if dataset == "cifar10":
+            tarball = args.cifar or next((c for c in CIFAR_CANDIDATES if c.exists()), None)
+            if tarball is None or not tarball.exists():
+                print(f"method_quality: skipping cifar10, {CIFAR_CANDIDATES[0]} is absent")
+                continue
+            with locked(args.lock):
+                data = prepare_cifar(tarball, out / "cache", args.cifar_train, args.cifar_test)
+            note = (
+                f"CIFAR-10 subset: {args.cifar_train}/class train (bank), {args.cifar_test}/class "
+                f"test (queries); laptop profile, {args.epochs or 8} epochs"
+            )
+        elif dataset != "embedded":
+            raise SystemExit(f"--datasets: {dataset!r} is not one of embedded, cifar10")
+        notes[dataset] = note
+        for method in args.methods:
+            name = f"{dataset}-{method}-{time.strftime('%H%M%S')}"
+            cfg = method_config(method, out / dataset, name, args.epochs or None, data)
+            with locked(args.lock):
+                # one instance for every run, sized as pretrain() sizes its own (workers plus
+                # decode tasks: fewer CPUs than that and Ray Data waits forever for a slot)
+                ensure_ray(cfg)
+                try:
+                    row = run_one(method, dataset, cfg)
+                except Exception as e:  # one broken method must not lose the others' figures
+                    traceback.print_exc()
+                    row = {"method": method, "dataset": dataset, "error": repr(e)[:200]}
+                    row["family"] = METHODS[method].family
+            rows = [r for r in rows if (r["method"], r["dataset"]) != (method, dataset)] + [row]
+            print(f"method_quality: {json.dumps(row)}", flush=True)
+            results_path.write_text(
+                json.dumps(
+                    {
+                        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, "
+                        f"torch {torch.__version__}",
+                        "date": time.strftime("%Y-%m-%d"),
+                        "results": rows,
+                    },
+                    indent=2,
+                )
+            )
+        md = table(rows, dataset, note)
+        (out / f"quality-{dataset}.md").write_text(md)
+        if args.markdown:
+            with open(args.markdown, "a") as f:
+                f.write("\n" + md)
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,48 @@
+"""benchmarks/method_quality.py: the configs it trains and the table it writes (no training)."""
+
+from pathlib import Path
+
+from benchmarks.method_quality import method_config, table
+from pipelines.config import load_config, parse_set, to_dict
+
+
+def test_cifar_config_is_the_laptop_profile_with_a_data_path(tmp_path: Path) -> None:
+    # with a data path, load_config drops the laptop profile; the benchmark must keep it so the
+    # CIFAR-10 figures use the same 32-pixel recipe as the embedded ones
+    cfg = method_config("byol", tmp_path / "cifar10", "n", None, ("/s/train", "/s/test"))
+    laptop = load_config("byol", overrides=parse_set(["train.name=n"]))
+    assert (cfg.data.path, cfg.data.eval_path) == ("/s/train", "/s/test")
+    assert to_dict(cfg)["backbone"] == to_dict(laptop)["backbone"]
+    assert to_dict(cfg)["method_args"] == to_dict(laptop)["method_args"]
+    assert cfg.views.groups["global"].size == 32
+    assert cfg.train.epochs == laptop.train.epochs == 8
+    assert not cfg.tracking.register
+
+
+def test_epochs_override_and_embedded_default(tmp_path: Path) -> None:
+    cfg = method_config("rotnet", tmp_path / "embedded", "n", 3, None)
+    assert cfg.train.epochs == 3 and cfg.data.path == ""
+    assert cfg.train.storage == str(tmp_path / "embedded" / "runs")
+
+
+def test_table_rows_margin_sign_and_failures() -> None:
+    rows = [
+        {
+            "method": "a",
+            "dataset": "d",
+            "family": "f",
+            "backbone": "b",
+            "epochs": 8,
+            "steps": 184,
+            "wall_seconds": 90.0,
+            "knn_top1": 0.25,
+            "knn_top1_random_init": 0.3,
+            "margin": -0.05,
+        },
+        {"method": "x", "dataset": "d", "family": "f", "error": "RuntimeError('boom')"},
+        {"method": "other", "dataset": "e", "family": "f", "error": "not this dataset"},
+    ]
+    md = table(rows, "d", "note")
+    assert "| a | f | b | 8 | 184 | 1.5 min | 0.250 | 0.300 | -0.050 |" in md
+    assert "failed: RuntimeError('boom')" in md
+    assert "other" not in md
