@@ -115,15 +115,26 @@ def submit_or_connect(
 
 
 def probe_http(address: str) -> None:
+    """A Ray dashboard answers at ``address``: its version, or 401/403 from a cluster with token
+    auth (the Jobs client sends the token; this probe has none)."""
     import requests
 
     try:
-        requests.get(f"{address.rstrip('/')}/api/version", timeout=PROBE_SECONDS).raise_for_status()
+        r = requests.get(f"{address.rstrip('/')}/api/version", timeout=PROBE_SECONDS)
     except requests.RequestException as e:
         raise ClusterError(
             f"--address {address}: no Ray dashboard answers there within {PROBE_SECONDS:.0f} s "
             f"({type(e).__name__}); is the cluster up and port 8265 forwarded (`ray dashboard "
             "infra/cluster/aws.yaml`, `kubectl port-forward svc/sslpipe-head-svc 8265`)?"
+        ) from None
+    if r.status_code in (401, 403):
+        return
+    try:
+        r.json()["ray_version"]
+    except (ValueError, KeyError, TypeError):
+        raise ClusterError(
+            f"--address {address}: answers HTTP {r.status_code} but is not a Ray dashboard "
+            "(the Jobs API is the dashboard's port, 8265 by default)"
         ) from None
 
 

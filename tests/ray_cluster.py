@@ -50,6 +50,9 @@ class LocalCluster:
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
         env["PYTHONPATH"] = str(REPO)
         env["RAY_USAGE_STATS_ENABLED"] = "0"
+        # Ray 2.60 turns token auth on when ~/.ray/auth_token exists; this cluster listens on
+        # 127.0.0.1 only, and its clients (the CLI, the state API here) carry no token
+        env["RAY_AUTH_MODE"] = "disabled"
         env.pop("RAY_ADDRESS", None)
         return env
 

@@ -7,6 +7,7 @@ subprocess, so this test process never joins the cluster (nor leaves another ses
 """
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -72,12 +73,18 @@ def sslpipe(cluster: LocalCluster, *args: str, timeout: float = 240) -> subproce
 @pytest.fixture(scope="module")
 def cluster():
     c = LocalCluster()
+    saved = os.environ.get("RAY_AUTH_MODE")
+    os.environ["RAY_AUTH_MODE"] = "disabled"  # this process's state API calls, as c.env()
     try:
         c.start_head(num_cpus=2, resources={"data": 4})
         c.add_node(num_cpus=1, resources={"train": 1})
         yield c
     finally:
         c.stop()
+        if saved is None:
+            os.environ.pop("RAY_AUTH_MODE", None)
+        else:
+            os.environ["RAY_AUTH_MODE"] = saved
 
 
 def actors(cluster: LocalCluster, class_name: str) -> list:
