@@ -3,7 +3,8 @@
 
 ``submit_or_connect(args, argv, demands)`` routes by ``args.address``:
 
-- none: returns None; the command runs here on a local Ray, as without a cluster.
+- none: returns None; the command runs here on a local Ray, as without a cluster (inside a Ray
+  job, on the job's cluster).
 - ``http(s)://HEAD:8265`` (the dashboard): submits the same command line, minus ``--address``
   and ``--summary-json``, as a Ray job through the Jobs API with this project as the job's
   ``working_dir``; streams its logs; fetches the summary the job prints after ``SUMMARY_MARKER``
@@ -36,6 +37,7 @@ from pipelines.config import Config, ConfigError
 PROBE_SECONDS = 5.0
 SUMMARY_MARKER = "SSLPIPE_SUMMARY_JSON "  # a job's summary line in its log
 IN_JOB_ENV = "SSLPIPE_IN_RAY_JOB"  # set in a submitted job: print the summary with the marker
+JOB_ENTRYPOINT_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"  # Ray's job supervisor sets it for every job
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 # never uploaded with the job (gitignore syntax, relative to the project root; Ray also honours
 # the project's .gitignore): environments, local data, local runs
@@ -100,6 +102,14 @@ def submit_or_connect(
     (e.g. ``["pretrain", "--epochs", "2", "--address", "http://head:8265"]``)."""
     address = getattr(args, "address", None)
     if not address:
+        if os.environ.get(JOB_ENTRYPOINT_ENV):
+            # a Ray job's entrypoint (ours, KubeRay's RayJob, `ray job submit`): its driver joins
+            # the cluster the job runs on (RAY_ADDRESS), never a new local Ray
+            import ray
+
+            if not ray.is_initialized():
+                ray.init()
+                ray.data.DataContext.get_current().enable_progress_bars = False
         return None
     check = not getattr(args, "no_resource_check", False)
     if address.startswith(("http://", "https://")):

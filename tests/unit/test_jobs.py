@@ -120,7 +120,8 @@ def test_an_unreachable_address_is_an_error_not_a_hang(address, monkeypatch):
     assert time.monotonic() - started < 30
 
 
-def test_no_address_runs_here():
+def test_no_address_runs_here(monkeypatch):
+    monkeypatch.delenv(jobs.JOB_ENTRYPOINT_ENV, raising=False)
     args = argparse.Namespace(address=None, no_resource_check=False, summary_json=None)
     assert jobs.submit_or_connect(args, ["pretrain"], []) is None
 
