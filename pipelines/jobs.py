@@ -178,7 +178,8 @@ def nodes_via_dashboard(address: str) -> list[dict[str, float]]:
     """The total resources of each live node, from the dashboard's state API."""
     from ray.util.state import list_nodes
 
-    nodes = list_nodes(address=address, filters=[("state", "=", "ALIVE")], timeout=10)
+    alive = [("state", "=", "ALIVE")]
+    nodes = list_nodes(address=address, filters=alive, limit=10000, timeout=10)
     return [dict(n.resources_total) for n in nodes]
 
 
