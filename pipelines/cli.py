@@ -393,6 +393,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sslpipe: {e}", file=sys.stderr)
         return 1
     except (LookupError, FileNotFoundError) as e:
+        if os.environ.get("SSLPIPE_TRACEBACK") == "1":
+            raise  # where an unexpected KeyError came from
         print(f"sslpipe: {e.args[0] if e.args else e}", file=sys.stderr)
         return 1
 

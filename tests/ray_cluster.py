@@ -53,6 +53,7 @@ class LocalCluster:
         # Ray 2.60 turns token auth on when ~/.ray/auth_token exists; this cluster listens on
         # 127.0.0.1 only, and its clients (the CLI, the state API here) carry no token
         env["RAY_AUTH_MODE"] = "disabled"
+        env["SSLPIPE_TRACEBACK"] = "1"  # a failing job's log shows where
         env.pop("RAY_ADDRESS", None)
         return env
 
