@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from pipelines.config import ConfigError, deep_merge, load_config, parse_set
+from pipelines.jobs import ClusterError, Demand, add_cluster_arguments, submit_or_connect
 from ssl_models.registry import METHODS
 
 
@@ -34,6 +35,7 @@ def _pretrain_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--summary-json", help="also write the summary to this file")
     p.add_argument("--print-config", action="store_true", help="print the resolved config, exit")
+    add_cluster_arguments(p)
     p.add_argument(
         "--resume",
         metavar="RUN",
@@ -86,7 +88,7 @@ def _shard_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument(
         "--endpoint-url", help="S3-compatible endpoint (MinIO...); default: $AWS_ENDPOINT_URL"
     )
-    s.add_argument("--address", help="Ray cluster address (default: a local Ray)")
+    add_cluster_arguments(s)
 
 
 def _flag_overrides(args: argparse.Namespace) -> dict:
@@ -137,6 +139,9 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
     overrides = deep_merge(parse_set(args.set), _flag_overrides(args))
     run_id = None
+    if args.resume and args.address and args.address.startswith("http") and not args.print_config:
+        # the stopped run's config lives in its MLflow run, which the cluster reaches
+        return submit_or_connect(args, args.argv)
     if args.resume:
         cfg, run_id = _resume_config(args, overrides)
     else:
@@ -144,6 +149,11 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     if args.print_config:
         print(dump_yaml(cfg), end="")
         return 0
+    from pipelines.jobs import demands_of, emit_summary
+
+    exit_code = submit_or_connect(args, args.argv, demands_of(cfg))
+    if exit_code is not None:  # ran as a Ray job
+        return exit_code
 
     from pipelines.train.trainer import pretrain
 
@@ -166,6 +176,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
         f"  MLflow UI         {summary['mlflow_ui']}",
     ]
     print("\n".join(lines), flush=True)
+    emit_summary(summary)
     if args.summary_json:
         Path(args.summary_json).write_text(json.dumps(summary, indent=2))
     return 0
@@ -184,6 +195,9 @@ def cmd_shard(args: argparse.Namespace) -> int:
     from pipelines.data.decode import BadImageError
     from pipelines.data.shard import DEFAULT_TARGET_BYTES, ShardOptions
 
+    exit_code = submit_or_connect(args, args.argv, [Demand("shard task", {"CPU": 1.0})])
+    if exit_code is not None:  # ran as a Ray job
+        return exit_code
     if args.verify:
         if len(args.paths) != 1:
             raise ConfigError("sslpipe shard --verify takes one argument: the shard directory")
@@ -367,13 +381,20 @@ COMMANDS = {
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv  # the command line as typed: a Ray job (--address http://...) reruns it
     try:
         return COMMANDS[args.command](args)
     except ConfigError as e:
         print(f"sslpipe: {e}", file=sys.stderr)
         return 2
+    except ClusterError as e:
+        print(f"sslpipe: {e}", file=sys.stderr)
+        return 1
     except (LookupError, FileNotFoundError) as e:
+        if os.environ.get("SSLPIPE_TRACEBACK") == "1":
+            raise  # where an unexpected KeyError came from
         print(f"sslpipe: {e.args[0] if e.args else e}", file=sys.stderr)
         return 1
 

@@ -130,6 +130,9 @@ class DataConfig:
     decode_tasks: int = 1  # Ray Data tasks decoding and cropping in parallel
     decode_batch_size: int = 64  # images per map_batches call
     bad_images: Literal["skip", "strict"] = "skip"  # skip and count undecodable images, or stop
+    # custom Ray resources every data task (read, decode, eval views) asks for, e.g. {data: 0.01}:
+    # only nodes advertising them run decoding (infra/ gives the CPU group `data`)
+    task_resources: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -155,6 +158,9 @@ class TrainConfig:
     accumulate_steps: int = 1  # micro-batches per optimizer step (gradient accumulation)
     workers: int = 2  # Ray Train workers (one DDP process each)
     cpus_per_worker: float = 1.0  # leave CPUs for Ray Data besides the train workers
+    # custom Ray resources each train worker asks for besides CPU/GPU, e.g. {train: 1}: workers
+    # start only on nodes advertising them (infra/ gives the GPU group `train`)
+    worker_resources: dict[str, float] = field(default_factory=dict)
     use_gpu: bool = False
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on GPU, fp32 on CPU
     sync_batchnorm: bool = False  # BN statistics over the global batch (GPU; torch has no CPU one)
@@ -356,6 +362,18 @@ def check_training(cfg: Config) -> None:
             f"config key 'train.batch_size': {t.batch_size} must divide evenly into "
             f"train.workers={t.workers} × train.accumulate_steps={t.accumulate_steps} micro-batches"
         )
+    for key, custom in (
+        ("data.task_resources", cfg.data.task_resources),
+        ("train.worker_resources", t.worker_resources),
+    ):
+        for name, amount in custom.items():
+            if name in ("CPU", "GPU", "memory"):
+                raise ConfigError(
+                    f"config key '{key}.{name}': CPUs and GPUs come from train.cpus_per_worker "
+                    "and train.use_gpu (data tasks take 1 CPU); list custom resources here"
+                )
+            if amount <= 0:
+                raise ConfigError(f"config key '{key}.{name}': must be positive, got {amount}")
     for alias in cfg.tracking.aliases:
         if alias in ("latest", "best"):
             raise ConfigError(

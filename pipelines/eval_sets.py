@@ -74,22 +74,26 @@ def eval_views(
     hi: float = 1.0,
     keys: bool = False,
     labeled_only: bool = True,
+    resources: dict[str, float] | None = None,
 ):
     """Ray dataset of evaluation views of the shard rows whose key fraction is in [lo, hi)
-    (labeled ones only, unless told): ``image`` uint8 (3, S, S), ``label``, ``key`` if asked."""
+    (labeled ones only, unless told): ``image`` uint8 (3, S, S), ``label``, ``key`` if asked.
+    ``resources``: custom Ray resources of every task (``data.task_resources``)."""
     import ray
 
     from pipelines.data.source import read_shards
 
-    ds, manifest = read_shards(path, ["key", "image", "label"])
+    ds, manifest = read_shards(path, ["key", "image", "label"], resources=resources)
+    remote_args = {"resources": resources} if resources else {}
     selection = {"lo": lo, "hi": hi, "labeled_only": labeled_only}
-    ds = ds.map_batches(_select, fn_kwargs=selection, batch_format="numpy")
+    ds = ds.map_batches(_select, fn_kwargs=selection, batch_format="numpy", **remote_args)
     ds = ds.map_batches(
         _eval_views,
         fn_kwargs={"size": size, "crop_fraction": crop_fraction, "keys": keys},
         batch_format="numpy",
         batch_size=256,
         compute=ray.data.TaskPoolStrategy(size=2),
+        **remote_args,
     )
     return ds, manifest
 
@@ -101,15 +105,17 @@ def split_views(
     bank_fraction: float = 1.0,
     query_fraction: float = 1.0,
     keys: bool = False,
+    resources: dict[str, float] | None = None,
 ):
     """(bank, queries) datasets under the rules above; the fractions cut each side to a fixed
-    key-hash subset (the online monitor's)."""
+    key-hash subset (the online monitor's). ``resources``: see ``eval_views``."""
     b, q = min(1.0, bank_fraction), min(1.0, query_fraction)
+    r = {"resources": resources}
     if split.eval:
-        bank, _ = eval_views(split.train, size, crop_fraction, 0.0, b, keys)
-        queries, _ = eval_views(split.eval, size, crop_fraction, 0.0, q, keys)
+        bank, _ = eval_views(split.train, size, crop_fraction, 0.0, b, keys, **r)
+        queries, _ = eval_views(split.eval, size, crop_fraction, 0.0, q, keys, **r)
     else:
         hi = HOLDOUT + (1 - HOLDOUT) * b
-        bank, _ = eval_views(split.train, size, crop_fraction, HOLDOUT, hi, keys)
-        queries, _ = eval_views(split.train, size, crop_fraction, 0.0, HOLDOUT * q, keys)
+        bank, _ = eval_views(split.train, size, crop_fraction, HOLDOUT, hi, keys, **r)
+        queries, _ = eval_views(split.train, size, crop_fraction, 0.0, HOLDOUT * q, keys, **r)
     return bank, queries

@@ -13,6 +13,7 @@ import uuid
 from dataclasses import dataclass
 
 import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,12 @@ class BadImageReport:
 def create_counter(run: str = "") -> str:
     """Start a counter (on the driver) and return its name, to hand to tasks and workers."""
     name = f"sslpipe-bad-images-{run or uuid.uuid4().hex[:12]}"
-    handle = BadImageCounter.options(name=name, namespace=_NAMESPACE, get_if_exists=True).remote()
+    # on the driver's node (the head, in a Ray job): a worker node lost mid-run must not take
+    # the count with it while the run resumes on the remaining nodes
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    handle = BadImageCounter.options(
+        name=name, namespace=_NAMESPACE, get_if_exists=True, scheduling_strategy=here
+    ).remote()
     _handles[name] = handle
     return name
 

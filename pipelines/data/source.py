@@ -60,12 +60,14 @@ def read_shards(
     endpoint: str = "",
     interleave: int = 1,
     read_tasks: int = 2,
+    resources: dict[str, float] | None = None,
 ) -> tuple[ray.data.Dataset, Manifest]:
     """The rows of the files the manifest at ``path`` (local or s3://) names, and the manifest.
 
     With ``shuffle_seed`` the file order is shuffled at every execution (epoch), differently
     each time but reproducibly from the seed. ``endpoint``: an S3-compatible endpoint (default:
-    ``AWS_ENDPOINT_URL``, else AWS). ``read_tasks``: files read at a time.
+    ``AWS_ENDPOINT_URL``, else AWS). ``read_tasks``: files read at a time. ``resources``:
+    custom Ray resources each read task asks for (``data.task_resources``).
     """
     manifest, fs, root = read_manifest(path, endpoint)
     files = [join(root, f.name) for f in manifest.files if f.rows > 0]
@@ -92,6 +94,7 @@ def read_shards(
         # holds blocks in the object store
         num_cpus=0.25,
         compute=ray.data.TaskPoolStrategy(size=read_tasks),
+        resources=resources or None,
     )
     return ds, manifest
 
@@ -118,6 +121,7 @@ def view_dataset(
         batch_format="numpy",
         compute=ray.data.TaskPoolStrategy(size=cfg.data.decode_tasks),
         num_cpus=1,
+        resources=cfg.data.task_resources or None,
     )
 
 
@@ -133,5 +137,6 @@ def training_dataset(
         cfg.data.s3_endpoint,
         cfg.data.interleave_files,
         read_tasks=max(1, -(-cfg.data.decode_tasks // 4)),  # one read keeps ~4 decoders busy
+        resources=cfg.data.task_resources,
     )
     return view_dataset(ds, cfg.views, cfg, counter), manifest

@@ -92,7 +92,9 @@ def evaluate_knn(
     cfg: Config, split: EvalSplit, encoders: dict[str, Encoder], num_classes: int
 ) -> dict[str, float]:
     """kNN top-1 of each encoder: bank from the training rows, queries from the eval split."""
-    bank_ds, query_ds = split_views(split, eval_image_size(cfg), cfg.eval.crop_fraction)
+    bank_ds, query_ds = split_views(
+        split, eval_image_size(cfg), cfg.eval.crop_fraction, resources=cfg.data.task_resources
+    )
     bank, bank_labels = embed(encoders, bank_ds, cfg.eval.batch_size)
     queries, query_labels = embed(encoders, query_ds, cfg.eval.batch_size)
     k, t = cfg.eval.knn_k, cfg.eval.knn_temperature
@@ -118,7 +120,8 @@ def build_trainer(
         scaling_config=ScalingConfig(
             num_workers=cfg.train.workers,
             use_gpu=cfg.train.use_gpu,
-            resources_per_worker={"CPU": cfg.train.cpus_per_worker},
+            # custom resources pin workers to a node group (train.worker_resources)
+            resources_per_worker={"CPU": cfg.train.cpus_per_worker, **cfg.train.worker_resources},
         ),
         run_config=RunConfig(
             name=name,
@@ -141,7 +144,9 @@ def monitor_datasets(cfg: Config, split: EvalSplit, manifest: Manifest) -> dict:
     # an eval set's size is unknown without reading its manifest: cut it by row count instead
     query_fraction = 1.0 if split.eval else cfg.eval.monitor_query_rows / (rows * HOLDOUT)
     size, crop = eval_image_size(cfg), cfg.eval.crop_fraction
-    bank, queries = split_views(split, size, crop, bank_fraction, query_fraction)
+    bank, queries = split_views(
+        split, size, crop, bank_fraction, query_fraction, resources=cfg.data.task_resources
+    )
     if split.eval:
         queries = queries.limit(cfg.eval.monitor_query_rows)
     return {"knn_bank": bank.materialize(), "knn_query": queries.materialize()}

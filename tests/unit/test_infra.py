@@ -1,5 +1,6 @@
 """infra/ holds what a user deploys: check it against Ray's schema and against this repo."""
 
+import json
 import re
 import shlex
 from pathlib import Path
@@ -77,3 +78,29 @@ def test_mlflow_server_uses_postgres_and_s3():
     assert "--artifacts-destination s3://" in command
     assert server["image"] == IMAGE
     assert ("StatefulSet", "mlflow-postgres") in docs
+
+
+def test_placement_keys_name_resources_the_node_groups_advertise():
+    configmap = load_all(INFRA / "k8s" / "rayjob.yaml")[0]
+    cluster = load_all(INFRA / "k8s" / "raycluster.yaml")[0]
+    groups = {
+        g["groupName"]: json.loads(yaml.safe_load(g["rayStartParams"]["resources"]))
+        for g in cluster["spec"]["workerGroupSpecs"]
+    }
+    launcher = yaml.safe_load((INFRA / "cluster" / "aws.yaml").read_text())
+    nodes = {k: v["resources"] for k, v in launcher["available_node_types"].items()}
+    for name, text in configmap["data"].items():
+        user = yaml.safe_load(text)
+        cfg = build_config(deep_merge(recipe(user["method"]), user))
+        assert cfg.train.worker_resources and cfg.data.task_resources, name
+        for advertised in (groups["gpu-train"], nodes["gpu_train"]):
+            assert set(cfg.train.worker_resources) <= set(advertised), name
+        for advertised in (groups["cpu-data"], nodes["cpu_data"]):
+            assert set(cfg.data.task_resources) <= set(advertised), name
+        # each GPU node holds as many workers as it has GPUs
+        gpus = int(
+            next(g for g in cluster["spec"]["workerGroupSpecs"] if g["groupName"] == "gpu-train")[
+                "template"
+            ]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"]
+        )
+        assert groups["gpu-train"]["train"] // cfg.train.worker_resources["train"] == gpus

@@ -1,0 +1,364 @@
+"""Running a command on an existing Ray cluster: ``--address`` for ``sslpipe pretrain``, ``shard``
+(and any command that adds these arguments).
+
+``submit_or_connect(args, argv, demands)`` routes by ``args.address``:
+
+- none: returns None; the command runs here on a local Ray, as without a cluster (inside a Ray
+  job, on the job's cluster).
+- ``http(s)://HEAD:8265`` (the dashboard): submits the same command line, minus ``--address``
+  and ``--summary-json``, as a Ray job through the Jobs API with this project as the job's
+  ``working_dir``; streams its logs; fetches the summary the job prints after ``SUMMARY_MARKER``
+  into ``--summary-json``; returns the job's exit code.
+- ``ray://HEAD:10001`` (Ray Client), ``auto`` or ``HOST:PORT`` (the GCS): connects this process
+  as the driver (``ray.init``) and returns None; the command goes on here against the cluster.
+
+Before either, the address must answer within ``PROBE_SECONDS`` and the live nodes must be able
+to hold ``demands`` (e.g. the train workers with their CPU/GPU/custom resources): a wrong address
+or a cluster without ``train`` nodes is an error in seconds, not a job that waits forever.
+An autoscaling cluster whose groups start from zero nodes passes ``--no-resource-check``.
+"""
+
+import argparse
+import asyncio
+import json
+import math
+import os
+import shlex
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from pipelines.config import Config, ConfigError
+
+PROBE_SECONDS = 5.0
+SUMMARY_MARKER = "SSLPIPE_SUMMARY_JSON "  # a job's summary line in its log
+IN_JOB_ENV = "SSLPIPE_IN_RAY_JOB"  # set in a submitted job: print the summary with the marker
+JOB_ENTRYPOINT_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"  # Ray's job supervisor sets it for every job
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+# never uploaded with the job (gitignore syntax, relative to the project root; Ray also honours
+# the project's .gitignore): environments, local data, local runs
+EXCLUDES = [
+    "/.git",
+    "/.venv",
+    "/venv",
+    "/data",
+    "/sslpipe-data",
+    "/sslpipe-runs",
+    "/runs",
+    "/mlruns",
+    "/mlartifacts",
+    "*.db",
+    "__pycache__",
+]
+
+
+class ClusterError(RuntimeError):
+    """The cluster at ``--address`` is unreachable or cannot hold what the command asks for."""
+
+
+@dataclass(frozen=True)
+class Demand:
+    """``count`` Ray tasks or actors of one shape that must fit on the cluster's nodes at once."""
+
+    what: str  # e.g. "train worker", named in the error
+    bundle: dict[str, float]  # resources of one, e.g. {"CPU": 1, "train": 1}
+    count: int = 1
+
+
+def add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--address",
+        help="run on a Ray cluster: http://HEAD:8265 submits a Ray job (logs streamed, exit "
+        "status returned); ray://HEAD:10001, auto or HOST:PORT drive the cluster from here",
+    )
+    parser.add_argument(
+        "--no-resource-check",
+        action="store_true",
+        help="with --address: skip checking that the live nodes can hold the job (an "
+        "autoscaling cluster that starts its groups from zero nodes)",
+    )
+
+
+def demands_of(cfg: Config) -> list[Demand]:
+    """What ``sslpipe pretrain`` with ``cfg`` needs at once: its train workers and at least one
+    data task (each holds 1 CPU and ``data.task_resources``)."""
+    worker = {"CPU": cfg.train.cpus_per_worker, **cfg.train.worker_resources}
+    if cfg.train.use_gpu:
+        worker["GPU"] = 1.0
+    return [
+        Demand("train worker", worker, cfg.train.workers),
+        Demand("data task", {"CPU": 1.0, **cfg.data.task_resources}, 1),
+    ]
+
+
+def submit_or_connect(
+    args: argparse.Namespace, argv: list[str], demands: list[Demand] | None = None
+) -> int | None:
+    """See the module docstring. ``argv``: the command line as typed, without the program name
+    (e.g. ``["pretrain", "--epochs", "2", "--address", "http://head:8265"]``)."""
+    address = getattr(args, "address", None)
+    if not address:
+        if os.environ.get(JOB_ENTRYPOINT_ENV):
+            # a Ray job's entrypoint (ours, KubeRay's RayJob, `ray job submit`): its driver joins
+            # the cluster the job runs on (RAY_ADDRESS), never a new local Ray
+            import ray
+
+            if not ray.is_initialized():
+                ray.init()
+                ray.data.DataContext.get_current().enable_progress_bars = False
+        return None
+    check = not getattr(args, "no_resource_check", False)
+    if address.startswith(("http://", "https://")):
+        probe_http(address)
+        if check and demands:
+            check_fits(demands, nodes_via_dashboard(address), address)
+        return submit(address, job_argv(argv), getattr(args, "summary_json", None))
+    connect(address, demands if check else None)
+    return None
+
+
+# --- reachability and resources ----------------------------------------------------------------
+
+
+def probe_http(address: str) -> None:
+    """A Ray dashboard answers at ``address``: its version, or 401/403 from a cluster with token
+    auth (the Jobs client sends the token; this probe has none)."""
+    import requests
+
+    try:
+        r = requests.get(f"{address.rstrip('/')}/api/version", timeout=PROBE_SECONDS)
+    except requests.RequestException as e:
+        raise ClusterError(
+            f"--address {address}: no Ray dashboard answers there within {PROBE_SECONDS:.0f} s "
+            f"({type(e).__name__}); is the cluster up and port 8265 forwarded (`ray dashboard "
+            "infra/cluster/aws.yaml`, `kubectl port-forward svc/sslpipe-head-svc 8265`)?"
+        ) from None
+    if r.status_code in (401, 403):
+        return
+    try:
+        r.json()["ray_version"]
+    except (ValueError, KeyError, TypeError):
+        raise ClusterError(
+            f"--address {address}: answers HTTP {r.status_code} but is not a Ray dashboard "
+            "(the Jobs API is the dashboard's port, 8265 by default)"
+        ) from None
+
+
+def probe_grpc(address: str) -> None:
+    """A GCS (HOST:PORT) or Ray Client (ray://HOST:PORT) address answers gRPC: an open TCP port
+    alone proves little (a proxy may accept anything; channel readiness neither), and Ray's own
+    client retries for about a minute."""
+    import grpc
+
+    parsed = urlparse(address if "://" in address else f"tcp://{address}")
+    if not parsed.hostname or not parsed.port:
+        raise ClusterError(f"--address {address}: expected HOST:PORT, ray://HOST:PORT or http://")
+    channel = grpc.insecure_channel(f"{parsed.hostname}:{parsed.port}")
+    try:
+        # a method no server has: a live gRPC server answers UNIMPLEMENTED at once
+        channel.unary_unary("/sslpipe.Probe/Ping")(b"", timeout=PROBE_SECONDS)
+    except grpc.RpcError as e:
+        # UNIMPLEMENTED from a gRPC server; a plain HTTP server's 404 maps to the same code
+        if e.code() == grpc.StatusCode.UNIMPLEMENTED and "http2 header" not in str(e.details()):
+            return
+        raise ClusterError(
+            f"--address {address}: no Ray answers at {parsed.hostname}:{parsed.port} within "
+            f"{PROBE_SECONDS:.0f} s (the GCS port is 6379 and the Ray Client port 10001 by "
+            "default; is the cluster up and the port reachable?)"
+        ) from None
+    finally:
+        channel.close()
+
+
+def nodes_via_dashboard(address: str) -> list[dict[str, float]]:
+    """The total resources of each live node, from the dashboard's state API."""
+    from ray.util.state import list_nodes
+
+    alive = [("state", "=", "ALIVE")]
+    nodes = list_nodes(address=address, filters=alive, limit=10000, timeout=10)
+    return [dict(n.resources_total) for n in nodes]
+
+
+def nodes_via_driver() -> list[dict[str, float]]:
+    import ray
+
+    return [dict(n["Resources"]) for n in ray.nodes() if n.get("Alive")]
+
+
+def capacity(bundle: dict[str, float], node: dict[str, float]) -> int:
+    """How many ``bundle``s one node holds."""
+    fits = [math.floor(node.get(k, 0.0) / v + 1e-9) for k, v in bundle.items() if v > 0]
+    return min(fits) if fits else sys.maxsize
+
+
+def check_fits(demands: list[Demand], nodes: list[dict[str, float]], address: str) -> None:
+    """Each demand fits on the nodes (bundles never span nodes), and all together fit the
+    cluster's totals; otherwise a ClusterError naming what is missing."""
+    shown = "; ".join(
+        "{" + ", ".join(f"{k}: {v:g}" for k, v in sorted(n.items()) if _shown(k)) + "}"
+        for n in nodes
+    )
+    totals: dict[str, float] = {}
+    for node in nodes:
+        for k, v in node.items():
+            totals[k] = totals.get(k, 0.0) + v
+    needed: dict[str, float] = {}
+    for d in demands:
+        held = sum(capacity(d.bundle, n) for n in nodes)
+        if held < d.count:
+            raise ClusterError(
+                f"the cluster at {address} can hold {held} of the {d.count} {d.what}(s) of "
+                f"{_fmt(d.bundle)} the config asks for; its live nodes hold [{shown}]. Add "
+                "nodes with these resources or change the config (train.workers, "
+                "train.cpus_per_worker, train.use_gpu, train.worker_resources, "
+                "data.task_resources); an autoscaling cluster: --no-resource-check"
+            )
+        for k, v in d.bundle.items():
+            needed[k] = needed.get(k, 0.0) + v * d.count
+    short = {k: v for k, v in needed.items() if totals.get(k, 0.0) + 1e-9 < v}
+    if short:
+        raise ClusterError(
+            f"the cluster at {address} holds {_fmt({k: totals.get(k, 0.0) for k in short})} "
+            f"but the job needs {_fmt(short)} at once ({', '.join(d.what for d in demands)})"
+        )
+
+
+def _shown(key: str) -> bool:
+    # Ray adds per-node resources (node:<ip>, memory, object_store_memory); the user's are the rest
+    return not key.startswith("node:") and key not in ("memory", "object_store_memory")
+
+
+def _fmt(bundle: dict[str, float]) -> str:
+    return "{" + ", ".join(f"{k}: {v:g}" for k, v in sorted(bundle.items())) + "}"
+
+
+# --- connecting a driver -----------------------------------------------------------------------
+
+
+def connect(address: str, demands: list[Demand] | None) -> None:
+    """``ray.init`` against the cluster (a Ray Client address uploads this project as the
+    working_dir, so the cluster runs this code), then the resource check."""
+    import ray
+
+    if address != "auto":
+        probe_grpc(address)
+    runtime_env = runtime_env_for_job() if address.startswith("ray://") else None
+    try:
+        ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
+    except ConnectionError as e:
+        raise ClusterError(f"--address {address}: {e}") from None
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    if demands:
+        check_fits(demands, nodes_via_driver(), address)
+
+
+# --- submitting a job --------------------------------------------------------------------------
+
+
+def job_argv(argv: list[str]) -> list[str]:
+    """The command line the job runs: ``--address``, ``--no-resource-check`` and
+    ``--summary-json`` removed (the summary comes back in the log), a local ``--config`` file
+    inlined as ``--set`` pairs ahead of the user's own (same precedence: file < --set < flags)."""
+    out: list[str] = []
+    config_sets: list[str] = []
+    i = 0
+    while i < len(argv):
+        token = argv[i]
+        name, eq, value = token.partition("=")
+        takes_value = name in ("--address", "--summary-json", "--config")
+        # argparse accepts abbreviations; the options removed here must be found
+        removed = ("--address", "--summary-json", "--config")
+        if len(name) > 2 and not takes_value and any(o.startswith(name) for o in removed):
+            raise ConfigError(f"{name}: with --address, spell this option in full")
+        if takes_value and not eq:
+            if i + 1 >= len(argv):
+                raise ConfigError(f"{name} expects a value")
+            value = argv[i + 1]
+            i += 1
+        i += 1
+        if name == "--config":
+            if Path(value).is_file():
+                config_sets += config_as_sets(value)
+            else:  # a path on the cluster (e.g. a mounted ConfigMap)
+                out += ["--config", value]
+        elif not takes_value and name != "--no-resource-check":
+            out.append(token)
+    if config_sets:
+        # the command name first, then the file's pairs, then everything else
+        out = out[:1] + config_sets + out[1:]
+    return out
+
+
+def config_as_sets(path: str) -> list[str]:
+    from pipelines.config import flatten, read_yaml
+
+    sets: list[str] = []
+    for key, value in flatten(read_yaml(path)).items():
+        sets += ["--set", f"{key}={json.dumps(value)}"]
+    return sets
+
+
+def runtime_env_for_job() -> dict[str, Any]:
+    return {
+        "working_dir": str(PROJECT_ROOT),
+        "excludes": EXCLUDES,
+        "env_vars": {IN_JOB_ENV: "1"},
+    }
+
+
+def submit(address: str, argv: list[str], summary_json: str | None) -> int:
+    """Submit ``python -m pipelines.cli ARGV`` as a job, stream its log, return its exit code."""
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    client = JobSubmissionClient(address)
+    entrypoint = shlex.join(["python", "-m", "pipelines.cli", *argv])
+    job_id = f"sslpipe-{argv[0]}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    client.submit_job(
+        entrypoint=entrypoint, runtime_env=runtime_env_for_job(), submission_id=job_id
+    )
+    print(f"sslpipe: submitted job {job_id} to {address}: {entrypoint}", flush=True)
+    summary: dict | None = None
+    try:
+        summary = asyncio.run(_stream(client, job_id))
+    except KeyboardInterrupt:
+        client.stop_job(job_id)
+        print(f"\nsslpipe: stopped job {job_id}", file=sys.stderr)
+        return 130
+    info = client.get_job_info(job_id)
+    while info.status not in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED):
+        time.sleep(0.5)  # the log can end a moment before the status is final
+        info = client.get_job_info(job_id)
+    if summary is not None and summary_json:
+        Path(summary_json).write_text(json.dumps(summary, indent=2))
+    if info.status == JobStatus.SUCCEEDED:
+        return 0
+    print(f"sslpipe: job {job_id} {info.status.value}: {info.message}", file=sys.stderr)
+    return info.driver_exit_code or 1
+
+
+async def _stream(client: Any, job_id: str) -> dict | None:
+    """Print the job's log as it comes; return the summary its marker line carries."""
+    summary, pending = None, ""
+    async for chunk in client.tail_job_logs(job_id):
+        pending += chunk
+        *lines, pending = pending.split("\n")
+        for line in lines:
+            if line.startswith(SUMMARY_MARKER):
+                summary = json.loads(line[len(SUMMARY_MARKER) :])
+            else:
+                print(line, flush=True)
+    if pending.startswith(SUMMARY_MARKER):
+        summary = json.loads(pending[len(SUMMARY_MARKER) :])
+    elif pending:
+        print(pending, flush=True)
+    return summary
+
+
+def emit_summary(summary: dict) -> None:
+    """In a submitted job: print the summary on one marked line for the submitter to fetch."""
+    if os.environ.get(IN_JOB_ENV) == "1":
+        print(SUMMARY_MARKER + json.dumps(summary), flush=True)

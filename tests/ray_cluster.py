@@ -1,0 +1,154 @@
+"""A multi-node Ray on this machine, started with ``ray start`` like a real cluster's nodes.
+
+Every node is a ``ray start --block`` process this helper started, with the cluster's own temp
+dir and ports, so it never meets another Ray instance on the machine; stopping a node is
+SIGTERM to that process (its raylet and agents go with it), and ``stop`` ends them all.
+"""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tests.conftest import REPO, free_port
+
+RAY = str(Path(sys.executable).with_name("ray"))
+
+
+@dataclass
+class Node:
+    process: subprocess.Popen
+    resources: dict[str, float]
+    node_id: str = ""
+
+
+@dataclass
+class LocalCluster:
+    temp_dir: str = field(default_factory=lambda: tempfile.mkdtemp(prefix="sslrc-", dir="/tmp"))
+    gcs_port: int = field(default_factory=free_port)
+    dashboard_port: int = field(default_factory=free_port)
+    nodes: list[Node] = field(default_factory=list)
+
+    @property
+    def gcs_address(self) -> str:
+        return f"127.0.0.1:{self.gcs_port}"
+
+    @property
+    def dashboard(self) -> str:
+        return f"http://127.0.0.1:{self.dashboard_port}"
+
+    def env(self) -> dict[str, str]:
+        """The nodes' environment: this venv's python first on PATH (job entrypoints run
+        ``python``) and this checkout importable by every worker."""
+        env = dict(os.environ)
+        env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+        env["PYTHONPATH"] = str(REPO)
+        env["RAY_USAGE_STATS_ENABLED"] = "0"
+        # Ray 2.60 turns token auth on when ~/.ray/auth_token exists; this cluster listens on
+        # 127.0.0.1 only, and its clients (the CLI, the state API here) carry no token
+        env["RAY_AUTH_MODE"] = "disabled"
+        env["SSLPIPE_TRACEBACK"] = "1"  # a failing job's log shows where
+        env.pop("RAY_ADDRESS", None)
+        return env
+
+    def _start(self, args: list[str], num_cpus: int, resources: dict[str, float]) -> Node:
+        command = [
+            RAY,
+            "start",
+            "--block",
+            f"--temp-dir={self.temp_dir}",
+            f"--num-cpus={num_cpus}",
+            f"--resources={json.dumps(resources)}",
+            "--object-store-memory=100000000",
+            f"--node-manager-port={free_port()}",
+            f"--object-manager-port={free_port()}",
+            f"--dashboard-agent-listen-port={free_port()}",
+            f"--dashboard-agent-grpc-port={free_port()}",
+            f"--runtime-env-agent-port={free_port()}",
+            f"--metrics-export-port={free_port()}",
+            "--disable-usage-stats",
+            *args,
+        ]
+        log = open(Path(self.temp_dir) / f"node-{len(self.nodes)}.log", "w")  # noqa: SIM115
+        process = subprocess.Popen(
+            command, env=self.env(), stdout=log, stderr=subprocess.STDOUT, cwd=REPO
+        )
+        node = Node(process, resources)
+        self.nodes.append(node)
+        return node
+
+    def start_head(self, num_cpus: int, resources: dict[str, float]) -> Node:
+        head = self._start(
+            [
+                "--head",
+                f"--port={self.gcs_port}",
+                "--include-dashboard=true",
+                "--dashboard-host=127.0.0.1",
+                f"--dashboard-port={self.dashboard_port}",
+                f"--ray-client-server-port={free_port()}",
+                "--node-ip-address=127.0.0.1",
+            ],
+            num_cpus,
+            resources,
+        )
+        self.wait_for_nodes(1)
+        return head
+
+    def add_node(self, num_cpus: int, resources: dict[str, float]) -> Node:
+        node = self._start(
+            [f"--address={self.gcs_address}", "--node-ip-address=127.0.0.1"], num_cpus, resources
+        )
+        self.wait_for_nodes(len(self.nodes))
+        return node
+
+    def alive_nodes(self) -> list:
+        from ray.util.state import list_nodes
+
+        return list_nodes(address=self.dashboard, filters=[("state", "=", "ALIVE")], timeout=10)
+
+    def wait_for_nodes(self, count: int, timeout: float = 90.0) -> None:
+        """Until ``count`` nodes are alive; fills in each node's id from its resources."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for node in self.nodes:
+                if node.process.poll() is not None:
+                    raise RuntimeError(f"ray start exited: see {self.temp_dir}/node-*.log")
+            try:
+                alive = self.alive_nodes()
+            except Exception:  # the dashboard is not up yet
+                alive = []
+            if len(alive) == count:
+                for node in self.nodes:
+                    if not node.node_id and node.process.poll() is None:
+                        key = next(iter(node.resources))
+                        node.node_id = next(
+                            n.node_id
+                            for n in alive
+                            if key in n.resources_total
+                            and n.node_id not in {m.node_id for m in self.nodes}
+                        )
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{len(alive)} of {count} Ray nodes alive after {timeout} s")
+            time.sleep(1)
+
+    def stop_node(self, node: Node, timeout: float = 60.0) -> None:
+        node.process.send_signal(signal.SIGTERM)
+        node.process.wait(timeout=timeout)
+
+    def stop(self) -> None:
+        for node in reversed(self.nodes):  # workers first, the head last
+            if node.process.poll() is None:
+                node.process.send_signal(signal.SIGTERM)
+                try:
+                    node.process.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    node.process.kill()
+                    node.process.wait()
+        shutil.rmtree(self.temp_dir, ignore_errors=True)

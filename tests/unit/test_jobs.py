@@ -1,0 +1,135 @@
+"""``--address``: what a Ray job runs, the resource check, and failing fast without a cluster."""
+
+import argparse
+import time
+
+import pytest
+
+from pipelines import jobs
+from pipelines.config import ConfigError, load_config, parse_set
+from pipelines.jobs import ClusterError, Demand, capacity, check_fits, demands_of, job_argv
+from tests.conftest import free_port
+
+
+def test_job_argv_drops_the_submitters_options_and_keeps_the_rest():
+    argv = [
+        "pretrain",
+        "--address",
+        "http://head:8265",
+        "--epochs",
+        "2",
+        "--summary-json=out.json",
+        "--no-resource-check",
+        "--set",
+        "optim.base_lr=0.5",
+    ]
+    assert job_argv(argv) == ["pretrain", "--epochs", "2", "--set", "optim.base_lr=0.5"]
+
+
+def test_a_local_config_file_travels_as_set_pairs_before_the_users_own(tmp_path):
+    path = tmp_path / "my.yaml"
+    path.write_text(
+        "method: byol\noptim:\n  base_lr: 0.2\nviews:\n  groups:\n    global:\n"
+        "      scale: [0.3, 1.0]\n"
+    )
+    argv = ["pretrain", "--config", str(path), "--set", "optim.base_lr=0.4", "--epochs", "1"]
+    out = job_argv(argv)
+    assert out[0] == "pretrain" and "--config" not in out
+    assert out[-4:] == ["--set", "optim.base_lr=0.4", "--epochs", "1"]
+    # resolving the job's command line gives what the file plus flags give here
+    sets = [out[i + 1] for i, t in enumerate(out) if t == "--set"]
+    cfg = load_config(overrides={**parse_set(sets), "train": {"epochs": 1}})
+    direct = load_config(
+        None, str(path), {**parse_set(["optim.base_lr=0.4"]), "train": {"epochs": 1}}
+    )
+    assert cfg == direct
+    assert cfg.method == "byol" and cfg.optim.base_lr == 0.4
+    assert cfg.views.groups["global"].scale == (0.3, 1.0)
+
+
+def test_a_config_path_that_is_not_here_is_left_for_the_cluster():
+    argv = ["pretrain", "--config", "/home/ray/config/pretrain.yaml"]
+    assert job_argv(argv) == argv
+
+
+def test_an_abbreviated_option_that_must_be_removed_is_refused():
+    with pytest.raises(ConfigError, match="--summary: with --address, spell"):
+        job_argv(["pretrain", "--summary", "s.json"])
+
+
+def test_capacity_counts_whole_bundles_per_node():
+    assert capacity({"CPU": 1, "train": 1}, {"CPU": 4, "train": 2}) == 2
+    assert capacity({"CPU": 1, "train": 1}, {"CPU": 4}) == 0
+    assert capacity({"CPU": 0.5}, {"CPU": 2}) == 4
+
+
+def test_demands_follow_the_config():
+    cfg = load_config(
+        overrides=parse_set(
+            [
+                "train.workers=4",
+                "train.batch_size=64",
+                "train.use_gpu=true",
+                "train.worker_resources={train: 1}",
+                "data.task_resources={data: 0.01}",
+            ]
+        )
+    )
+    workers, data = demands_of(cfg)
+    assert workers == Demand("train worker", {"CPU": 1.0, "train": 1.0, "GPU": 1.0}, 4)
+    assert data == Demand("data task", {"CPU": 1.0, "data": 0.01}, 1)
+
+
+def test_a_cluster_without_the_asked_resources_is_named():
+    nodes = [{"CPU": 8, "data": 4, "node:10.0.0.1": 1}, {"CPU": 2, "train": 1}]
+    demands = [Demand("train worker", {"CPU": 1, "train": 1}, 2)]
+    with pytest.raises(ClusterError) as info:
+        check_fits(demands, nodes, "http://head:8265")
+    message = str(info.value)
+    assert "can hold 1 of the 2 train worker(s) of {CPU: 1, train: 1}" in message
+    assert "{CPU: 2, train: 1}" in message and "node:" not in message
+    assert "train.worker_resources" in message and "--no-resource-check" in message
+    check_fits([Demand("train worker", {"CPU": 1, "train": 1}, 1)], nodes, "x")  # fits
+
+
+def test_demands_that_fit_alone_but_not_together_are_refused():
+    nodes = [{"CPU": 2, "train": 1, "data": 1}]
+    demands = [Demand("train worker", {"CPU": 2, "train": 1}), Demand("data task", {"CPU": 1})]
+    with pytest.raises(ClusterError, match=r"holds \{CPU: 2\} but the job needs \{CPU: 3\}"):
+        check_fits(demands, nodes, "x")
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        "http://127.0.0.1:{port}",  # a port nothing listens on: refused at once
+        "ray://127.0.0.1:{port}",
+        "127.0.0.1:{port}",
+        "http://10.255.255.1:8265",  # unroutable: without a timeout, a TCP connect hangs ~2 min
+        "ray://10.255.255.1:10001",
+    ],
+)
+def test_an_unreachable_address_is_an_error_not_a_hang(address, monkeypatch):
+    monkeypatch.setattr(jobs, "PROBE_SECONDS", 1.0)
+    address = address.format(port=free_port())  # bound and released: nothing listens there
+    args = argparse.Namespace(address=address, no_resource_check=False, summary_json=None)
+    started = time.monotonic()
+    with pytest.raises(ClusterError, match=f"--address {address}"):
+        jobs.submit_or_connect(args, ["pretrain", "--address", address], [])
+    # not a speed check: only that the probe's timeout, not TCP's minutes, bounds the wait
+    assert time.monotonic() - started < 30
+
+
+def test_no_address_runs_here(monkeypatch):
+    monkeypatch.delenv(jobs.JOB_ENTRYPOINT_ENV, raising=False)
+    args = argparse.Namespace(address=None, no_resource_check=False, summary_json=None)
+    assert jobs.submit_or_connect(args, ["pretrain"], []) is None
+
+
+def test_placement_keys_are_checked_by_name():
+    with pytest.raises(ConfigError, match=r"'train.worker_resources.GPU': CPUs and GPUs come"):
+        load_config(overrides=parse_set(["train.worker_resources={GPU: 1}"]))
+    with pytest.raises(ConfigError, match=r"'data.task_resources.data': must be positive"):
+        load_config(overrides=parse_set(["data.task_resources={data: 0}"]))
+    with pytest.raises(ConfigError, match=r"'data.task_resources.data': expected a number"):
+        load_config(overrides=parse_set(["data.task_resources={data: lots}"]))
