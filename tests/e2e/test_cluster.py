@@ -123,10 +123,9 @@ def test_data_tasks_and_train_workers_land_on_their_nodes(cluster, tmp_path):
     assert workers and {a.node_id for a in workers} == {train.node_id}
 
 
-@pytest.mark.xfail(
-    reason="open: the job's working_dir copy vanished under the running entrypoint (MLflow's "
-    "os.getcwd() raised FileNotFoundError in tracking.start_run); see the branch report",
-    strict=False,
+@pytest.mark.skip(
+    reason="known failure, issue 7 open: the job's working_dir copy vanished under the running "
+    "entrypoint (MLflow's os.getcwd() raised FileNotFoundError in tracking.start_run)"
 )
 def test_a_job_submitted_through_the_jobs_api_finishes_with_a_summary(cluster, tmp_path):
     from ray.job_submission import JobStatus, JobSubmissionClient
@@ -182,10 +181,9 @@ def test_a_cluster_without_the_asked_resources_is_refused_before_anything_runs(
     assert not (tmp_path / "runs").exists()
 
 
-@pytest.mark.xfail(
-    reason="open: the run completed all 10 steps after its train node was stopped, but logged "
-    "no resumed_from_step; whether it restarted from the checkpoint is unverified",
-    strict=False,
+@pytest.mark.skip(
+    reason="unproven, issue 7 open: the run completed all 10 steps after its train node was "
+    "stopped but logged no resumed_from_step, so a restart from the checkpoint is unverified"
 )
 def test_losing_the_train_node_resumes_from_the_checkpoint_on_the_remaining_one(cluster, tmp_path):
     """Why this can survive: what must outlive a worker node sits on the head (the driver, Ray
