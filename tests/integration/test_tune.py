@@ -104,9 +104,16 @@ def test_pbt_exploits_the_better_trials_checkpoint(ray_local, tmp_path):
     second = next(r for r in history[exploited[0]] if r["start_epoch"] == 1)
     # the second interval started from the other trial's epoch-0 checkpoint (2 steps in)
     assert second["exploited"] == 1 and second["resumed_from_step"] == 2
-    # and the losing trial left the flat 5.0 temperature for (a perturbation of) the winner's
-    final = next(t for t in summary["trials"] if t["trial_id"] == exploited[0])
-    assert final["config"]["method_args.temperature"] != 5.0
+    # the loser is the flat-softmax trial, and its MLflow run names the trial it copied
+    assert history[exploited[0]][0]["config"]["method_args.temperature"] == 5.0
+    (donor,) = set(history) - set(exploited)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    child = next(
+        c
+        for c in children_of(uri, summary["parent_run_id"])
+        if c.data.tags["sslpipe.trial_id"] == exploited[0]
+    )
+    assert child.data.tags["sslpipe.pbt.exploited_at_epoch_1"] == donor
 
 
 def test_survey_report_lists_every_method(ray_local, tmp_path):
