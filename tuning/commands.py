@@ -112,7 +112,8 @@ def start_ray(address: str | None, overrides: dict[str, Any], max_concurrent: in
         from pipelines.config import load_config
 
         cfg = load_config(overrides.get("method"), None, overrides)
-        per_trial = cfg.train.workers * cfg.train.cpus_per_worker + cfg.data.decode_tasks
+        # workers, decode tasks, quarter-CPU read tasks (see tuning/README.md)
+        per_trial = cfg.train.workers * cfg.train.cpus_per_worker + cfg.data.decode_tasks + 0.5
         ray.init(
             address="local", num_cpus=max(int(per_trial * max_concurrent + 0.999), os.cpu_count())
         )

@@ -22,6 +22,7 @@ SPEC_FILE = "sweep.json"
 #: metrics every trial reports each epoch; knn_top1 needs labeled data (the online kNN monitor)
 METRICS = ("loss", "knn_top1", "images_per_sec")
 SCHEDULERS = ("fifo", "asha", "pbt")
+TRIAL_CPU = 0.01  # the trial function's own share
 
 
 @dataclass
@@ -125,7 +126,8 @@ def trainable_of(spec: dict[str, Any]):
 
     fn = run_pbt_trial if spec["options"]["scheduler"] == "pbt" else run_trial
     # the trial function only waits on its TorchTrainer: workers and data tasks hold the CPUs
-    return tune.with_resources(tune.with_parameters(fn, spec=spec), {"CPU": 0})
+    # (Tune refuses an empty request, so a token share)
+    return tune.with_resources(tune.with_parameters(fn, spec=spec), {"CPU": TRIAL_CPU})
 
 
 def start_parent(spec: dict[str, Any], kind: str) -> str:

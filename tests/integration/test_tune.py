@@ -11,8 +11,9 @@ from pipelines.config import parse_set
 
 pytestmark = pytest.mark.integration
 
-# temperature 5.0 flattens SimCLR's softmax: its loss sits near log(2N - 1) from the first
-# epoch, well above 0.2's, so loss ranks the two trials the same way on every run
+# temperature 5.0 flattens SimCLR's softmax: its loss stays near log(2N - 1) = 4.84 (measured
+# 4.82, 4.82) while 0.2's falls (4.85, 4.67, 4.62), so from epoch 2 on loss ranks them the same
+# way on every run
 TEMPERATURES = {"method_args.temperature": {"grid": [0.2, 5.0]}}
 
 
@@ -24,7 +25,7 @@ def tiny(tmp_path: Path, epochs: int, *extra: str) -> dict:
             "train.batch_size=64",
             f"train.epochs={epochs}",
             "train.workers=1",
-            "train.cpus_per_worker=1",
+            "train.cpus_per_worker=0.5",  # 2 trials on 4 CPUs: room for their data tasks
             f"train.storage={tmp_path / 'runs'}",
             f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
             "data.embedded_train_per_class=13",  # 130 images: 2 steps of 64 per epoch
@@ -60,7 +61,8 @@ def test_asha_stops_the_weak_trial_and_the_tree_has_one_parent(ray_local, tmp_pa
     )
     summary = run_sweep(opts)
     epochs = {t["config"]["method_args.temperature"]: t["epochs"] for t in summary["trials"]}
-    assert epochs == {0.2: 3, 5.0: 1}  # stopped at the first rung (grace 1, factor 2)
+    # rungs at epochs 1 and 2 (grace 1, factor 2): 5.0 is stopped at one of them, 0.2 runs on
+    assert epochs[0.2] == 3 and epochs[5.0] < 3
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     parent = summary["parent_run_id"]
