@@ -7,7 +7,6 @@ settings for all (``eval.*``), on the driver once the trials are done.
 """
 
 import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -201,8 +200,7 @@ def write_report(spec: dict[str, Any], rows: list[dict[str, Any]], opts: SurveyO
     run_id = spec["parent_run_id"]
     client.log_artifact(run_id, str(out / "survey.md"))
     client.log_artifact(run_id, str(out / "survey.png"))
-    with tempfile.TemporaryDirectory():
-        tracking.log_dict(run_id, spec["tracking_uri"], {"rows": rows}, "survey.json")
+    tracking.log_dict(run_id, spec["tracking_uri"], {"rows": rows}, "survey.json")
     failed = any(r.get("error") for r in rows)
     tracking.end_run(run_id, spec["tracking_uri"], "FAILED" if failed else "FINISHED")
     return {
