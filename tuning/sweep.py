@@ -256,14 +256,19 @@ def finish_sweep(spec: dict[str, Any], results) -> dict[str, Any]:
         return {"sweep": spec["sweep"], "storage": spec["storage"], "interrupted": True}
     client = MlflowClient(uri)
     children = child_runs(spec)
+    epochs = load_config(spec["method"], None, spec["overrides"]).train.epochs
     trials = []
     for r in results:
         m = r.metrics or {}
         trial_id = m.get("trial_id", "")
         child = children.get(trial_id)
         if child is not None and child.info.status == "RUNNING":
-            client.set_terminated(child.info.run_id, "KILLED")  # stopped by the scheduler
-            client.set_tag(child.info.run_id, "sslpipe.stopped_early", "true")
+            # the scheduler ends the trial function at its report, before it closes its run
+            # (ASHA also at max_t): only a trial short of the budget was stopped early
+            short = m.get("training_iteration", 0) < epochs
+            client.set_terminated(child.info.run_id, "KILLED" if short else "FINISHED")
+            if short:
+                client.set_tag(child.info.run_id, "sslpipe.stopped_early", "true")
         trials.append(
             {
                 "trial_id": trial_id,
