@@ -262,10 +262,13 @@ def finish_sweep(spec: dict[str, Any], results) -> dict[str, Any]:
         m = r.metrics or {}
         trial_id = m.get("trial_id", "")
         child = children.get(trial_id)
+        # epochs trained: Tune's iteration count restarts with a trial resumed without a Tune
+        # checkpoint, the loop's epoch does not
+        done = m["epoch"] + 1 if "epoch" in m else m.get("training_iteration", 0)
         if child is not None and child.info.status == "RUNNING":
             # the scheduler ends the trial function at its report, before it closes its run
             # (ASHA also at max_t): only a trial short of the budget was stopped early
-            short = m.get("training_iteration", 0) < epochs
+            short = done < epochs
             client.set_terminated(child.info.run_id, "KILLED" if short else "FINISHED")
             if short:
                 client.set_tag(child.info.run_id, "sslpipe.stopped_early", "true")
@@ -273,7 +276,7 @@ def finish_sweep(spec: dict[str, Any], results) -> dict[str, Any]:
             {
                 "trial_id": trial_id,
                 "config": {k: v for k, v in r.config.items()},
-                "epochs": m.get("training_iteration", 0),
+                "epochs": done,
                 o["metric"]: m.get(o["metric"]),
                 "checkpoint_path": m.get("checkpoint_path"),
                 "run_id": child.info.run_id if child is not None else None,
