@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-pytestmark = pytest.mark.e2e
+# 3.5 min on the shared 2-core machine (two CLI processes, each starting Ray): slow tier
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[2]
 EPOCHS = 2

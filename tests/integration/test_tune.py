@@ -81,6 +81,7 @@ def test_asha_stops_the_weak_trial_and_the_tree_has_one_parent(ray_local, tmp_pa
     assert version.run_id == summary["best"]["run_id"]
 
 
+@pytest.mark.slow  # 3.5 min on the shared 2-core machine: four worker-group starts
 def test_pbt_exploits_the_better_trials_checkpoint(ray_local, tmp_path):
     from tuning.sweep import SweepOptions, run_sweep
 
