@@ -1,4 +1,4 @@
-"""``sslpipe``: shard | pretrain | eval | embed | register | methods."""
+"""``sslpipe``: shard | pretrain | eval | embed | register | tune | survey | methods."""
 
 import argparse
 import json
@@ -366,6 +366,9 @@ def build_parser() -> argparse.ArgumentParser:
     _pretrain_parser(sub)
     _shard_parser(sub)
     _eval_parsers(sub)
+    from tuning.commands import add_parsers
+
+    add_parsers(sub)
     sub.add_parser("methods", help="list the methods the registry knows")
     return parser
 
@@ -377,7 +380,15 @@ COMMANDS = {
     "embed": cmd_embed,
     "register": cmd_register,
     "methods": cmd_methods,
+    "tune": lambda args: _tuning("cmd_tune", args),
+    "survey": lambda args: _tuning("cmd_survey", args),
 }
+
+
+def _tuning(name: str, args: argparse.Namespace) -> int:
+    import tuning.commands
+
+    return getattr(tuning.commands, name)(args)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -64,7 +64,11 @@ def _monitor(cfg: Config, loop_config: dict[str, Any], rank: int, device: torch.
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     """``loop_config``: ``cfg`` (plain-data Config), ``steps_per_epoch``, ``run_dir`` (where
     checkpoints go), ``num_classes``, ``knn_monitor`` (bool: ``knn_bank``/``knn_query`` datasets
-    exist), and ``run_id`` plus ``tracking_uri`` for metrics from rank 0."""
+    exist), and ``run_id`` plus ``tracking_uri`` for metrics from rank 0. Optional, for
+    population-based sweeps (``tuning/``): ``init_checkpoint`` (a checkpoint URI to start from
+    when this run has none of its own, e.g. another trial's) and ``stop_epoch`` (end this fit
+    after that many epochs of the schedule, with a checkpoint; the schedule still spans
+    ``train.epochs``)."""
     cfg = build_config(loop_config["cfg"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -88,6 +92,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
     step, start_epoch, offset, last_checkpoint = 0, 0, 0, None
     resume = ray.train.get_checkpoint()
+    if resume is None and loop_config.get("init_checkpoint"):
+        resume = ray.train.Checkpoint(loop_config["init_checkpoint"])
     if resume is not None:
         with resume.as_directory() as d:
             state = load_state(d, map_location=device)
@@ -139,7 +145,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     monitor = _monitor(cfg, loop_config, rank, device)
     shard = ray.train.get_dataset_shard("train")
     meter, epoch_meter = Throughput(), Throughput()  # since the last log line; this epoch
-    for epoch in range(start_epoch, cfg.train.epochs):
+    end_epoch = min(cfg.train.epochs, loop_config.get("stop_epoch") or cfg.train.epochs)
+    for epoch in range(start_epoch, end_epoch):
         budget = spe - (offset if epoch == start_epoch else 0)
         epoch_losses: list[float] = []
         epoch_meter.reset()
@@ -215,7 +222,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             sys.stdout.flush()
         every = cfg.train.checkpoint_every_steps
         save = (
-            epoch == cfg.train.epochs - 1
+            epoch == end_epoch - 1
             or (epoch + 1) % cfg.train.checkpoint_every_epochs == 0
             or (every > 0 and step % every == 0)
         )

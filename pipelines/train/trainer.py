@@ -111,9 +111,11 @@ def build_trainer(
     name: str,
     storage: str,
     extra_datasets: dict[str, ray.data.Dataset] | None = None,
+    callbacks: list | None = None,
 ) -> TorchTrainer:
     """The TorchTrainer of one run. Relaunching with the same ``name`` and ``storage`` resumes
-    from that run's latest checkpoint (Ray Train keeps a snapshot of reported checkpoints)."""
+    from that run's latest checkpoint (Ray Train keeps a snapshot of reported checkpoints).
+    ``callbacks``: Ray Train user callbacks (a sweep's trial forwards reports to Tune)."""
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config=loop_config,
@@ -128,6 +130,7 @@ def build_trainer(
             storage_path=storage,
             failure_config=FailureConfig(max_failures=cfg.train.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
+            callbacks=callbacks or [],
         ),
         datasets={"train": ds, **(extra_datasets or {})},
         # only the training stream is split over workers; the monitor's sets are read whole

@@ -1,0 +1,79 @@
+"""The survey's method list, Markdown table and chart; the CLI's --address rules."""
+
+import pytest
+
+from pipelines.config import ConfigError
+from tuning.survey import bar_chart, markdown_table, method_list
+
+
+def test_method_list_all_and_keys():
+    from ssl_models.registry import METHODS
+
+    assert method_list("all") == list(METHODS)
+    assert method_list("byol, simclr,byol") == ["byol", "simclr"]
+    with pytest.raises(ConfigError, match=r"--methods: \['simclr3'\] not in"):
+        method_list("simclr,simclr3")
+
+
+def test_table_has_one_row_per_method_with_percentages(tmp_path):
+    rows = [
+        {
+            "method": "simclr",
+            "family": "contrastive",
+            "knn_top1": 0.4567,
+            "linear_top1": 0.5,
+            "images_per_sec": 123.4,
+            "wall_seconds": 61.2,
+        },
+        {"method": "mae", "family": "masked image modeling", "error": "failed"},
+    ]
+    table = markdown_table(rows, 3).splitlines()
+    assert table[0] == "# sslpipe survey: 2 methods, 3 epochs each"
+    assert table[4] == "| simclr | contrastive | 45.7 | 50.0 | 123 | 61 |"
+    assert table[5] == "| mae (failed) | masked image modeling | — | — | — | — |"
+    bar_chart(rows, tmp_path / "c.png")
+    assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize(
+    "address, message",
+    [("http://head:8265", "Ray Jobs submission"), ("head:6379", "use auto or ray://")],
+)
+def test_address_other_than_auto_or_ray_client_is_refused(address, message):
+    from tuning.commands import start_ray
+
+    with pytest.raises(ConfigError, match=message):
+        start_ray(address, {}, 1)
+
+
+def test_cli_knows_tune_and_survey():
+    from pipelines.cli import build_parser
+
+    args = build_parser().parse_args(
+        ["tune", "--space", "s.yaml", "--scheduler", "asha", "--max-concurrent", "3"]
+    )
+    assert (args.command, args.scheduler, args.max_concurrent) == ("tune", "asha", 3)
+    args = build_parser().parse_args(["tune", "--resume"])
+    assert args.resume == "latest"
+    args = build_parser().parse_args(["survey", "--methods", "simclr,byol", "--budget", "2"])
+    assert (args.methods, args.budget) == ("simclr,byol", 2)
+
+
+@pytest.mark.parametrize(
+    "space, named",
+    [
+        ("method_args.temprature: {choice: [0.1, 0.2]}\n", "'method_args.temprature'"),
+        ("optim.base_lr: {uniform: 0.1}\n", "'optim.base_lr'"),
+    ],
+)
+def test_tune_cli_names_the_bad_key_before_ray_starts(tmp_path, capsys, space, named):
+    import ray
+
+    from pipelines.cli import main
+
+    path = tmp_path / "space.yaml"
+    path.write_text(space)
+    argv = ["tune", "--method", "simclr", "--space", str(path), "--storage", str(tmp_path)]
+    assert main(argv) == 2
+    assert named in capsys.readouterr().err
+    assert not ray.is_initialized()

@@ -1,0 +1,188 @@
+"""The ``sslpipe tune`` and ``sslpipe survey`` subcommands (parsers and handlers)."""
+
+import argparse
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from pipelines.config import ConfigError, deep_merge, parse_set, read_yaml
+from ssl_models.registry import METHODS
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="YAML file overriding the method's recipe")
+    p.add_argument("--data", help="shard directory (default: the embedded dataset)")
+    p.add_argument("--eval-data", help="labeled held-out shards for kNN")
+    p.add_argument("--storage", help="root of sweeps and checkpoints: local path or s3://")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///mlflow.db)")
+    p.add_argument("--workers", type=int, help="Ray Train workers per trial")
+    p.add_argument("--batch-size", type=int, help="global batch size per trial")
+    p.add_argument(
+        "--max-concurrent",
+        type=int,
+        default=1,
+        help="trials at once; each takes workers × cpus_per_worker + data.decode_tasks CPUs "
+        "(see tuning/README.md)",
+    )
+    p.add_argument("--name", help="sweep name (default: tune-<method>-<time> / survey-<time>)")
+    p.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="config override"
+    )
+    p.add_argument(
+        "--address",
+        help="Ray cluster to join: auto or ray://HOST:10001 (default: a local Ray on this machine)",
+    )
+    p.add_argument("--summary-json", help="also write the summary to this file")
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    t = sub.add_parser(
+        "tune",
+        help="sweep hyperparameters with Ray Tune (FIFO, ASHA, PBT)",
+        description="Each trial is a pretraining run (same training function as `pretrain`), "
+        "tracked as an MLflow child run of the sweep's parent run; the best trial's encoder is "
+        "registered. Spaces: tuning/spaces/*.yaml.",
+    )
+    t.add_argument("--method", choices=sorted(METHODS), help="method key (default: the config's)")
+    t.add_argument("--space", help="search space YAML (choice, uniform, loguniform, grid)")
+    t.add_argument("--num-samples", type=int, default=1, help="samples (× each grid point)")
+    t.add_argument("--scheduler", choices=["fifo", "asha", "pbt"], default="fifo")
+    t.add_argument("--metric", default="knn_top1", help="knn_top1 (default), loss, images_per_sec")
+    t.add_argument("--mode", choices=["max", "min"], default="max")
+    t.add_argument("--epochs", type=int, help="epochs per trial (ASHA's and PBT's horizon)")
+    t.add_argument("--grace-epochs", type=int, default=1, help="ASHA: epochs before a stop")
+    t.add_argument("--reduction-factor", type=int, default=2, help="ASHA: keep 1/rf per rung")
+    t.add_argument("--pbt-interval", type=int, default=1, help="PBT: epochs between exploits")
+    t.add_argument(
+        "--resume",
+        nargs="?",
+        const="latest",
+        metavar="SWEEP_DIR",
+        help="continue an interrupted sweep (its directory; bare: the newest under --storage)",
+    )
+    _common(t)
+    s = sub.add_parser(
+        "survey",
+        help="run methods side by side at one budget; kNN + linear probe report",
+        description="Every chosen method at the same epoch budget on the same data, as Tune "
+        "trials; writes survey.md (table) and survey.png (bar chart) to --out and to the "
+        "survey's MLflow parent run.",
+    )
+    s.add_argument("--methods", default="all", help="all, or KEY,KEY,... (see sslpipe methods)")
+    s.add_argument("--budget", type=int, required=True, help="epochs per method")
+    s.add_argument("--out", default="survey", help="output folder (default: ./survey)")
+    _common(s)
+
+
+def overrides_of(args: argparse.Namespace) -> dict[str, Any]:
+    flags = {
+        "data": {"path": args.data, "eval_path": args.eval_data},
+        "train": {
+            "storage": args.storage,
+            "workers": args.workers,
+            "batch_size": args.batch_size,
+            "epochs": getattr(args, "epochs", None),
+        },
+        "tracking": {"uri": args.tracking_uri},
+    }
+    flags = {s: {k: v for k, v in d.items() if v is not None} for s, d in flags.items()}
+    flags = {s: d for s, d in flags.items() if d}
+    base = read_yaml(args.config) if args.config else {}
+    return deep_merge(deep_merge(base, parse_set(args.set)), flags)
+
+
+def start_ray(address: str | None, overrides: dict[str, Any], max_concurrent: int) -> None:
+    """Join the cluster named by ``--address`` or start a local Ray with room for
+    ``max_concurrent`` trials' workers plus their data tasks."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    if address:
+        if address.startswith("http"):
+            raise ConfigError(
+                f"--address {address}: Ray Jobs submission is `sslpipe pretrain --address`; "
+                "tune/survey take auto or ray://HOST:10001"
+            )
+        if address != "auto" and not address.startswith("ray://"):
+            raise ConfigError(f"--address {address}: use auto or ray://HOST:10001")
+        ray.init(address=address)
+    else:
+        from pipelines.config import load_config
+
+        cfg = load_config(overrides.get("method"), None, overrides)
+        # workers, decode tasks, quarter-CPU read tasks (see tuning/README.md)
+        per_trial = cfg.train.workers * cfg.train.cpus_per_worker + cfg.data.decode_tasks + 0.5
+        ray.init(
+            address="local", num_cpus=max(int(per_trial * max_concurrent + 0.999), os.cpu_count())
+        )
+    ray.data.DataContext.get_current().enable_progress_bars = False
+
+
+def _emit(summary: dict[str, Any], path: str | None) -> None:
+    text = json.dumps(summary, indent=2, default=str)
+    print(text, flush=True)
+    if path:
+        Path(path).write_text(text)
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from tuning.sweep import SweepOptions, latest_sweep, resume_sweep, run_sweep
+
+    overrides = overrides_of(args)
+    if args.resume:
+        from pipelines.config import load_config
+        from pipelines.train.trainer import storage_root
+
+        sweep_dir = args.resume
+        if sweep_dir == "latest":
+            sweep_dir = latest_sweep(storage_root(load_config(args.method, None, overrides)))
+        start_ray(args.address, overrides, args.max_concurrent)
+        _emit(resume_sweep(sweep_dir), args.summary_json)
+        return 0
+    if not args.space:
+        raise ConfigError("sslpipe tune needs --space SPACE.yaml (examples: tuning/spaces/)")
+    from tuning.space import load_space
+
+    load_space(args.space)  # malformed: fail before Ray starts
+    opts = SweepOptions(
+        method=args.method,
+        overrides=overrides,
+        space=read_yaml(args.space),
+        num_samples=args.num_samples,
+        scheduler=args.scheduler,
+        metric=args.metric,
+        mode=args.mode,
+        max_concurrent=args.max_concurrent,
+        name=args.name or "",
+        grace_epochs=args.grace_epochs,
+        reduction_factor=args.reduction_factor,
+        pbt_interval=args.pbt_interval,
+    )
+    from tuning.sweep import prepare
+
+    prepare(opts)  # every check that can fail, before Ray starts
+    start_ray(args.address, overrides, args.max_concurrent)
+    _emit(run_sweep(opts), args.summary_json)
+    return 0
+
+
+def cmd_survey(args: argparse.Namespace) -> int:
+    from tuning.survey import SurveyOptions, run_survey, survey_spec
+
+    opts = SurveyOptions(
+        methods=args.methods,
+        budget=args.budget,
+        overrides=overrides_of(args),
+        out=args.out,
+        max_concurrent=args.max_concurrent,
+        name=args.name or "",
+    )
+    survey_spec(opts)  # unknown methods or unlabeled data fail before Ray starts
+    start_ray(args.address, opts.overrides, args.max_concurrent)
+    summary = run_survey(opts)
+    print(Path(summary["table"]).read_text(), flush=True)
+    if args.summary_json:
+        Path(args.summary_json).write_text(json.dumps(summary, indent=2, default=str))
+    return 0
