@@ -100,14 +100,8 @@ def start_ray(address: str | None, overrides: dict[str, Any], max_concurrent: in
     if ray.is_initialized():
         return
     if address:
-        if address.startswith("http"):
-            raise ConfigError(
-                f"--address {address}: Ray Jobs submission is `sslpipe pretrain --address`; "
-                "tune/survey take auto or ray://HOST:10001"
-            )
-        if address != "auto" and not address.startswith("ray://"):
-            raise ConfigError(f"--address {address}: use auto or ray://HOST:10001")
-        ray.init(address=address)
+        # submit_or_connect has joined the cluster already; reached only if it could not
+        raise ConfigError(f"--address {address}: could not join this cluster")
     else:
         from pipelines.config import load_config
 
@@ -120,7 +114,27 @@ def start_ray(address: str | None, overrides: dict[str, Any], max_concurrent: in
     ray.data.DataContext.get_current().enable_progress_bars = False
 
 
+def on_cluster(args: argparse.Namespace) -> int | None:
+    """``--address http://...``: submit this command as a Ray job and return its exit code;
+    ``auto`` / ``ray://`` (or running as a job's entrypoint): join that cluster, return None."""
+    from pipelines.jobs import PROJECT_ROOT, submit_or_connect
+
+    address = args.address or ""
+    space = getattr(args, "space", None)
+    if address.startswith(("http://", "https://")) and space:
+        inside = Path(space).resolve().is_relative_to(PROJECT_ROOT) and Path.cwd() == PROJECT_ROOT
+        if not inside:
+            raise ConfigError(
+                f"--space {space}: with --address {address} the space file travels in the job's "
+                f"working_dir: put it inside {PROJECT_ROOT} and run from there"
+            )
+    return submit_or_connect(args, args.argv)
+
+
 def _emit(summary: dict[str, Any], path: str | None) -> None:
+    from pipelines.jobs import emit_summary
+
+    emit_summary(summary)
     text = json.dumps(summary, indent=2, default=str)
     print(text, flush=True)
     if path:
@@ -130,6 +144,9 @@ def _emit(summary: dict[str, Any], path: str | None) -> None:
 def cmd_tune(args: argparse.Namespace) -> int:
     from tuning.sweep import SweepOptions, latest_sweep, resume_sweep, run_sweep
 
+    exit_code = on_cluster(args)
+    if exit_code is not None:
+        return exit_code
     overrides = overrides_of(args)
     if args.resume:
         from pipelines.config import load_config
@@ -171,6 +188,9 @@ def cmd_tune(args: argparse.Namespace) -> int:
 def cmd_survey(args: argparse.Namespace) -> int:
     from tuning.survey import SurveyOptions, run_survey, survey_spec
 
+    exit_code = on_cluster(args)
+    if exit_code is not None:
+        return exit_code
     opts = SurveyOptions(
         methods=args.methods,
         budget=args.budget,
@@ -183,6 +203,9 @@ def cmd_survey(args: argparse.Namespace) -> int:
     start_ray(args.address, opts.overrides, args.max_concurrent)
     summary = run_survey(opts)
     print(Path(summary["table"]).read_text(), flush=True)
+    from pipelines.jobs import emit_summary
+
+    emit_summary(summary)
     if args.summary_json:
         Path(args.summary_json).write_text(json.dumps(summary, indent=2, default=str))
     return 0

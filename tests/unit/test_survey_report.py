@@ -1,4 +1,4 @@
-"""The survey's method list, Markdown table and chart; the CLI's --address rules."""
+"""The survey's method list, Markdown table and chart; tune/survey on a cluster address."""
 
 import pytest
 
@@ -35,15 +35,36 @@ def test_table_has_one_row_per_method_with_percentages(tmp_path):
     assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
 
 
-@pytest.mark.parametrize(
-    "address, message",
-    [("http://head:8265", "Ray Jobs submission"), ("head:6379", "use auto or ray://")],
-)
-def test_address_other_than_auto_or_ray_client_is_refused(address, message):
-    from tuning.commands import start_ray
+@pytest.mark.parametrize("command", ["tune", "survey"])
+def test_tune_and_survey_go_through_the_cluster_entry_point(command, monkeypatch):
+    """An unreachable Jobs address fails in the probe, naming it, before anything starts."""
+    from pipelines import jobs
+    from pipelines.cli import build_parser
+    from tuning.commands import on_cluster
 
-    with pytest.raises(ConfigError, match=message):
-        start_ray(address, {}, 1)
+    monkeypatch.setattr(jobs, "PROBE_SECONDS", 1.0)
+    address = "http://127.0.0.1:9"  # the discard port: nothing answers HTTP there
+    argv = [command, "--address", address]
+    space = ["--space", "tuning/spaces/contrastive.yaml"]
+    argv += space if command == "tune" else ["--budget", "1"]
+    args = build_parser().parse_args(argv)
+    args.argv = argv
+    monkeypatch.chdir(jobs.PROJECT_ROOT)
+    with pytest.raises(jobs.ClusterError, match=f"--address {address}"):
+        on_cluster(args)
+
+
+def test_a_space_file_outside_the_project_cannot_travel_with_a_job(tmp_path):
+    from pipelines.cli import build_parser
+    from tuning.commands import on_cluster
+
+    space = tmp_path / "space.yaml"
+    space.write_text("optim.base_lr: {loguniform: [0.1, 1.0]}\n")
+    argv = ["tune", "--address", "http://127.0.0.1:9", "--space", str(space)]
+    args = build_parser().parse_args(argv)
+    args.argv = argv
+    with pytest.raises(ConfigError, match="travels in the job's working_dir"):
+        on_cluster(args)
 
 
 def test_cli_knows_tune_and_survey():
