@@ -92,6 +92,7 @@ def test_tune_cli_names_the_bad_key_before_ray_starts(tmp_path, capsys, space, n
 
     from pipelines.cli import main
 
+    ray.shutdown()  # an earlier test module may have left one running: this command must not
     path = tmp_path / "space.yaml"
     path.write_text(space)
     argv = ["tune", "--method", "simclr", "--space", str(path), "--storage", str(tmp_path)]
