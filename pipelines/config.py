@@ -198,6 +198,9 @@ class EvalConfig:
     linear_weight_decay: float = 0.0
     linear_batch_size: int = 256
     image_size: int = 0  # evaluation view side; 0: the global (else the first) view group's
+    # sets of at most this many rows are decoded in the evaluating process rather than by Ray
+    # tasks, whose start-up costs more than the work on small sets (eval_sets.py); 0: never
+    in_process_rows: int = 10000
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,12 @@ Split rules, the same for the final kNN of ``pretrain``, the online monitor and 
 - the online monitor takes fixed subsets of those, again by key hash, sized by
   ``eval.monitor_bank_rows`` and ``eval.monitor_query_rows``;
 - rows labeled -1 (unknown) are dropped.
+
+Where the views are made: a set of at most ``eval.in_process_rows`` rows is read and decoded in
+the calling process (``LocalViews``), since starting Ray tasks costs more than decoding a few
+thousand images (the embedded set's final kNN: about 17 s against about 3 s); larger
+sets stream through Ray Data tasks, on the data nodes when ``data.task_resources`` says so.
+Both hand out the same batches through ``iter_batches``.
 """
 
 import zlib
@@ -66,6 +72,53 @@ def _eval_views(batch: dict[str, np.ndarray], size: int, crop_fraction: float, k
     }
 
 
+class LocalViews:
+    """Evaluation views of a small shard set, read and decoded in this process on demand; the
+    same rows and batches as the Ray dataset ``eval_views`` would build (see the module doc)."""
+
+    def __init__(self, path: str, size: int, crop_fraction: float, selection: dict, keys: bool):
+        self.path, self.size, self.crop_fraction = path, size, crop_fraction
+        self.selection, self.keys = selection, keys
+
+    def _views(self):
+        """Views of the selected rows, a row group at a time (decoded 256 rows at most)."""
+        import pyarrow.parquet as pq
+
+        from pipelines.data.manifest import join, read_manifest
+
+        manifest, fs, root = read_manifest(self.path)
+        for f in manifest.files:
+            if f.rows == 0:
+                continue
+            with fs.open_input_file(join(root, f.name)) as handle:
+                parquet = pq.ParquetFile(handle)
+                for group in range(parquet.num_row_groups):
+                    table = parquet.read_row_group(group, columns=["key", "image", "label"])
+                    rows = {
+                        c: table.column(c).to_numpy(zero_copy_only=False)
+                        for c in table.column_names
+                    }
+                    rows = _select(rows, **self.selection)
+                    for i in range(0, len(rows["label"]), 256):
+                        chunk = {c: v[i : i + 256] for c, v in rows.items()}
+                        yield _eval_views(chunk, self.size, self.crop_fraction, self.keys)
+
+    def iter_batches(self, batch_size: int = 256, batch_format: str = "numpy"):
+        """Batches of exactly ``batch_size`` views (the last one may be smaller), as Ray's."""
+        if batch_format != "numpy":
+            raise ValueError(f"in-process evaluation views come as numpy, not {batch_format!r}")
+        pending: dict[str, np.ndarray] | None = None
+        for views in self._views():
+            if pending is not None:
+                views = {c: np.concatenate([pending[c], views[c]]) for c in views}
+            n = len(views["label"])
+            for i in range(0, n - n % batch_size, batch_size):
+                yield {c: v[i : i + batch_size] for c, v in views.items()}
+            pending = {c: v[n - n % batch_size :] for c, v in views.items()}
+        if pending is not None and len(pending["label"]):
+            yield pending
+
+
 def eval_views(
     path: str,
     size: int,
@@ -75,17 +128,24 @@ def eval_views(
     keys: bool = False,
     labeled_only: bool = True,
     resources: dict[str, float] | None = None,
+    in_process_rows: int = 0,
 ):
-    """Ray dataset of evaluation views of the shard rows whose key fraction is in [lo, hi)
-    (labeled ones only, unless told): ``image`` uint8 (3, S, S), ``label``, ``key`` if asked.
-    ``resources``: custom Ray resources of every task (``data.task_resources``)."""
+    """Evaluation views of the shard rows whose key fraction is in [lo, hi) (labeled ones only,
+    unless told): ``image`` uint8 (3, S, S), ``label``, ``key`` if asked; a Ray dataset, or a
+    ``LocalViews`` when the set holds at most ``in_process_rows`` rows. ``resources``: custom
+    Ray resources of every task (``data.task_resources``)."""
     import ray
 
+    from pipelines.data.manifest import read_manifest
     from pipelines.data.source import read_shards
 
+    selection = {"lo": lo, "hi": hi, "labeled_only": labeled_only}
+    if in_process_rows > 0:
+        manifest, _, _ = read_manifest(path)
+        if manifest.total_rows <= in_process_rows:
+            return LocalViews(path, size, crop_fraction, selection, keys), manifest
     ds, manifest = read_shards(path, ["key", "image", "label"], resources=resources)
     remote_args = {"resources": resources} if resources else {}
-    selection = {"lo": lo, "hi": hi, "labeled_only": labeled_only}
     ds = ds.map_batches(_select, fn_kwargs=selection, batch_format="numpy", **remote_args)
     ds = ds.map_batches(
         _eval_views,
@@ -106,11 +166,13 @@ def split_views(
     query_fraction: float = 1.0,
     keys: bool = False,
     resources: dict[str, float] | None = None,
+    in_process_rows: int = 0,
 ):
     """(bank, queries) datasets under the rules above; the fractions cut each side to a fixed
-    key-hash subset (the online monitor's). ``resources``: see ``eval_views``."""
+    key-hash subset (the online monitor's). ``resources``, ``in_process_rows``: see
+    ``eval_views``."""
     b, q = min(1.0, bank_fraction), min(1.0, query_fraction)
-    r = {"resources": resources}
+    r = {"resources": resources, "in_process_rows": in_process_rows}
     if split.eval:
         bank, _ = eval_views(split.train, size, crop_fraction, 0.0, b, keys, **r)
         queries, _ = eval_views(split.eval, size, crop_fraction, 0.0, q, keys, **r)

@@ -20,6 +20,13 @@ def _ray() -> None:
     ray.data.DataContext.get_current().enable_progress_bars = False
 
 
+def _rows(path: str) -> int:
+    """Rows of the shard set at ``path`` (0 for none): whether Ray is needed to read it."""
+    from pipelines.data.manifest import read_manifest
+
+    return read_manifest(path)[0].total_rows if path else 0
+
+
 def evaluate_registered(
     kind: str, model_uri: str, tracking_uri: str, split: EvalSplit, cfg: EvalConfig
 ) -> dict[str, Any]:
@@ -33,8 +40,12 @@ def evaluate_registered(
     num_classes = len(manifest.class_names)
     if num_classes < 2:
         raise ValueError(f"{split.train}: evaluation needs labeled shards (2+ classes)")
-    _ray()
-    bank_ds, query_ds = split_views(split, encoder.image_size, cfg.crop_fraction)
+    local = cfg.in_process_rows
+    if max(manifest.total_rows, _rows(split.eval)) > local:
+        _ray()
+    bank_ds, query_ds = split_views(
+        split, encoder.image_size, cfg.crop_fraction, in_process_rows=local
+    )
     bank, bank_labels = embed({"e": encoder}, bank_ds, cfg.batch_size)
     queries, query_labels = embed({"e": encoder}, query_ds, cfg.batch_size)
     if kind == "knn":
@@ -80,8 +91,17 @@ def write_embeddings(
     from pipelines.eval_sets import eval_views
 
     encoder = load_registered(model_uri, tracking_uri)
-    _ray()
-    ds, _ = eval_views(data, encoder.image_size, cfg.crop_fraction, keys=True, labeled_only=False)
+    local = cfg.in_process_rows
+    if _rows(data) > local:
+        _ray()
+    ds, _ = eval_views(
+        data,
+        encoder.image_size,
+        cfg.crop_fraction,
+        keys=True,
+        labeled_only=False,
+        in_process_rows=local,
+    )
     feats, labels, keys = embed({"e": encoder}, ds, cfg.batch_size, with_keys=True)
     x = feats["e"].numpy().astype("float32")
     table = pa.table(

@@ -95,7 +95,12 @@ def evaluate_trial(checkpoint_path: str) -> dict[str, float]:
     split, _ = resolve_data(cfg)
     classes = len(read_manifest(split.train)[0].class_names)
     encoders = encoders_from_state(cfg, state, random_init=False)
-    bank_ds, query_ds = split_views(split, eval_image_size(cfg), cfg.eval.crop_fraction)
+    bank_ds, query_ds = split_views(
+        split,
+        eval_image_size(cfg),
+        cfg.eval.crop_fraction,
+        in_process_rows=cfg.eval.in_process_rows,
+    )
     bank, bank_y = embed(encoders, bank_ds, cfg.eval.batch_size)
     query, query_y = embed(encoders, query_ds, cfg.eval.batch_size)
     e = cfg.eval

@@ -93,7 +93,11 @@ def evaluate_knn(
 ) -> dict[str, float]:
     """kNN top-1 of each encoder: bank from the training rows, queries from the eval split."""
     bank_ds, query_ds = split_views(
-        split, eval_image_size(cfg), cfg.eval.crop_fraction, resources=cfg.data.task_resources
+        split,
+        eval_image_size(cfg),
+        cfg.eval.crop_fraction,
+        resources=cfg.data.task_resources,
+        in_process_rows=cfg.eval.in_process_rows,
     )
     bank, bank_labels = embed(encoders, bank_ds, cfg.eval.batch_size)
     queries, query_labels = embed(encoders, query_ds, cfg.eval.batch_size)

@@ -176,3 +176,27 @@ def test_an_interrupted_shard_run_resumes_without_duplicates_or_gaps(ray_local, 
     keys = pq.read_table([f"{root}/{f.name}" for f in manifest.files]).column("key").to_pylist()
     assert sorted(keys) == sorted(written)  # every image once: none missing, none twice
     assert verify(str(dest), progress=False).ok
+
+
+def test_in_process_evaluation_views_equal_those_of_ray_tasks(ray_local, tmp_path):
+    from pipelines.eval_sets import EvalSplit, LocalViews, split_views
+
+    good, _ = shards_with_bad_rows(tmp_path / "shards")
+    split = EvalSplit(str(tmp_path / "shards"), "")
+    by_ray = split_views(split, 16, 0.875, keys=True)
+    in_process = split_views(split, 16, 0.875, keys=True, in_process_rows=1000)
+    assert not isinstance(by_ray[0], LocalViews) and isinstance(in_process[0], LocalViews)
+    total = 0
+    for ray_side, local_side in zip(by_ray, in_process, strict=True):
+        views = []
+        for ds in (ray_side, local_side):
+            rows = {}
+            for b in ds.iter_batches(batch_size=5, batch_format="numpy"):
+                for key, image, label in zip(b["key"], b["image"], b["label"], strict=True):
+                    rows[str(key)] = (image, int(label))
+            views.append(rows)
+        assert views[0].keys() == views[1].keys()
+        for key, (image, label) in views[0].items():
+            assert label == views[1][key][1] and np.array_equal(image, views[1][key][0]), key
+        total += len(views[0])
+    assert total == good  # every decodable row on one side or the other

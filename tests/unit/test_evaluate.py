@@ -1,5 +1,6 @@
 """Frozen-feature evaluation math: weighted kNN by hand, the linear probe, key-hash splits."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -44,3 +45,59 @@ def test_key_hash_split_is_stable_and_about_the_holdout():
     assert fractions == [key_fraction(k) for k in keys]  # a pure function of the key
     held = sum(f < HOLDOUT for f in fractions) / len(keys)
     assert 0.08 < held < 0.12
+
+
+def small_shards(dest, n: int = 40):
+    """n decodable rows (label = index mod 3, one unknown -1) plus the undecodable kinds,
+    spread over several files and row groups."""
+    from pipelines.data.shard import Row, write_shards
+    from tests.images import bad_records, jpeg
+
+    rows = [
+        Row(f"img/{i}", jpeg(24, 20, seed=i), -1 if i == 7 else i % 3, 24, 20) for i in range(n)
+    ]
+    bad = [Row(f"bad/{name}", data, 0, 0, 0) for name, data in bad_records().items()]
+    write_shards(rows[:10] + bad + rows[10:], str(dest), ["a", "b", "c"], max_rows=7)
+    return {r.key: r.label for r in rows}
+
+
+def test_in_process_views_hold_the_selected_labeled_rows_in_full_batches(tmp_path):
+    from pipelines.eval_sets import EvalSplit, LocalViews, split_views
+
+    labels = small_shards(tmp_path / "s")
+    bank, queries = split_views(
+        EvalSplit(str(tmp_path / "s"), ""), 16, 0.875, keys=True, in_process_rows=1000
+    )
+    assert isinstance(bank, LocalViews) and isinstance(queries, LocalViews)
+    seen = {}
+    for part, (lo, hi) in ((bank, (HOLDOUT, 1.0)), (queries, (0.0, HOLDOUT))):
+        batches = list(part.iter_batches(batch_size=4, batch_format="numpy"))
+        sizes = [len(b["label"]) for b in batches]
+        assert all(s == 4 for s in sizes[:-1]) and 1 <= sizes[-1] <= 4
+        for b in batches:
+            assert b["image"].shape[1:] == (3, 16, 16) and b["image"].dtype == np.uint8
+            for key, label in zip(b["key"], b["label"], strict=True):
+                assert lo <= key_fraction(key) < hi and label == labels[key]  # aligned
+                seen[key] = part
+    # every labeled decodable row, once, on its side; the unknown label and bad rows are not
+    assert sorted(seen) == sorted(k for k, y in labels.items() if y >= 0)
+
+
+def test_sets_over_the_in_process_limit_stay_ray_datasets(tmp_path):
+    from pipelines.eval_sets import LocalViews, eval_views
+
+    small_shards(tmp_path / "s", n=10)
+    ds, manifest = eval_views(
+        str(tmp_path / "s"), 16, 1.0, in_process_rows=manifest_rows(tmp_path) - 1
+    )
+    assert not isinstance(ds, LocalViews)
+    ds, _ = eval_views(str(tmp_path / "s"), 16, 1.0, in_process_rows=manifest.total_rows)
+    assert isinstance(ds, LocalViews)
+    ds, _ = eval_views(str(tmp_path / "s"), 16, 1.0, in_process_rows=0)
+    assert not isinstance(ds, LocalViews)
+
+
+def manifest_rows(tmp_path) -> int:
+    from pipelines.data.manifest import read_manifest
+
+    return read_manifest(str(tmp_path / "s"))[0].total_rows
