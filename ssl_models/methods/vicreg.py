@@ -8,7 +8,7 @@ from torch import nn
 
 from ssl_models.heads import mlp
 from ssl_models.losses import vicreg_terms
-from ssl_models.methods.base import SSLMethod
+from ssl_models.methods.base import SSLMethod, view_group
 
 
 @dataclass(frozen=True)
@@ -35,11 +35,7 @@ class VICReg(SSLMethod):
         )
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        views = batch["global"]
-        if views.ndim != 5 or views.shape[1] != 2:
-            raise ValueError(
-                f"VICReg expects global views (B, 2, 3, H, W), got {tuple(views.shape)}"
-            )
+        views = view_group(batch, "global", "VICReg", count=2)
         # one pass per view, as the reference: BatchNorm statistics stay those of one view
         z1 = self.projector(self.backbone(views[:, 0]))  # (B, D)
         z2 = self.projector(self.backbone(views[:, 1]))

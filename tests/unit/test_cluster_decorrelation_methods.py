@@ -93,7 +93,7 @@ def test_state_dict_round_trip(key):
 
 @pytest.mark.parametrize("key", ["barlow_twins", "vicreg"])
 def test_two_view_methods_reject_other_view_counts(key):
-    with pytest.raises(ValueError, match=r"global views \(B, 2, 3, H, W\)"):
+    with pytest.raises(ValueError, match=r"'global' views \(B, 2, 3, S, S\)"):
         make(key)({"global": torch.randn(4, 3, 3, 16, 16)})
 
 
