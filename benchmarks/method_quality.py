@@ -59,35 +59,41 @@ def locked(path: str | None) -> Iterator[None]:
 
 
 def prepare_cifar(tarball: Path, cache: Path, train_per_class: int, test_per_class: int) -> tuple:
-    """Shards of the first ``*_per_class`` images (sorted names) of every class, train and test."""
+    """Shards of the first ``*_per_class`` images (sorted names) of every class, train and test.
+
+    The tarball is gzip-compressed: members are read in stream order (two passes: the names,
+    then the chosen files), since reading them in another order re-decompresses from the start."""
     from pipelines.data.shard import ShardOptions
     from pipelines.data.shard_job import shard
 
     root = cache / f"cifar10-{train_per_class}-{test_per_class}"
-    out = []
-    for split, per_class in (("train", train_per_class), ("test", test_per_class)):
-        dest = root / f"shards-{split}"
-        if not (dest / "_manifest.json").exists():
+    splits = {"train": train_per_class, "test": test_per_class}
+    dests = {split: root / f"shards-{split}" for split in splits}
+    todo = [s for s in splits if not (dests[s] / "_manifest.json").exists()]
+    if todo:
+        with tarfile.open(tarball) as tar:
+            names = sorted(m.name for m in tar if m.isfile())
+        chosen: dict[str, Path] = {}
+        for split in todo:
+            taken: dict[str, int] = {}
+            for name in names:
+                parts = name.split("/")
+                if len(parts) != 3 or parts[0] != split or taken.get(parts[1], 0) >= splits[split]:
+                    continue
+                taken[parts[1]] = taken.get(parts[1], 0) + 1
+                chosen[name] = root / f"folder-{split}" / parts[1] / parts[2]
+        for split in todo:
+            shutil.rmtree(root / f"folder-{split}", ignore_errors=True)
+        with tarfile.open(tarball) as tar:
+            for m in tar:
+                if m.name in chosen:
+                    chosen[m.name].parent.mkdir(parents=True, exist_ok=True)
+                    chosen[m.name].write_bytes(tar.extractfile(m).read())
+        for split in todo:
             folder = root / f"folder-{split}"
-            shutil.rmtree(folder, ignore_errors=True)
-            with tarfile.open(tarball) as tar:
-                members = sorted(
-                    (m for m in tar if m.isfile() and m.name.startswith(f"{split}/")),
-                    key=lambda m: m.name,
-                )
-                taken: dict[str, int] = {}
-                for m in members:
-                    cls = m.name.split("/")[1]
-                    if taken.get(cls, 0) >= per_class:
-                        continue
-                    taken[cls] = taken.get(cls, 0) + 1
-                    target = folder / cls / m.name.rsplit("/", 1)[-1]
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    target.write_bytes(tar.extractfile(m).read())
-            shard(str(folder), str(dest), ShardOptions(), workers=0, progress=False)
+            shard(str(folder), str(dests[split]), ShardOptions(), workers=0, progress=False)
             shutil.rmtree(folder)
-        out.append(str(dest))
-    return tuple(out)
+    return tuple(str(dests[s]) for s in splits)
 
 
 def method_config(

@@ -46,3 +46,35 @@ def test_table_rows_margin_sign_and_failures() -> None:
     assert "| a | f | b | 8 | 184 | 1.5 min | 0.250 | 0.300 | -0.050 |" in md
     assert "failed: RuntimeError('boom')" in md
     assert "other" not in md
+
+
+def test_prepare_cifar_takes_the_first_names_per_class_and_reuses_its_shards(tmp_path: Path):
+    import io
+    import random
+    import tarfile
+
+    import pyarrow.parquet as pq
+
+    from benchmarks.method_quality import prepare_cifar
+    from pipelines.data.manifest import read_manifest
+    from tests.images import jpeg
+
+    names = [f"{s}/{c}/{i:04d}.jpg" for s in ("train", "test") for c in "abc" for i in range(4)]
+    random.Random(0).shuffle(names)  # stream order differs from name order
+    tarball = tmp_path / "cifar.tar.gz"
+    with tarfile.open(tarball, "w:gz") as tar:
+        for seed, name in enumerate(names):
+            data = jpeg(8, 8, seed=seed)
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    train, test = prepare_cifar(tarball, tmp_path / "cache", 2, 1)
+    for path, per_class in ((train, 2), (test, 1)):
+        manifest, _, _ = read_manifest(path)
+        assert manifest.class_names == ["a", "b", "c"] and manifest.total_rows == 3 * per_class
+        keys = sorted(
+            k for f in manifest.files for k in pq.read_table(f"{path}/{f.name}")["key"].to_pylist()
+        )
+        assert keys == [f"{c}/{i:04d}.jpg" for c in "abc" for i in range(per_class)]
+    tarball.unlink()  # the shards exist: nothing is read again
+    assert prepare_cifar(tarball, tmp_path / "cache", 2, 1) == (train, test)
