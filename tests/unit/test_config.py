@@ -51,3 +51,14 @@ def test_config_is_frozen():
     cfg = load_config()
     with pytest.raises(AttributeError):
         cfg.train.epochs = 5  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("method, warned", [("rotnet", True), ("simclr", False)])
+def test_rotnet_on_the_rotation_invariant_embedded_set_warns(tmp_path, caplog, method, warned):
+    from pipelines.train.trainer import resolve_data
+
+    sets = [f"data.cache_dir={tmp_path}", "data.embedded_train_per_class=2"]
+    cfg = load_config(method, overrides=parse_set([*sets, "data.embedded_test_per_class=1"]))
+    with caplog.at_level("WARNING"):
+        resolve_data(cfg)
+    assert ("random rotations" in caplog.text) == warned
