@@ -2,7 +2,8 @@
 
 Every node is a ``ray start --block`` process this helper started, with its own temp dir (under
 the cluster's) and ports, so it never meets another Ray instance on the machine; stopping a node
-is SIGTERM to that process (its raylet and agents go with it), and ``stop`` ends them all.
+is SIGKILL to every process of it (``kill_node``), and ``stop`` ends them all. (SIGTERM to
+``ray start`` would drain the node first, and work on it could go on until the drain deadline.)
 
 One temp dir per node, as on the machines of a real cluster: nodes sharing one share
 ``session_*/runtime_resources``, where each node's runtime-env agent unpacks a job's
@@ -149,12 +150,6 @@ class LocalCluster:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{len(alive)} of {count} Ray nodes alive after {timeout} s")
             time.sleep(1)
-
-    def stop_node(self, node: Node, timeout: float = 60.0) -> None:
-        """A graceful stop: ``ray start`` drains the node first, and work on it may go on
-        until the drain deadline (Ray Train's workers get a preemption notice)."""
-        node.process.send_signal(signal.SIGTERM)
-        node.process.wait(timeout=timeout)
 
     def kill_node(self, node: Node, timeout: float = 60.0) -> None:
         """The node is lost at once, as when its machine dies: SIGKILL to every process of it
