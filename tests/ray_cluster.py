@@ -1,8 +1,14 @@
 """A multi-node Ray on this machine, started with ``ray start`` like a real cluster's nodes.
 
-Every node is a ``ray start --block`` process this helper started, with the cluster's own temp
-dir and ports, so it never meets another Ray instance on the machine; stopping a node is
-SIGTERM to that process (its raylet and agents go with it), and ``stop`` ends them all.
+Every node is a ``ray start --block`` process this helper started, with its own temp dir (under
+the cluster's) and ports, so it never meets another Ray instance on the machine; stopping a node
+is SIGKILL to every process of it (``kill_node``), and ``stop`` ends them all. (SIGTERM to
+``ray start`` would drain the node first, and work on it could go on until the drain deadline.)
+
+One temp dir per node, as on the machines of a real cluster: nodes sharing one share
+``session_*/runtime_resources``, where each node's runtime-env agent unpacks a job's
+``working_dir`` with ``overwrite=True`` (ray-project/ray#49313): the second node to set up the
+job deleted the copy that was already the current directory of the job's driver on the head.
 """
 
 import json
@@ -58,11 +64,13 @@ class LocalCluster:
         return env
 
     def _start(self, args: list[str], num_cpus: int, resources: dict[str, float]) -> Node:
+        node_dir = Path(self.temp_dir) / f"node-{len(self.nodes)}"
+        node_dir.mkdir()
         command = [
             RAY,
             "start",
             "--block",
-            f"--temp-dir={self.temp_dir}",
+            f"--temp-dir={node_dir}",
             f"--num-cpus={num_cpus}",
             f"--resources={json.dumps(resources)}",
             "--object-store-memory=100000000",
@@ -77,7 +85,12 @@ class LocalCluster:
         ]
         log = open(Path(self.temp_dir) / f"node-{len(self.nodes)}.log", "w")  # noqa: SIM115
         process = subprocess.Popen(
-            command, env=self.env(), stdout=log, stderr=subprocess.STDOUT, cwd=REPO
+            command,
+            env=self.env(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+            start_new_session=True,  # its own process group: kill_node ends the whole node
         )
         node = Node(process, resources)
         self.nodes.append(node)
@@ -138,17 +151,25 @@ class LocalCluster:
                 raise TimeoutError(f"{len(alive)} of {count} Ray nodes alive after {timeout} s")
             time.sleep(1)
 
-    def stop_node(self, node: Node, timeout: float = 60.0) -> None:
-        node.process.send_signal(signal.SIGTERM)
+    def kill_node(self, node: Node, timeout: float = 60.0) -> None:
+        """The node is lost at once, as when its machine dies: SIGKILL to every process of it
+        (``ray start``, its raylet and agents, and the workers, which the raylet starts in
+        process groups of their own but in the node's session)."""
+        session = node.process.pid
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                if os.getsid(int(entry)) == session:
+                    os.kill(int(entry), signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
         node.process.wait(timeout=timeout)
 
     def stop(self) -> None:
-        for node in reversed(self.nodes):  # workers first, the head last
+        """Kill every node (workers first, the head last): nothing of a test cluster needs a
+        graceful stop, which drains each worker node first and took half a minute."""
+        for node in reversed(self.nodes):
             if node.process.poll() is None:
-                node.process.send_signal(signal.SIGTERM)
-                try:
-                    node.process.wait(timeout=60)
-                except subprocess.TimeoutExpired:
-                    node.process.kill()
-                    node.process.wait()
+                self.kill_node(node)
         shutil.rmtree(self.temp_dir, ignore_errors=True)

@@ -125,10 +125,6 @@ def test_data_tasks_and_train_workers_land_on_their_nodes(cluster, tmp_path):
     assert workers and {a.node_id for a in workers} == {train.node_id}
 
 
-@pytest.mark.skip(
-    reason="known failure, issue 7 open: the job's working_dir copy vanished under the running "
-    "entrypoint (MLflow's os.getcwd() raised FileNotFoundError in tracking.start_run)"
-)
 def test_a_job_submitted_through_the_jobs_api_finishes_with_a_summary(cluster, tmp_path):
     from ray.job_submission import JobStatus, JobSubmissionClient
 
@@ -183,19 +179,30 @@ def test_a_cluster_without_the_asked_resources_is_refused_before_anything_runs(
     assert not (tmp_path / "runs").exists()
 
 
-@pytest.mark.skip(
-    reason="unproven, issue 7 open: the run completed all 10 steps after its train node was "
-    "stopped but logged no resumed_from_step, so a restart from the checkpoint is unverified"
-)
+def registered_step(run_dir: Path) -> int:
+    """The step of the latest checkpoint Ray Train's controller has registered (its snapshot in
+    the run directory), 0 while none. A checkpoint on disk is not yet one to resume from: the
+    controller takes reports from the workers when it polls them (every 2 s by default)."""
+    try:
+        snapshot = json.loads((run_dir / "checkpoint_manager_snapshot.json").read_text())
+    except (FileNotFoundError, json.JSONDecodeError):  # not yet written, or being written
+        return 0
+    latest = snapshot.get("latest_checkpoint_result") or {}
+    return int(latest.get("metrics", {}).get("step", 0))
+
+
 def test_losing_the_train_node_resumes_from_the_checkpoint_on_the_remaining_one(cluster, tmp_path):
     """Why this can survive: what must outlive a worker node sits on the head (the driver, Ray
     Train's controller and dataset coordinator, which Ray pins to the driver's node; the
     bad-image counter, pinned there by us; the data tasks, by their ``data`` resource), the
     checkpoints are in storage every node reaches, and ``train`` is advertised by more than one
-    node, so the restarted worker group has somewhere to go."""
+    node, so the restarted worker group has somewhere to go.
+
+    The node is killed, not stopped: SIGTERM to ``ray start`` drains the node, and the worker
+    went on to the end of this short run before the drain deadline, proving nothing."""
     spare = cluster.add_node(num_cpus=1, resources={"train": 1})
     earlier = {a.actor_id for a in actors(cluster, "RayTrainWorker")}
-    runs, log = tmp_path / "runs", tmp_path / "pretrain.log"
+    run_dir, log = tmp_path / "runs" / "lost-node", tmp_path / "pretrain.log"
     run = subprocess.Popen(
         [
             sys.executable,
@@ -206,7 +213,7 @@ def test_losing_the_train_node_resumes_from_the_checkpoint_on_the_remaining_one(
             cluster.gcs_address,
             "--config",
             placement_file(tmp_path),
-            *tiny(tmp_path, epochs=5),
+            *tiny(tmp_path, epochs=4),
             "--set",
             "train.name=lost-node",
             "--set",
@@ -222,15 +229,15 @@ def test_losing_the_train_node_resumes_from_the_checkpoint_on_the_remaining_one(
     )
     try:
         deadline = time.monotonic() + 180
-        # two checkpoints on disk: the first is surely registered with Ray Train by now
-        while len(list((runs / "lost-node").glob("checkpoint_*"))) < 2:
+        while (registered := registered_step(run_dir)) < 1:
             assert run.poll() is None, log.read_text()[-3000:]
-            assert time.monotonic() < deadline, "no checkpoint written"
-            time.sleep(0.2)
+            assert time.monotonic() < deadline, "no checkpoint registered"
+            time.sleep(0.1)
         (worker,) = [a for a in actors(cluster, "RayTrainWorker") if a.state == "ALIVE"]
         lost = next(n for n in cluster.nodes if n.node_id == worker.node_id)
         assert lost is not cluster.nodes[0]  # a train node, not the head
-        cluster.stop_node(lost)
+        cluster.kill_node(lost)
+        assert run.poll() is None, "the run ended before its node was lost"
         run.wait(timeout=240)
     finally:
         if run.poll() is None:
@@ -238,10 +245,12 @@ def test_losing_the_train_node_resumes_from_the_checkpoint_on_the_remaining_one(
     assert run.returncode == 0, log.read_text()[-4000:]
 
     summary = json.loads((tmp_path / "summary.json").read_text())
-    assert summary["steps"] == 10  # 5 epochs × 2 steps: the run completed
+    assert summary["steps"] == 8  # 4 epochs × 2 steps: the run completed
     client = MlflowClient(summary["tracking_uri"])
-    resumed = client.get_metric_history(summary["run_id"], "resumed_from_step")
-    assert resumed and all(m.value >= 1 for m in resumed)  # from a checkpoint, not from scratch
+    # logged only by a worker that restored a checkpoint: once, from the one registered when
+    # the node was lost (or a later one the controller took in before it saw the loss)
+    (resumed,) = client.get_metric_history(summary["run_id"], "resumed_from_step")
+    assert registered <= resumed.value < summary["steps"], (registered, resumed.value)
     survivor = ({cluster.nodes[1].node_id, spare.node_id} - {lost.node_id}).pop()
     workers = [a for a in actors(cluster, "RayTrainWorker") if a.actor_id not in earlier]
     # the first worker died with its node; its replacement ran on the other train node
