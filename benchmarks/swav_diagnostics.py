@@ -15,6 +15,10 @@ and mean row maximum, and how many prototypes are some sample's argmax; the scor
 prototypes (per-row std) and over the batch (per-prototype std, i.e. whether embeddings differ);
 the entropy of softmax(scores / T); the prototype row norms seen by the forward pass; whether the
 prototypes had a gradient at the optimizer step; and the mean pairwise cosine of the embeddings.
+
+``--codes-of CHECKPOINT`` instead tells what a trained run's prototypes sort images by: the
+agreement (NMI) of each image's favourite prototype with its class and with its dominant colour
+channel, trained and at initialisation.
 """
 
 import argparse
@@ -97,6 +101,46 @@ def knn_recalibrated(encoder: torch.nn.Module, bank, query) -> float:
     return knn(enc, bank, query)
 
 
+def nmi(a: list[int], b: list[int]) -> float:
+    """Normalised mutual information (geometric mean of the entropies) of two labelings."""
+    from collections import Counter
+
+    n, ca, cb, cab = len(a), Counter(a), Counter(b), Counter(zip(a, b, strict=True))
+    mi = sum(v / n * math.log(v * n / (ca[i] * cb[j])) for (i, j), v in cab.items())
+    ha = -sum(v / n * math.log(v / n) for v in ca.values())
+    hb = -sum(v / n * math.log(v / n) for v in cb.values())
+    return mi / math.sqrt(ha * hb) if ha > 0 and hb > 0 else 0.0
+
+
+@torch.no_grad()
+def what_codes_follow(checkpoint: str) -> None:
+    """Each of 2,000 whole training images' favourite prototype, for a trained checkpoint and for
+    the same architecture at initialisation: its agreement (NMI) with the class and with the
+    image's dominant colour channel."""
+    from pipelines.config import build_config
+    from pipelines.train.checkpoint import load_state
+
+    state = load_state(checkpoint)
+    cfg = build_config(state["config"])
+    x, y = eval_images(cfg, 200, 0)
+    mean = torch.tensor(cfg.views.mean).view(1, 3, 1, 1)
+    std = torch.tensor(cfg.views.std).view(1, 3, 1, 1)
+    channel = (x * std + mean).mean((2, 3)).argmax(1).tolist()
+    for name in ("initialisation", "trained"):
+        torch.manual_seed(cfg.train.seed)
+        method = build_method(cfg)
+        if name == "trained":
+            method.load_state_dict(state["model"])
+        method.eval()
+        z = torch.nn.functional.normalize(method.projector(method.backbone(x)), dim=1)
+        protos = torch.nn.functional.normalize(method.prototypes.weight, dim=1)
+        fav = (z @ protos.T).argmax(1).tolist()
+        print(
+            f"{name}: {len(set(fav))} prototypes used; NMI with the class "
+            f"{nmi(fav, y.tolist()):.3f}, with the dominant colour channel {nmi(fav, channel):.3f}"
+        )
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--steps", type=int, default=60)
@@ -107,11 +151,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--knn", action="store_true", help="kNN (2,000 train / 500 test images)")
+    ap.add_argument("--codes-of", metavar="CHECKPOINT", help="only: what a run's codes follow")
     ap.add_argument("--every", type=int, default=1, help="print every N-th step (and the last)")
     ap.add_argument("--set", nargs="*", default=[], help="config overrides KEY=VALUE")
     args = ap.parse_args(argv)
 
     torch.set_num_threads(args.threads)
+    if args.codes_of:
+        what_codes_follow(args.codes_of)
+        return
     cfg = load_config("swav", overrides=parse_set(args.set))
     print(cfg.method_args)
     print(cfg.optim)
