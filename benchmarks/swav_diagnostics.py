@@ -1,0 +1,237 @@
+"""SwAV's training dynamics on a few fixed batches of the embedded dataset, in one process.
+
+    env PYTHONPATH=$PWD .venv/bin/python -m benchmarks.swav_diagnostics --steps 60 \\
+        [--knn] [--set method_args.epsilon=0.05 optim.base_lr=0.3 ...]
+
+No Ray: the config is the one ``sslpipe pretrain --method swav`` builds (recipe + laptop
+profile, plus ``--set`` overrides), the method and ``TrainStep`` are the product's, and the
+views are cut once by the product's ``ViewMaker`` from ``--images`` embedded training images
+(the photometric part is drawn afresh every step on the training side, as in a run). The
+schedules (warm-up, prototype freeze, cosine) use the real run's steps per epoch
+(``--steps-per-epoch``, 23 for 6,000 images at batch 256) while the batches cycle.
+
+Per step it prints what tells a collapse apart: the loss; the Sinkhorn codes' mean row entropy
+and mean row maximum, and how many prototypes are some sample's argmax; the score spread across
+prototypes (per-row std) and over the batch (per-prototype std, i.e. whether embeddings differ);
+the entropy of softmax(scores / T); the prototype row norms seen by the forward pass; whether the
+prototypes had a gradient at the optimizer step; and the mean pairwise cosine of the embeddings.
+
+``--codes-of CHECKPOINT`` instead tells what a trained run's prototypes sort images by: the
+agreement (NMI) of each image's favourite prototype with its class and with its dominant colour
+channel, trained and at initialisation.
+"""
+
+import argparse
+import copy
+import io
+import math
+
+import numpy as np
+import torch
+from PIL import Image
+
+import ssl_models.methods.swav as swav_module
+from pipelines.config import load_config, parse_set
+from pipelines.data.synthetic import generate_rows
+from pipelines.data.views import ViewMaker
+from pipelines.evaluate import knn_top1
+from pipelines.train.step import TrainStep, build_method, place
+from ssl_models.losses import sinkhorn
+
+
+def entropy(p: torch.Tensor) -> torch.Tensor:
+    """Mean row entropy (nats) of a (N, K) matrix of distributions."""
+    return -(p * p.clamp_min(1e-30).log()).sum(1).mean()
+
+
+def fixed_batches(cfg, images: int, batch: int, seed: int) -> list[dict[str, torch.Tensor]]:
+    rows = list(generate_rows(-(-images // 10), seed=0))[:images]
+    maker = ViewMaker(cfg.views, seed=seed)
+    out = []
+    for start in range(0, images - batch + 1, batch):
+        chunk = rows[start : start + batch]
+        views = maker(
+            {
+                "image": np.array([r.image for r in chunk], dtype=object),
+                "label": np.array([r.label for r in chunk]),
+            }
+        )
+        out.append({k: torch.from_numpy(v) for k, v in views.items()})
+    return out
+
+
+def eval_images(cfg, per_class: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Whole 32-pixel images of the embedded train (seed 0) or test (seed 1) split, normalised."""
+    rows = list(generate_rows(per_class, seed=seed))
+    x = torch.stack(
+        [
+            torch.from_numpy(np.asarray(Image.open(io.BytesIO(r.image)).convert("RGB")).copy())
+            for r in rows
+        ]
+    )
+    x = x.permute(0, 3, 1, 2).float().div(255)
+    mean = torch.tensor(cfg.views.mean).view(1, 3, 1, 1)
+    std = torch.tensor(cfg.views.std).view(1, 3, 1, 1)
+    return (x - mean) / std, torch.tensor([r.label for r in rows])
+
+
+@torch.no_grad()
+def knn(encoder: torch.nn.Module, bank, query) -> float:
+    """Weighted kNN top-1 (k=200, T=0.1) of the encoder's features, eval mode."""
+    was = encoder.training
+    encoder.eval()
+    feats = [torch.cat([encoder(x) for x in d[0].split(256)]) for d in (bank, query)]
+    encoder.train(was)
+    return knn_top1(feats[0], bank[1], feats[1], query[1], 10)
+
+
+@torch.no_grad()
+def knn_recalibrated(encoder: torch.nn.Module, bank, query) -> float:
+    """:func:`knn` after the BatchNorm running statistics are recomputed on the bank's whole
+    32-pixel images (a copy of the encoder): tells features apart from statistics that the
+    training crops of another size left in the running averages."""
+    enc = copy.deepcopy(encoder)
+    for m in enc.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average over the recalibration batches
+    enc.train()
+    for x in bank[0].split(256):
+        enc(x)
+    return knn(enc, bank, query)
+
+
+def nmi(a: list[int], b: list[int]) -> float:
+    """Normalised mutual information (geometric mean of the entropies) of two labelings."""
+    from collections import Counter
+
+    n, ca, cb, cab = len(a), Counter(a), Counter(b), Counter(zip(a, b, strict=True))
+    mi = sum(v / n * math.log(v * n / (ca[i] * cb[j])) for (i, j), v in cab.items())
+    ha = -sum(v / n * math.log(v / n) for v in ca.values())
+    hb = -sum(v / n * math.log(v / n) for v in cb.values())
+    return mi / math.sqrt(ha * hb) if ha > 0 and hb > 0 else 0.0
+
+
+@torch.no_grad()
+def what_codes_follow(checkpoint: str) -> None:
+    """Each of 2,000 whole training images' favourite prototype, for a trained checkpoint and for
+    the same architecture at initialisation: its agreement (NMI) with the class and with the
+    image's dominant colour channel."""
+    from pipelines.config import build_config
+    from pipelines.train.checkpoint import load_state
+
+    state = load_state(checkpoint)
+    cfg = build_config(state["config"])
+    x, y = eval_images(cfg, 200, 0)
+    mean = torch.tensor(cfg.views.mean).view(1, 3, 1, 1)
+    std = torch.tensor(cfg.views.std).view(1, 3, 1, 1)
+    channel = (x * std + mean).mean((2, 3)).argmax(1).tolist()
+    for name in ("initialisation", "trained"):
+        torch.manual_seed(cfg.train.seed)
+        method = build_method(cfg)
+        if name == "trained":
+            method.load_state_dict(state["model"])
+        method.eval()
+        z = torch.nn.functional.normalize(method.projector(method.backbone(x)), dim=1)
+        protos = torch.nn.functional.normalize(method.prototypes.weight, dim=1)
+        fav = (z @ protos.T).argmax(1).tolist()
+        print(
+            f"{name}: {len(set(fav))} prototypes used; NMI with the class "
+            f"{nmi(fav, y.tolist()):.3f}, with the dominant colour channel {nmi(fav, channel):.3f}"
+        )
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--steps", type=int, default=60)
+    ap.add_argument("--images", type=int, default=512, help="fixed images, cut once into views")
+    ap.add_argument("--batch", type=int, default=128, help="one worker's batch in the real run")
+    ap.add_argument("--steps-per-epoch", type=int, default=23)
+    ap.add_argument("--epochs", type=int, default=8, help="for the schedules' length")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--knn", action="store_true", help="kNN (2,000 train / 500 test images)")
+    ap.add_argument("--codes-of", metavar="CHECKPOINT", help="only: what a run's codes follow")
+    ap.add_argument("--every", type=int, default=1, help="print every N-th step (and the last)")
+    ap.add_argument("--set", nargs="*", default=[], help="config overrides KEY=VALUE")
+    args = ap.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    if args.codes_of:
+        what_codes_follow(args.codes_of)
+        return
+    cfg = load_config("swav", overrides=parse_set(args.set))
+    print(cfg.method_args)
+    print(cfg.optim)
+    torch.manual_seed(cfg.train.seed)
+    device = torch.device("cpu")
+    method = place(build_method(cfg), cfg, device)
+    total = args.steps_per_epoch * args.epochs
+    step_fn = TrainStep(method, cfg, device, total, args.steps_per_epoch)
+    batches = fixed_batches(cfg, args.images, args.batch, args.seed)
+    a = cfg.method_args
+    if args.knn:
+        bank, query = eval_images(cfg, 200, 0), eval_images(cfg, 50, 1)
+        print(f"kNN top-1 at initialisation: {knn(method.encoder, bank, query):.3f}", flush=True)
+
+    seen: dict[str, torch.Tensor | list] = {}
+    real_loss = swav_module.swav_loss
+
+    def recording_loss(scores, *rest, **kw):
+        seen["scores"] = [s.detach() for s in scores]
+        return real_loss(scores, *rest, **kw)
+
+    swav_module.swav_loss = recording_loss
+    real_after = method.on_after_backward
+
+    def recording_after(progress):
+        real_after(progress)
+        g = method.prototypes.weight.grad
+        seen["proto_grad"] = 0.0 if g is None else float(g.norm())
+
+    method.on_after_backward = recording_after
+    real_forward = method.projector.forward
+
+    def recording_projector(h):
+        z = real_forward(h)
+        seen["z"] = torch.nn.functional.normalize(z.detach(), dim=1)
+        return z
+
+    method.projector.forward = recording_projector
+
+    print(
+        "step    lr     loss  | code H  code max  used | s std/row  s std/batch  |s|max/eps"
+        " | p H(T)  | proto |w| min-max  grad | z cos"
+    )
+    print(f"uniform entropy ln K = {math.log(a.num_prototypes):.4f}")
+    for step in range(args.steps):
+        result = step_fn(batches[step % len(batches)], step)
+        if step % args.every and step != args.steps - 1:
+            continue
+        s0 = seen["scores"][0]
+        q = sinkhorn(s0, a.epsilon, a.sinkhorn_iterations)
+        used = int(q.argmax(1).unique().numel())
+        p = torch.softmax(seen["scores"][1] / a.temperature, dim=1)
+        # the norms the next forward pass will see (on_step_start normalises before it)
+        w = method.prototypes.weight.detach()
+        norms = w.norm(dim=1)
+        z = seen["z"][: args.batch]
+        cos = (z @ z.T).fill_diagonal_(0).sum() / (z.shape[0] * (z.shape[0] - 1))
+        print(
+            f"{step:4d} {result.metrics['lr']:.4f} {result.loss:.4f} | "
+            f"{float(entropy(q)):.3f}  {float(q.max(1).values.mean()):.3f}  {used:4d} | "
+            f"{float(s0.std(1).mean()):.4f}  {float(s0.std(0).mean()):.4f}  "
+            f"{float(s0.abs().max()) / a.epsilon:7.2f} | {float(entropy(p)):.3f} | "
+            f"{float(norms.min()):.3f}-{float(norms.max()):.3f}  {seen['proto_grad']:.2e} | "
+            f"{float(cos):.3f}",
+            flush=True,
+        )
+
+    if args.knn:
+        print(f"kNN top-1 after {args.steps} steps: {knn(method.encoder, bank, query):.3f}")
+        recal = knn_recalibrated(method.encoder, bank, query)
+        print(f"kNN top-1 after {args.steps} steps, BatchNorm recalibrated on 32 px: {recal:.3f}")
+
+
+if __name__ == "__main__":
+    main()
