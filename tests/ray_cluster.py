@@ -39,11 +39,16 @@ class LocalCluster:
     temp_dir: str = field(default_factory=lambda: tempfile.mkdtemp(prefix="sslrc-", dir="/tmp"))
     gcs_port: int = field(default_factory=free_port)
     dashboard_port: int = field(default_factory=free_port)
+    client_port: int = field(default_factory=free_port)
     nodes: list[Node] = field(default_factory=list)
 
     @property
     def gcs_address(self) -> str:
         return f"127.0.0.1:{self.gcs_port}"
+
+    @property
+    def client_address(self) -> str:
+        return f"ray://127.0.0.1:{self.client_port}"
 
     @property
     def dashboard(self) -> str:
@@ -104,7 +109,7 @@ class LocalCluster:
                 "--include-dashboard=true",
                 "--dashboard-host=127.0.0.1",
                 f"--dashboard-port={self.dashboard_port}",
-                f"--ray-client-server-port={free_port()}",
+                f"--ray-client-server-port={self.client_port}",
                 "--node-ip-address=127.0.0.1",
             ],
             num_cpus,

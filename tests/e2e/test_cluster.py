@@ -125,6 +125,23 @@ def test_data_tasks_and_train_workers_land_on_their_nodes(cluster, tmp_path):
     assert workers and {a.node_id for a in workers} == {train.node_id}
 
 
+def test_a_ray_client_driver_trains_and_summarises(cluster, tmp_path):
+    out = sslpipe(
+        cluster,
+        "pretrain",
+        "--address",
+        cluster.client_address,  # Ray Client: this process drives, the cluster runs the work
+        *tiny(tmp_path, epochs=1),
+        "--set",
+        "train.worker_resources={train: 1}",
+        "--summary-json",
+        str(tmp_path / "summary.json"),
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["steps"] == 2 and 0.0 <= summary["metrics"]["knn_top1"] <= 1.0
+
+
 def test_a_job_submitted_through_the_jobs_api_finishes_with_a_summary(cluster, tmp_path):
     from ray.job_submission import JobStatus, JobSubmissionClient
 
