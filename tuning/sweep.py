@@ -265,9 +265,14 @@ def finish_sweep(spec: dict[str, Any], results) -> dict[str, Any]:
         # epochs trained: Tune's iteration count restarts with a trial resumed without a Tune
         # checkpoint, the loop's epoch does not
         done = m["epoch"] + 1 if "epoch" in m else m.get("training_iteration", 0)
-        if child is not None and child.info.status == "RUNNING":
-            # the scheduler ends the trial function at its report, before it closes its run
-            # (ASHA also at max_t): only a trial short of the budget was stopped early
+        # the scheduler ends the trial function at its report (ASHA also at max_t), before it
+        # closes its run, or, racing with that, the function's own except clause closes it
+        # FAILED; either way Tune records no error: only a trial short of the budget was
+        # stopped early
+        stopped = (
+            child is not None and r.error is None and child.info.status in ("RUNNING", "FAILED")
+        )
+        if stopped:
             short = done < epochs
             client.set_terminated(child.info.run_id, "KILLED" if short else "FINISHED")
             if short:
