@@ -76,17 +76,18 @@ class LocalViews:
     """Evaluation views of a small shard set, read and decoded in this process on demand; the
     same rows and batches as the Ray dataset ``eval_views`` would build (see the module doc)."""
 
-    def __init__(self, path: str, size: int, crop_fraction: float, selection: dict, keys: bool):
-        self.path, self.size, self.crop_fraction = path, size, crop_fraction
+    def __init__(self, shards: tuple, size: int, crop_fraction: float, selection: dict, keys: bool):
+        self.shards = shards  # what read_manifest returned: (manifest, filesystem, root)
+        self.size, self.crop_fraction = size, crop_fraction
         self.selection, self.keys = selection, keys
 
     def _views(self):
         """Views of the selected rows, a row group at a time (decoded 256 rows at most)."""
         import pyarrow.parquet as pq
 
-        from pipelines.data.manifest import join, read_manifest
+        from pipelines.data.manifest import join
 
-        manifest, fs, root = read_manifest(self.path)
+        manifest, fs, root = self.shards
         for f in manifest.files:
             if f.rows == 0:
                 continue
@@ -141,9 +142,9 @@ def eval_views(
 
     selection = {"lo": lo, "hi": hi, "labeled_only": labeled_only}
     if in_process_rows > 0:
-        manifest, _, _ = read_manifest(path)
-        if manifest.total_rows <= in_process_rows:
-            return LocalViews(path, size, crop_fraction, selection, keys), manifest
+        shards = read_manifest(path)
+        if shards[0].total_rows <= in_process_rows:
+            return LocalViews(shards, size, crop_fraction, selection, keys), shards[0]
     ds, manifest = read_shards(path, ["key", "image", "label"], resources=resources)
     remote_args = {"resources": resources} if resources else {}
     ds = ds.map_batches(_select, fn_kwargs=selection, batch_format="numpy", **remote_args)
