@@ -135,7 +135,7 @@ def ray_path(cfg: Config, data: dict[str, np.ndarray], name: str) -> tuple[list,
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--batch", type=int, default=64)
-    # 100-step epochs: each epoch carries a fixed ~0.4 s (iterator restart, epoch report)
+    # 100-step epochs: each epoch carries a fixed ~0.4 s (not broken down; see BENCHMARKS.md)
     # that a real epoch of thousands of steps hides; 30-step epochs tripled its weight
     p.add_argument("--steps-per-epoch", type=int, default=100)
     p.add_argument("--epochs", type=int, default=6)
