@@ -6,7 +6,6 @@ one CPU process, under DDP over gloo, or under NCCL.
 
 import torch
 import torch.distributed as dist
-import torch.distributed.nn.functional as dist_nn
 
 
 def is_distributed() -> bool:
@@ -33,7 +32,25 @@ def gather(x: torch.Tensor) -> torch.Tensor:
     """
     if not is_distributed():
         return x
-    return torch.cat(dist_nn.all_gather(x), dim=0)
+    return _Gather.apply(x)
+
+
+class _Gather(torch.autograd.Function):
+    """All-gather whose backward sums every worker's gradient for this worker's slice."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        ctx.batch = x.shape[0]
+        out = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+        dist.all_gather(out, x.contiguous())
+        return torch.cat(out, dim=0)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.contiguous()
+        dist.all_reduce(grad)
+        start = dist.get_rank() * ctx.batch
+        return grad[start : start + ctx.batch]
 
 
 @torch.no_grad()
