@@ -101,7 +101,12 @@ def prepare_cifar(tarball: Path, cache: Path, train_per_class: int, test_per_cla
 
 
 def method_config(
-    method: str, run_root: Path, name: str, epochs: int | None, data: tuple[str, str] | None
+    method: str,
+    run_root: Path,
+    name: str,
+    epochs: int | None,
+    data: tuple[str, str] | None,
+    overrides: list[str] | None = None,
 ) -> Config:
     """The config ``sslpipe pretrain`` would build, plus the benchmark's storage and tracking.
     With ``data`` (train and eval shards of 32-pixel images) the laptop profile is applied
@@ -119,6 +124,7 @@ def method_config(
         sets.append(f"train.epochs={epochs}")
     if data:
         sets += [f"data.path={data[0]}", f"data.eval_path={data[1]}"]
+    sets += overrides or []
     return build_config(deep_merge(base, parse_set(sets)))
 
 
@@ -246,6 +252,13 @@ def main() -> None:
         default=3,
         help="also score the random-init backbone of this many seeds (0: only the run's own)",
     )
+    p.add_argument(
+        "--set",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config overrides for every method (not the profile's figures: say so)",
+    )
     p.add_argument("--cifar", type=Path, default=None, help="cifar10-jpeg.tar.gz")
     p.add_argument("--cifar-train", type=int, default=1000, help="training images per class")
     p.add_argument("--cifar-test", type=int, default=200, help="kNN query images per class")
@@ -284,7 +297,7 @@ def main() -> None:
         notes[dataset] = note
         for method in args.methods:
             name = f"{dataset}-{method}-{time.strftime('%H%M%S')}"
-            cfg = method_config(method, out / dataset, name, args.epochs or None, data)
+            cfg = method_config(method, out / dataset, name, args.epochs or None, data, args.set)
             with locked(args.lock):
                 # one instance for every run, sized as pretrain() sizes its own (workers plus
                 # decode tasks: fewer CPUs than that and Ray Data waits forever for a slot)

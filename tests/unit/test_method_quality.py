@@ -116,3 +116,8 @@ def test_table_adds_the_seeded_baseline_columns() -> None:
     md = table([row], "d", "note")
     assert "| seeds | random init mean (range) | margin vs mean |" in md
     assert "| 0.200 | +0.050 | 3 | 0.220 (0.200-0.240) | +0.030 |" in md
+
+
+def test_overrides_apply_on_top_of_the_profile(tmp_path: Path) -> None:
+    cfg = method_config("mae", tmp_path / "embedded", "n", None, None, ["backbone.vit.pool=cls"])
+    assert cfg.backbone.vit.pool == "cls" and cfg.backbone.vit.dim == 80  # the profile's ViT
