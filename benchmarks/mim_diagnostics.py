@@ -18,6 +18,7 @@ images per class) of several features of the same ViT:
   blkI+ln   the same tokens through the final LayerNorm, then averaged; the last block's is what
             ``backbone(x)`` (``pool: mean``) returns, i.e. what the pipeline's kNN uses
   cls+ln    the CLS token after the final norm (``pool: cls``)
+  cls|mean+ln  the CLS token and the mean patch token side by side (BEiT's linear probe input)
   ...+std   standardised per dimension with the bank's mean and std before the cosine kNN (the
             parameter-free BatchNorm MAE's linear probe puts before its classifier)
 
@@ -71,7 +72,10 @@ def features(vit: torch.nn.Module, images: torch.Tensor) -> dict[str, torch.Tens
         for i, t in enumerate(seq):
             parts.setdefault(f"blk{i}", []).append(t[:, 1:].mean(1))
             parts.setdefault(f"blk{i}+ln", []).append(vit.norm(t[:, 1:]).mean(1))
-        parts.setdefault("cls+ln", []).append(vit.norm(seq[-1][:, 0]))
+        last = vit.norm(seq[-1])
+        parts.setdefault("cls+ln", []).append(last[:, 0])
+        # BEiT's linear probe feature: [CLS, mean patch token] side by side
+        parts.setdefault("cls|mean+ln", []).append(torch.cat([last[:, 0], last[:, 1:].mean(1)], 1))
     vit.train(was)
     return {k: torch.cat(v) for k, v in parts.items()}
 
@@ -109,7 +113,7 @@ def score_checkpoint(path: str, bank_per_class: int, query_per_class: int) -> No
         (bank[0], dominant_channel(cfg, bank[0])),
         (query[0], dominant_channel(cfg, query[0])),
     ]
-    names = [f"blk{i}+ln" for i in range(cfg.backbone.vit.depth + 1)] + ["cls+ln"]
+    names = [f"blk{i}+ln" for i in range(cfg.backbone.vit.depth + 1)] + ["cls+ln", "cls|mean+ln"]
     for label in ("initialisation", "trained"):
         torch.manual_seed(cfg.train.seed)
         method = build_method(cfg)
