@@ -8,9 +8,10 @@ patch tokens, for masked image modeling:
 - replace them: ``forward_tokens(x, mask=m)`` swaps their embeddings for a learnable mask token
   before the position embedding is added (SimMIM, BEiT, iBOT); call ``enable_mask_token()`` once.
 
-``backbone(x)`` pools to ``(B, out_dim)`` features: the CLS token, or the mean of the patch tokens
-(``pool="mean"``, which MIM models want: BEiT's and SimMIM's CLS token receives no loss at all, and
-MAE reports average pooling working as well as its CLS token). No pretrained weights are loaded.
+``backbone(x)`` pools to ``(B, out_dim)`` features: the CLS token (MAE's linear probe), the mean
+of the patch tokens (``pool="mean"``), or both side by side (``pool="cls_mean"``, ``out_dim`` =
+2·dim: the input of BEiT's linear probe, ``run_linear_eval.py --avgpool_patchtokens``). No
+pretrained weights are loaded.
 """
 
 import math
@@ -39,7 +40,7 @@ class ViTConfig:
     heads: int = 0  # attention heads (3, 6, 12)
     mlp_ratio: float = 4.0  # MLP hidden width / dim
     pos_embed: Literal["sincos", "learned"] = "sincos"  # fixed 2-D sin-cos as MAE, or learned
-    pool: Literal["cls", "mean"] = "cls"  # what backbone(x) returns: CLS token or patch mean
+    pool: Literal["cls", "mean", "cls_mean"] = "cls"  # backbone(x): CLS, patch mean, or both
     layer_scale: float = 0.0  # residual branch scale init (CaiT); BEiT and CAE use 0.1; 0: off
     drop_path: float = 0.0  # stochastic depth at the last block, linear from 0 at the first
     init: Literal["xavier", "beit", "simmim"] = "xavier"  # weight init; see init_weights
@@ -182,16 +183,18 @@ class VisionTransformer(nn.Module):
             raise ValueError(
                 f"image_size {image_size} is not a multiple of patch_size {patch_size}"
             )
-        if pos_embed not in ("sincos", "learned") or pool not in ("cls", "mean"):
+        if pos_embed not in ("sincos", "learned") or pool not in ("cls", "mean", "cls_mean"):
             raise ValueError(
-                f"pos_embed must be sincos|learned and pool cls|mean, got {pos_embed}, {pool}"
+                f"pos_embed must be sincos|learned and pool cls|mean|cls_mean, got {pos_embed}, "
+                f"{pool}"
             )
         if init != "xavier" and init not in INIT_CUTS:
             raise ValueError(f"init must be xavier, beit or simmim, got {init!r}")
         self.patch_size = patch_size
         self.grid = image_size // patch_size
         self.num_patches = self.grid**2
-        self.dim = self.out_dim = dim
+        self.dim = dim
+        self.out_dim = 2 * dim if pool == "cls_mean" else dim
         self.heads = heads
         self.pool = pool
         self.pos_kind = pos_embed
@@ -301,9 +304,13 @@ class VisionTransformer(nn.Module):
         return self.norm(out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (B, 3, H, W) -> (B, out_dim): the CLS token or the mean patch token."""
+        """x: (B, 3, H, W) -> (B, out_dim): the CLS token, the mean patch token, or both."""
         tokens = self.forward_tokens(x)
-        return tokens[:, 0] if self.pool == "cls" else tokens[:, 1:].mean(dim=1)
+        if self.pool == "cls":
+            return tokens[:, 0]
+        if self.pool == "mean":
+            return tokens[:, 1:].mean(dim=1)
+        return torch.cat([tokens[:, 0], tokens[:, 1:].mean(dim=1)], dim=1)  # (B, 2·dim)
 
 
 def vit(

@@ -51,6 +51,16 @@ def test_pooling_is_the_cls_token_or_the_patch_mean(pool):
     torch.testing.assert_close(model(x), expected)
 
 
+def test_cls_mean_pool_is_beits_probe_input_side_by_side():
+    # run_linear_eval.py: torch.cat((cls_rep, mean_rep), dim=-1)
+    torch.manual_seed(0)
+    model = tiny(pool="cls_mean").eval()
+    x = torch.randn(2, 3, 16, 16)
+    tokens = model.forward_tokens(x)
+    assert model.out_dim == 2 * model.dim == 32
+    torch.testing.assert_close(model(x), torch.cat([tokens[:, 0], tokens[:, 1:].mean(1)], 1))
+
+
 def test_sincos_table_known_values():
     table = sincos_2d(8, 2, 3)  # dim 8: two frequencies per axis, omega = [1, 1/100]
     assert table.shape == (1 + 6, 8)
