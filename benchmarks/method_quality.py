@@ -6,7 +6,11 @@
 Each method of ``ssl_models.registry.METHODS`` (or ``--methods``) goes through the real
 pipeline, ``pipelines.train.trainer.pretrain`` on a config built as ``sslpipe pretrain`` builds
 it, and is scored by the run's own final kNN top-1 against the same architecture at random
-initialisation (``eval.knn_random_init``). Datasets:
+initialisation (``eval.knn_random_init``: the weights the run started from, seed
+``train.seed``). That one random draw moves the baseline by about as much as the standard error of
+a 1,000-query kNN, so ``--random-seeds N`` also scores the backbone initialised from seeds
+``train.seed`` … ``train.seed + N - 1`` on the same bank and queries (no training: one extra
+embedding pass) and reports their mean and the margin against it. Datasets:
 
   embedded  the built-in 32-pixel dataset with the laptop profile (pipelines/configs/embedded.yaml,
             the default of ``sslpipe pretrain``: 8 epochs, batch 256)
@@ -97,7 +101,12 @@ def prepare_cifar(tarball: Path, cache: Path, train_per_class: int, test_per_cla
 
 
 def method_config(
-    method: str, run_root: Path, name: str, epochs: int | None, data: tuple[str, str] | None
+    method: str,
+    run_root: Path,
+    name: str,
+    epochs: int | None,
+    data: tuple[str, str] | None,
+    overrides: list[str] | None = None,
 ) -> Config:
     """The config ``sslpipe pretrain`` would build, plus the benchmark's storage and tracking.
     With ``data`` (train and eval shards of 32-pixel images) the laptop profile is applied
@@ -115,6 +124,7 @@ def method_config(
         sets.append(f"train.epochs={epochs}")
     if data:
         sets += [f"data.path={data[0]}", f"data.eval_path={data[1]}"]
+    sets += overrides or []
     return build_config(deep_merge(base, parse_set(sets)))
 
 
@@ -125,13 +135,51 @@ def describe_backbone(cfg: Config) -> str:
     return f"{b.name} ×{b.width:g}"
 
 
-def run_one(method: str, dataset: str, cfg: Config) -> dict[str, Any]:
+def random_init_encoders(cfg: Config, seeds: int) -> dict[str, torch.nn.Module]:
+    """The configured backbone at random initialisation, seeded ``train.seed + i`` for i <
+    ``seeds``, keyed ``seed<i>``. Every method builds its backbone first (``build_method``), so
+    ``seed0`` holds the weights the run started from (``eval.knn_random_init``'s encoder)."""
+    from pipelines.encoders import eval_image_size
+    from pipelines.train.backbone import backbone_from_config
+    from ssl_models.export import Encoder
+
+    size = eval_image_size(cfg)
+    encoders = {}
+    for i in range(seeds):
+        torch.manual_seed(cfg.train.seed + i)
+        backbone = backbone_from_config(cfg)
+        encoders[f"seed{i}"] = Encoder(backbone, cfg.views.mean, cfg.views.std, size)
+    return encoders
+
+
+def random_init_knn(cfg: Config, seeds: int) -> list[float]:
+    """kNN top-1 of :func:`random_init_encoders` on the run's own bank and queries."""
+    from pipelines.data.manifest import read_manifest
+    from pipelines.train.trainer import evaluate_knn, resolve_data
+
+    split, _ = resolve_data(cfg)
+    classes = len(read_manifest(split.train)[0].class_names)
+    accuracy = evaluate_knn(cfg, split, random_init_encoders(cfg, seeds), classes)
+    return [round(accuracy[f"seed{i}"], 4) for i in range(seeds)]
+
+
+def run_one(method: str, dataset: str, cfg: Config, random_seeds: int = 0) -> dict[str, Any]:
     from pipelines.train.trainer import pretrain
 
     started = time.time()
     summary = pretrain(cfg)
+    wall = round(time.time() - started, 1)
     m = summary["metrics"]
     knn, rnd = m.get("knn_top1"), m.get("knn_top1_random_init")
+    extra: dict[str, Any] = {}
+    if random_seeds > 0 and knn is not None:
+        seeds = random_init_knn(cfg, random_seeds)
+        mean = sum(seeds) / len(seeds)
+        extra = {
+            "random_init_seeds": seeds,
+            "random_init_mean": round(mean, 4),
+            "margin_vs_mean": round(knn - mean, 4),
+        }
     return {
         "method": method,
         "dataset": dataset,
@@ -140,10 +188,11 @@ def run_one(method: str, dataset: str, cfg: Config) -> dict[str, Any]:
         "epochs": cfg.train.epochs,
         "batch": cfg.train.batch_size,
         "steps": summary["steps"],
-        "wall_seconds": round(time.time() - started, 1),
+        "wall_seconds": wall,
         "knn_top1": knn,
         "knn_top1_random_init": rnd,
         "margin": None if knn is None or rnd is None else round(knn - rnd, 4),
+        **extra,
     }
 
 
@@ -159,6 +208,9 @@ def table(rows: list[dict[str, Any]], dataset: str, note: str) -> str:
         "random_init",
         "margin",
     ]
+    seeded = any(r.get("random_init_seeds") for r in rows if r["dataset"] == dataset)
+    if seeded:
+        cols += ["seeds", "random_init_mean_(range)", "margin_vs_mean"]
     head = "| " + " | ".join(c.replace("_", " ") for c in cols) + " |\n"
     head += "|" + "---|" * len(cols) + "\n"
     lines = []
@@ -171,10 +223,18 @@ def table(rows: list[dict[str, Any]], dataset: str, note: str) -> str:
         fmt = lambda v: "–" if v is None else f"{v:.3f}"  # noqa: E731
         margin = "–" if r["margin"] is None else f"{r['margin']:+.3f}"
         wall = f"{r['wall_seconds'] / 60:.1f} min"
-        lines.append(
+        line = (
             f"| {r['method']} | {r['family']} | {r['backbone']} | {r['epochs']} | {r['steps']} | "
             f"{wall} | {fmt(r['knn_top1'])} | {fmt(r['knn_top1_random_init'])} | {margin} |"
         )
+        if seeded:
+            seeds = r.get("random_init_seeds")
+            if seeds:
+                spread = f"{r['random_init_mean']:.3f} ({min(seeds):.3f}-{max(seeds):.3f})"
+                line += f" {len(seeds)} | {spread} | {r['margin_vs_mean']:+.3f} |"
+            else:
+                line += " | | |"
+        lines.append(line)
     return f"### {dataset}\n\n{note}\n\n{head}" + "\n".join(lines) + "\n"
 
 
@@ -186,6 +246,19 @@ def main() -> None:
     p.add_argument("--out", default="bench-quality", help="run storage, MLflow and results")
     p.add_argument("--markdown", help="also append the tables to this file (e.g. BENCHMARKS.md)")
     p.add_argument("--lock", default="", help="flock this file around each run")
+    p.add_argument(
+        "--random-seeds",
+        type=int,
+        default=3,
+        help="also score the random-init backbone of this many seeds (0: only the run's own)",
+    )
+    p.add_argument(
+        "--set",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config overrides for every method (not the profile's figures: say so)",
+    )
     p.add_argument("--cifar", type=Path, default=None, help="cifar10-jpeg.tar.gz")
     p.add_argument("--cifar-train", type=int, default=1000, help="training images per class")
     p.add_argument("--cifar-test", type=int, default=200, help="kNN query images per class")
@@ -224,13 +297,13 @@ def main() -> None:
         notes[dataset] = note
         for method in args.methods:
             name = f"{dataset}-{method}-{time.strftime('%H%M%S')}"
-            cfg = method_config(method, out / dataset, name, args.epochs or None, data)
+            cfg = method_config(method, out / dataset, name, args.epochs or None, data, args.set)
             with locked(args.lock):
                 # one instance for every run, sized as pretrain() sizes its own (workers plus
                 # decode tasks: fewer CPUs than that and Ray Data waits forever for a slot)
                 ensure_ray(cfg)
                 try:
-                    row = run_one(method, dataset, cfg)
+                    row = run_one(method, dataset, cfg, args.random_seeds)
                 except Exception as e:  # one broken method must not lose the others' figures
                     traceback.print_exc()
                     row = {"method": method, "dataset": dataset, "error": repr(e)[:200]}

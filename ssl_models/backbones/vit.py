@@ -8,11 +8,13 @@ patch tokens, for masked image modeling:
 - replace them: ``forward_tokens(x, mask=m)`` swaps their embeddings for a learnable mask token
   before the position embedding is added (SimMIM, BEiT, iBOT); call ``enable_mask_token()`` once.
 
-``backbone(x)`` pools to ``(B, out_dim)`` features: the CLS token, or the mean of the patch tokens
-(``pool="mean"``, which MIM models want: BEiT's and SimMIM's CLS token receives no loss at all, and
-MAE reports average pooling working as well as its CLS token). No pretrained weights are loaded.
+``backbone(x)`` pools to ``(B, out_dim)`` features: the CLS token (MAE's linear probe), the mean
+of the patch tokens (``pool="mean"``), or both side by side (``pool="cls_mean"``, ``out_dim`` =
+2·dim: the input of BEiT's linear probe, ``run_linear_eval.py --avgpool_patchtokens``). No
+pretrained weights are loaded.
 """
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -38,9 +40,10 @@ class ViTConfig:
     heads: int = 0  # attention heads (3, 6, 12)
     mlp_ratio: float = 4.0  # MLP hidden width / dim
     pos_embed: Literal["sincos", "learned"] = "sincos"  # fixed 2-D sin-cos as MAE, or learned
-    pool: Literal["cls", "mean"] = "cls"  # what backbone(x) returns: CLS token or patch mean
+    pool: Literal["cls", "mean", "cls_mean"] = "cls"  # backbone(x): CLS, patch mean, or both
     layer_scale: float = 0.0  # residual branch scale init (CaiT); BEiT and CAE use 0.1; 0: off
     drop_path: float = 0.0  # stochastic depth at the last block, linear from 0 at the first
+    init: Literal["xavier", "beit", "simmim"] = "xavier"  # weight init; see init_weights
 
 
 def sincos_2d(dim: int, grid_h: int, grid_w: int) -> torch.Tensor:
@@ -139,6 +142,25 @@ def init_weights(module: nn.Module) -> None:
         nn.init.zeros_(module.bias)
 
 
+INIT_STD = 0.02  # BEiT's and SimMIM's init_std
+# where the normal draws of each scheme are cut: BEiT's trunc_normal_ wrapper cuts at one
+# standard deviation (a=-std, b=std); SimMIM's ViT calls timm's with its defaults, a=-2, b=2
+# (absolute values: a hundred standard deviations, so an uncut normal in effect)
+INIT_CUTS = {"beit": INIT_STD, "simmim": 2.0}
+
+
+def init_weights_normal(module: nn.Module, cut: float) -> None:
+    """BEiT's and SimMIM's initialisation of the encoder: linear and convolution weights from a
+    normal of std 0.02 cut at ``±cut``, zero biases, unit LayerNorms."""
+    if isinstance(module, nn.Linear | nn.Conv2d):
+        nn.init.trunc_normal_(module.weight, std=INIT_STD, a=-cut, b=cut)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+
+
 class VisionTransformer(nn.Module):
     """images ``(B, 3, H, W)`` -> pooled features ``(B, out_dim)``; see the module docstring."""
 
@@ -154,20 +176,25 @@ class VisionTransformer(nn.Module):
         pool: str = "cls",
         layer_scale: float = 0.0,
         drop_path: float = 0.0,
+        init: str = "xavier",
     ) -> None:
         super().__init__()
         if image_size % patch_size:
             raise ValueError(
                 f"image_size {image_size} is not a multiple of patch_size {patch_size}"
             )
-        if pos_embed not in ("sincos", "learned") or pool not in ("cls", "mean"):
+        if pos_embed not in ("sincos", "learned") or pool not in ("cls", "mean", "cls_mean"):
             raise ValueError(
-                f"pos_embed must be sincos|learned and pool cls|mean, got {pos_embed}, {pool}"
+                f"pos_embed must be sincos|learned and pool cls|mean|cls_mean, got {pos_embed}, "
+                f"{pool}"
             )
+        if init != "xavier" and init not in INIT_CUTS:
+            raise ValueError(f"init must be xavier, beit or simmim, got {init!r}")
         self.patch_size = patch_size
         self.grid = image_size // patch_size
         self.num_patches = self.grid**2
-        self.dim = self.out_dim = dim
+        self.dim = dim
+        self.out_dim = 2 * dim if pool == "cls_mean" else dim
         self.heads = heads
         self.pool = pool
         self.pos_kind = pos_embed
@@ -187,19 +214,35 @@ class VisionTransformer(nn.Module):
             Block(dim, heads, mlp_ratio, layer_scale, rate) for rate in rates
         )
         self.norm = nn.LayerNorm(dim, eps=1e-6)
-
-        self.apply(init_weights)
-        # the patch projection initialised like a linear layer (MAE)
-        nn.init.xavier_uniform_(self.patch_embed.weight.view(dim, -1))
-        nn.init.zeros_(self.patch_embed.bias)
-        nn.init.normal_(self.cls_token, std=0.02)
+        self.init = init
+        if init == "xavier":
+            self.apply(init_weights)
+            # the patch projection initialised like a linear layer (MAE)
+            nn.init.xavier_uniform_(self.patch_embed.weight.view(dim, -1))
+            nn.init.zeros_(self.patch_embed.bias)
+            nn.init.normal_(self.cls_token, std=0.02)
+        else:
+            cut = INIT_CUTS[init]
+            self.apply(lambda m: init_weights_normal(m, cut))
+            nn.init.trunc_normal_(self.cls_token, std=INIT_STD, a=-cut, b=cut)
+            if pos_embed == "learned":
+                nn.init.trunc_normal_(self.pos_embed, std=INIT_STD, a=-cut, b=cut)
+            # each residual branch's output projection scaled by 1 / sqrt(2 · block number), as
+            # the references' fix_init_weight: the residual stream's variance grows slowly
+            with torch.no_grad():
+                for number, block in enumerate(self.blocks, start=1):
+                    block.attn.proj.weight.div_(math.sqrt(2.0 * number))
+                    block.mlp[2].weight.div_(math.sqrt(2.0 * number))
 
     def enable_mask_token(self) -> None:
         """Add the learnable mask token (SimMIM, BEiT, iBOT). Separate from construction because
         methods that drop tokens must not carry an unused parameter (DDP rejects those)."""
         if self.mask_token is None:
             self.mask_token = nn.Parameter(torch.zeros(1, 1, self.dim))
-            nn.init.normal_(self.mask_token, std=0.02)
+            if self.init == "xavier":
+                nn.init.normal_(self.mask_token, std=0.02)
+            else:  # both references cut their mask token at one standard deviation
+                nn.init.trunc_normal_(self.mask_token, std=INIT_STD, a=-INIT_STD, b=INIT_STD)
 
     def grid_of(self, x: torch.Tensor) -> tuple[int, int]:
         if x.ndim != 4 or x.shape[1] != 3:
@@ -261,9 +304,13 @@ class VisionTransformer(nn.Module):
         return self.norm(out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (B, 3, H, W) -> (B, out_dim): the CLS token or the mean patch token."""
+        """x: (B, 3, H, W) -> (B, out_dim): the CLS token, the mean patch token, or both."""
         tokens = self.forward_tokens(x)
-        return tokens[:, 0] if self.pool == "cls" else tokens[:, 1:].mean(dim=1)
+        if self.pool == "cls":
+            return tokens[:, 0]
+        if self.pool == "mean":
+            return tokens[:, 1:].mean(dim=1)
+        return torch.cat([tokens[:, 0], tokens[:, 1:].mean(dim=1)], dim=1)  # (B, 2·dim)
 
 
 def vit(
@@ -278,6 +325,7 @@ def vit(
     pool: str = "cls",
     layer_scale: float = 0.0,
     drop_path: float = 0.0,
+    init: str = "xavier",
 ) -> VisionTransformer:
     """A named size (``vit_tiny``, ``vit_small``, ``vit_base``) with explicit overrides."""
     if name not in SIZES:
@@ -301,4 +349,5 @@ def vit(
         pool=pool,
         layer_scale=layer_scale,
         drop_path=drop_path,
+        init=init,
     )

@@ -78,3 +78,46 @@ def test_prepare_cifar_takes_the_first_names_per_class_and_reuses_its_shards(tmp
         assert keys == [f"{c}/{i:04d}.jpg" for c in "abc" for i in range(per_class)]
     tarball.unlink()  # the shards exist: nothing is read again
     assert prepare_cifar(tarball, tmp_path / "cache", 2, 1) == (train, test)
+
+
+def test_random_init_seed_zero_is_the_runs_own_baseline(tmp_path: Path) -> None:
+    # the seeded baselines must include exactly the encoder the pipeline scores as random init
+    import torch
+
+    from benchmarks.method_quality import random_init_encoders
+    from pipelines.encoders import encoders_from_state
+
+    x = torch.rand(2, 3, 32, 32)
+    for method in ("simmim", "dino", "moco_v2"):
+        cfg = method_config(method, tmp_path / "embedded", "n", None, None)
+        seeded = {k: e.eval() for k, e in random_init_encoders(cfg, 2).items()}
+        own = encoders_from_state(cfg, None, random_init=True)["random_init"].eval()
+        with torch.no_grad():
+            assert torch.equal(own(x), seeded["seed0"](x)), method
+            assert not torch.allclose(own(x), seeded["seed1"](x)), method
+
+
+def test_table_adds_the_seeded_baseline_columns() -> None:
+    row = {
+        "method": "a",
+        "dataset": "d",
+        "family": "f",
+        "backbone": "b",
+        "epochs": 8,
+        "steps": 184,
+        "wall_seconds": 90.0,
+        "knn_top1": 0.25,
+        "knn_top1_random_init": 0.2,
+        "margin": 0.05,
+        "random_init_seeds": [0.2, 0.22, 0.24],
+        "random_init_mean": 0.22,
+        "margin_vs_mean": 0.03,
+    }
+    md = table([row], "d", "note")
+    assert "| seeds | random init mean (range) | margin vs mean |" in md
+    assert "| 0.200 | +0.050 | 3 | 0.220 (0.200-0.240) | +0.030 |" in md
+
+
+def test_overrides_apply_on_top_of_the_profile(tmp_path: Path) -> None:
+    cfg = method_config("mae", tmp_path / "embedded", "n", None, None, ["backbone.vit.pool=cls"])
+    assert cfg.backbone.vit.pool == "cls" and cfg.backbone.vit.dim == 80  # the profile's ViT

@@ -96,3 +96,15 @@ def test_simsiam_predictor_keeps_the_peak_lr():
     plain = tiny_method("simsiam", fix_predictor_lr=False)
     opt = build_optimizer(plain, OptimConfig(name="lars"), global_batch=256)
     assert not any(g["fixed_lr"] for g in opt.param_groups)
+
+
+@pytest.mark.parametrize(
+    "key, layer_scale, init",
+    [("simmim", 0.1, "simmim"), ("beit", 0.1, "beit"), ("mae", 0.0, "xavier")],
+)
+def test_mim_recipes_carry_their_references_vit(key, layer_scale, init):
+    # SimMIM's config.py: MODEL.VIT.INIT_VALUES 0.1; SimMIM and BEiT initialise N(0, 0.02²) with
+    # fix_init_weight, MAE Xavier-uniform; the laptop profile keeps both
+    for overrides in ({"data": {"path": "/shards"}}, {}):
+        vit = load_config(key, overrides=overrides).backbone.vit
+        assert (vit.layer_scale, vit.init) == (layer_scale, init), overrides

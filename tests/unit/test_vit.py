@@ -51,6 +51,16 @@ def test_pooling_is_the_cls_token_or_the_patch_mean(pool):
     torch.testing.assert_close(model(x), expected)
 
 
+def test_cls_mean_pool_is_beits_probe_input_side_by_side():
+    # run_linear_eval.py: torch.cat((cls_rep, mean_rep), dim=-1)
+    torch.manual_seed(0)
+    model = tiny(pool="cls_mean").eval()
+    x = torch.randn(2, 3, 16, 16)
+    tokens = model.forward_tokens(x)
+    assert model.out_dim == 2 * model.dim == 32
+    torch.testing.assert_close(model(x), torch.cat([tokens[:, 0], tokens[:, 1:].mean(1)], 1))
+
+
 def test_sincos_table_known_values():
     table = sincos_2d(8, 2, 3)  # dim 8: two frequencies per axis, omega = [1, 1/100]
     assert table.shape == (1 + 6, 8)
@@ -149,3 +159,32 @@ def test_errors_name_the_problem():
         build_backbone("vit_tiny", image_size=16, patch_size=4, dim=64, depth=1)
     with pytest.raises(ValueError, match="not a multiple"):
         build_backbone("vit_tiny", image_size=30, patch_size=4)
+
+
+@pytest.mark.parametrize("scheme, cut", [("beit", 0.02), ("simmim", 2.0)])
+def test_beit_and_simmim_init_is_a_small_normal_with_deeper_outputs_shrunk(scheme, cut):
+    # BEiT's and SimMIM's references: weights ~ N(0, 0.02²) (BEiT's cut at ±0.02), zero biases,
+    # then each block's attn.proj and mlp.fc2 divided by sqrt(2 · block number)
+    torch.manual_seed(0)
+    model = tiny(dim=64, depth=3, heads=2, init=scheme)
+    qkv = model.blocks[0].attn.qkv.weight
+    assert qkv.std().item() == pytest.approx(0.02 if scheme == "simmim" else 0.0108, rel=0.1)
+    assert qkv.abs().max().item() <= min(cut, 0.2)
+    assert model.patch_embed.weight.std().item() < 0.025  # xavier's would be about 0.18
+    assert float(model.blocks[0].attn.qkv.bias.abs().max()) == 0.0
+    first = model.blocks[0].mlp[2].weight.std().item()
+    third = model.blocks[2].mlp[2].weight.std().item()
+    assert third / first == pytest.approx(1 / math.sqrt(3), rel=0.1)
+    third_proj = model.blocks[2].attn.proj.weight.std().item()
+    assert third_proj / qkv.std().item() == pytest.approx(1 / math.sqrt(6), rel=0.15)
+    model.enable_mask_token()
+    assert model.mask_token.abs().max().item() <= 0.02
+
+
+def test_default_init_is_maes_xavier():
+    torch.manual_seed(0)
+    model = tiny(dim=64, depth=2, heads=2)
+    qkv = model.blocks[0].attn.qkv.weight  # xavier-uniform: std sqrt(2 / (64 + 192))
+    assert qkv.std().item() == pytest.approx(math.sqrt(2 / 256), rel=0.05)
+    with pytest.raises(ValueError, match="init must be"):
+        tiny(init="kaiming")
