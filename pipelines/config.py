@@ -146,6 +146,9 @@ class OptimConfig:
     warmup_epochs: float = 10.0  # linear warmup from 0, then cosine decay
     final_lr_ratio: float = 0.0  # cosine ends at base_lr × this
     clip_grad: float = 0.0  # max global gradient norm; 0 disables
+    # clip_grad bounds each parameter tensor's gradient norm on its own instead of the global
+    # norm (DINO's and iBOT's reference clip_gradients)
+    clip_grad_per_parameter: bool = False
     exclude_bias_and_norm: bool = True  # no weight decay or LARS adaptation on them
     # cosine from weight_decay to this over the run (DINO: 0.04 -> 0.4); negative: constant
     weight_decay_end: float = -1.0

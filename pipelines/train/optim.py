@@ -27,7 +27,15 @@ from torch import nn
 from pipelines.config import OptimConfig
 from ssl_models.schedules import cosine, warmup_cosine
 
-__all__ = ["LARS", "build_optimizer", "param_groups", "scaled_lr", "set_lr", "warmup_cosine"]
+__all__ = [
+    "LARS",
+    "build_optimizer",
+    "clip_grad_per_parameter_",
+    "param_groups",
+    "scaled_lr",
+    "set_lr",
+    "warmup_cosine",
+]
 
 _NORMS = (
     nn.modules.batchnorm._BatchNorm,
@@ -162,6 +170,24 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig, global_batch: int) -> to
     if cfg.name == "adamw":
         return torch.optim.AdamW(groups, lr=lr, betas=cfg.betas)
     raise ValueError(f"unknown optimizer {cfg.name!r}")
+
+
+@torch.no_grad()
+def clip_grad_per_parameter_(parameters: Iterable[torch.Tensor], max_norm: float) -> float:
+    """Scale each tensor's gradient down to norm ``max_norm`` when it is larger, every tensor on
+    its own (``clip_gradients`` of the DINO and iBOT reference code: a coefficient
+    ``max_norm / (norm + 1e-6)``, applied when below 1). Gradients that are None are skipped.
+    Returns the largest gradient norm before clipping (0.0 when there is none)."""
+    largest = 0.0
+    for p in parameters:
+        if p.grad is None:
+            continue
+        norm = torch.linalg.vector_norm(p.grad)
+        largest = max(largest, float(norm))
+        coef = max_norm / (float(norm) + 1e-6)
+        if coef < 1:
+            p.grad.mul_(coef)
+    return largest
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:

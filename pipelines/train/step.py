@@ -21,7 +21,13 @@ from pipelines.data.views import augment_views
 from pipelines.train.backbone import backbone_from_config
 from pipelines.train.checkpoint import capture_rng, restore_rng
 from pipelines.train.monitors import OnlineProbe, probe_features
-from pipelines.train.optim import build_optimizer, scaled_lr, set_lr, set_weight_decay
+from pipelines.train.optim import (
+    build_optimizer,
+    clip_grad_per_parameter_,
+    scaled_lr,
+    set_lr,
+    set_weight_decay,
+)
 from ssl_models import distributed
 from ssl_models.methods.base import Progress, SSLMethod
 from ssl_models.registry import get_method
@@ -222,7 +228,10 @@ class TrainStep:
 
         self.method.on_after_backward(progress)
         if self.cfg.optim.clip_grad > 0:
-            norm = nn.utils.clip_grad_norm_(self.method.parameters(), self.cfg.optim.clip_grad)
+            if self.cfg.optim.clip_grad_per_parameter:
+                norm = clip_grad_per_parameter_(self.method.parameters(), self.cfg.optim.clip_grad)
+            else:
+                norm = nn.utils.clip_grad_norm_(self.method.parameters(), self.cfg.optim.clip_grad)
             metrics["grad_norm"] = float(norm)
         self.optimizer.step()
         merged = merge_outputs(outputs)

@@ -12,6 +12,7 @@ from ssl_models.losses.dino import (
     dino_loss,
     dino_loss_from_targets,
     teacher_temperature,
+    teacher_temperature_per_epoch,
 )
 from ssl_models.losses.distillation import byol_loss, simsiam_loss
 from ssl_models.losses.ibot import ibot_loss, masked_patch_loss
@@ -50,6 +51,7 @@ __all__ = [
     "sinkhorn",
     "swav_loss",
     "teacher_temperature",
+    "teacher_temperature_per_epoch",
     "vicreg_loss",
     "vicreg_terms",
 ]

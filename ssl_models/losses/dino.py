@@ -121,9 +121,27 @@ def teacher_temperature(
     epoch: float, warmup_temp: float = 0.04, final_temp: float = 0.07, warmup_epochs: float = 30
 ) -> float:
     """The teacher temperature at (fractional) ``epoch``: linear from ``warmup_temp`` to
-    ``final_temp`` over ``warmup_epochs``, then constant (DINO §3.1 and appendix: 0.04 → 0.07
-    over the first 30 epochs). Evaluated per step; the reference steps it once per epoch along
-    ``linspace(warmup, final, warmup_epochs)``, reaching the final value one epoch earlier."""
+    ``final_temp`` over ``warmup_epochs``, then constant, evaluated per step (DINOv2's
+    per-iteration schedule). DINO and iBOT step it once per epoch:
+    :func:`teacher_temperature_per_epoch`."""
     if warmup_epochs <= 0 or epoch >= warmup_epochs:
         return final_temp
     return warmup_temp + (final_temp - warmup_temp) * max(0.0, epoch) / warmup_epochs
+
+
+def teacher_temperature_per_epoch(
+    epoch: int, warmup_temp: float = 0.04, final_temp: float = 0.07, warmup_epochs: float = 30
+) -> float:
+    """The teacher temperature of (whole) ``epoch`` as DINO's and iBOT's reference code steps it:
+    epoch e < n = ``warmup_epochs`` takes the e-th of n values evenly spaced from
+    ``warmup_temp`` to ``final_temp`` (``linspace``, both ends included, so the final value is
+    reached at epoch n − 1), later epochs ``final_temp`` (DINO §3.1 and appendix: 0.04 → 0.07
+    over the first 30 epochs). ``warmup_epochs`` must be a whole number, as the reference's."""
+    if warmup_epochs != int(warmup_epochs):
+        raise ValueError(f"warmup_teacher_temp_epochs must be whole, got {warmup_epochs}")
+    n = int(warmup_epochs)
+    if epoch >= n:
+        return final_temp
+    if n == 1:
+        return warmup_temp
+    return warmup_temp + (final_temp - warmup_temp) * max(0, epoch) / (n - 1)

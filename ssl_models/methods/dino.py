@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ssl_models.heads import DINOHead
-from ssl_models.losses import DINOCenter, dino_loss, teacher_temperature
+from ssl_models.losses import DINOCenter, dino_loss, teacher_temperature_per_epoch
 from ssl_models.methods.base import Progress, SSLMethod, view_group
 from ssl_models.momentum import cosine_momentum, momentum_copy, update_momentum
 
@@ -95,9 +95,9 @@ class DINO(SSLMethod):
         return cosine_momentum(progress.fraction, self.cfg.momentum, self.cfg.momentum_final)
 
     def on_step_start(self, progress: Progress) -> dict[str, float]:
-        epoch = progress.step / max(1, progress.steps_per_epoch)  # fractional: per step
-        self.teacher_temp = teacher_temperature(
-            epoch,
+        # once per epoch, as the reference's teacher_temp_schedule[epoch]
+        self.teacher_temp = teacher_temperature_per_epoch(
+            progress.epoch,
             self.cfg.warmup_teacher_temp,
             self.cfg.teacher_temp,
             self.cfg.warmup_teacher_temp_epochs,

@@ -19,7 +19,7 @@ from torch import nn
 
 from ssl_models.backbones.masking import ibot_mask_counts, step_generator, variable_block_masking
 from ssl_models.heads import DINOHead, normed_last_layer
-from ssl_models.losses import DINOCenter, dino_loss, ibot_loss, teacher_temperature
+from ssl_models.losses import DINOCenter, dino_loss, ibot_loss, teacher_temperature_per_epoch
 from ssl_models.methods.base import Progress, SSLMethod, view_group
 from ssl_models.methods.single_view import require_vit
 from ssl_models.momentum import cosine_momentum, momentum_copy, update_momentum
@@ -168,12 +168,12 @@ class IBOT(SSLMethod):
 
     def on_step_start(self, progress: Progress) -> dict[str, float]:
         self.rng = step_generator(self.seed, progress.step)
-        epoch = progress.step / max(1, progress.steps_per_epoch)  # fractional: per step
+        epoch = progress.epoch  # once per epoch, as the reference's teacher_temp_schedule[epoch]
         c = self.cfg
-        self.teacher_temp = teacher_temperature(
+        self.teacher_temp = teacher_temperature_per_epoch(
             epoch, c.warmup_teacher_temp, c.teacher_temp, c.warmup_teacher_temp_epochs
         )
-        self.teacher_patch_temp = teacher_temperature(
+        self.teacher_patch_temp = teacher_temperature_per_epoch(
             epoch, c.warmup_teacher_patch_temp, c.teacher_patch_temp, c.warmup_teacher_temp_epochs
         )
         return {"momentum": self.momentum(progress), "teacher_temp": self.teacher_temp}

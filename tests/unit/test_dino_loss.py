@@ -5,7 +5,13 @@ import math
 import pytest
 import torch
 
-from ssl_models.losses import DINOCenter, dino_center_update, dino_loss, teacher_temperature
+from ssl_models.losses import (
+    DINOCenter,
+    dino_center_update,
+    dino_loss,
+    teacher_temperature,
+    teacher_temperature_per_epoch,
+)
 from tests.distributed_helpers import run_distributed
 
 L3 = math.log(3.0)
@@ -129,3 +135,16 @@ def test_teacher_temperature_warmup():
     assert teacher_temperature(30, 0.04, 0.07, 30) == pytest.approx(0.07)
     assert teacher_temperature(99, 0.04, 0.07, 30) == pytest.approx(0.07)
     assert teacher_temperature(0, 0.04, 0.07, 0) == pytest.approx(0.07)
+
+
+def test_teacher_temperature_per_epoch_is_the_references_linspace():
+    # main_dino.py: concatenate(linspace(warmup, final, n), ones(epochs - n) * final)[epoch]
+    for n in (1, 2, 3, 30):
+        schedule = [0.04 + (0.07 - 0.04) * e / (n - 1) for e in range(n)] if n > 1 else [0.04]
+        for epoch in range(n + 3):
+            expected = schedule[epoch] if epoch < n else 0.07
+            assert teacher_temperature_per_epoch(epoch, 0.04, 0.07, n) == pytest.approx(expected)
+    assert teacher_temperature_per_epoch(1, 0.04, 0.07, 2) == pytest.approx(0.07)
+    assert teacher_temperature_per_epoch(0, 0.04, 0.07, 0) == pytest.approx(0.07)  # no warm-up
+    with pytest.raises(ValueError, match="whole"):
+        teacher_temperature_per_epoch(0, 0.04, 0.07, 2.5)

@@ -203,6 +203,17 @@ def test_dino_v2_masks_exactly_half_the_crops_and_sums_its_terms():
     torch.testing.assert_close(out["loss"].detach(), expected)
 
 
+def test_teacher_temperatures_ibot_per_epoch_dino_v2_per_step():
+    # iBOT's reference indexes linspace(0.04, 0.07, 2) by the epoch; DINOv2's schedule is
+    # per iteration, linear over the warm-up
+    ibot = build("ibot", warmup_teacher_temp_epochs=2)
+    v2 = build("dino_v2", warmup_teacher_temp_epochs=2)
+    for s, ibot_temp, v2_temp in ((0, 0.04, 0.04), (5, 0.04, 0.0475), (10, 0.07, 0.055)):
+        assert ibot.on_step_start(Progress(s, 100, 10))["teacher_temp"] == pytest.approx(ibot_temp)
+        assert ibot.teacher_patch_temp == pytest.approx(ibot_temp)
+        assert v2.on_step_start(Progress(s, 100, 10))["teacher_temp"] == pytest.approx(v2_temp)
+
+
 @pytest.mark.parametrize("variant", ["ibot", "dino_v2"])
 def test_last_layers_are_frozen_during_the_first_epoch(variant):
     method = build(variant)

@@ -8,6 +8,7 @@ from pipelines.config import OptimConfig
 from pipelines.train.optim import (
     LARS,
     build_optimizer,
+    clip_grad_per_parameter_,
     param_groups,
     scaled_lr,
     set_lr,
@@ -127,3 +128,15 @@ def test_weight_decay_cosine_keeps_excluded_at_zero():
     assert set_weight_decay(opt, 100, 100, 0.04, 0.4) == pytest.approx(0.4)
     assert group_of(opt, model.fc.weight)["weight_decay"] == pytest.approx(0.4)
     assert group_of(opt, model.fc.bias)["weight_decay"] == 0.0
+
+
+def test_clip_grad_per_parameter_bounds_each_tensor_on_its_own():
+    # DINO's and iBOT's clip_gradients: norms 10 and 1 at max 3 become 3 and 1 (a global clip
+    # would scale both by 3 / sqrt(101))
+    a, b, c = (nn.Parameter(torch.zeros(2)) for _ in range(3))
+    a.grad, b.grad = torch.tensor([6.0, 8.0]), torch.tensor([0.6, 0.8])
+    largest = clip_grad_per_parameter_([a, b, c], 3.0)
+    assert largest == pytest.approx(10.0)
+    torch.testing.assert_close(a.grad, torch.tensor([1.8, 2.4]), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(b.grad, torch.tensor([0.6, 0.8]))
+    assert c.grad is None

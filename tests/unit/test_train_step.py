@@ -82,6 +82,25 @@ def test_hooks_run_in_order_and_extras_are_logged():
     assert result.metrics["lr"] == pytest.approx(0.3 * 4 / 256 * 1 / 5)  # warmup step 1 of 5
 
 
+@pytest.mark.parametrize("per_parameter", [True, False])
+def test_clip_grad_per_parameter_bounds_every_tensors_step(per_parameter):
+    cfg = toy_config(
+        "optim.weight_decay=0.0",
+        "optim.clip_grad=0.001",
+        f"optim.clip_grad_per_parameter={per_parameter}",
+    )
+    toy = Toy()
+    before = [p.detach().clone() for p in toy.parameters()]
+    lr = TrainStep(toy, cfg, CPU, 10, 5)(batches(1, size=4)[0], 3).metrics["lr"]
+    moved = [
+        float((p.detach() - b).norm()) / lr for p, b in zip(toy.parameters(), before, strict=True)
+    ]
+    if per_parameter:  # weight and bias each stepped by exactly the clipped norm
+        assert moved == pytest.approx([0.001, 0.001], rel=1e-2)
+    else:  # the global norm is clipped: together they step by it
+        assert sum(m * m for m in moved) ** 0.5 == pytest.approx(0.001, rel=1e-2)
+
+
 def test_gradient_accumulation_equals_one_big_batch():
     cfg1 = toy_config("views.augment_device=cpu")
     cfg2 = toy_config("views.augment_device=cpu", "train.accumulate_steps=2")
