@@ -31,7 +31,7 @@ import shutil
 import tarfile
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -97,11 +97,17 @@ def prepare_cifar(tarball: Path, cache: Path, train_per_class: int, test_per_cla
 
 
 def method_config(
-    method: str, run_root: Path, name: str, epochs: int | None, data: tuple[str, str] | None
+    method: str,
+    run_root: Path,
+    name: str,
+    epochs: int | None,
+    data: tuple[str, str] | None,
+    overrides: Sequence[str] = (),
 ) -> Config:
     """The config ``sslpipe pretrain`` would build, plus the benchmark's storage and tracking.
     With ``data`` (train and eval shards of 32-pixel images) the laptop profile is applied
-    explicitly, as it is only automatic without a data path."""
+    explicitly, as it is only automatic without a data path. ``overrides`` are ``--set`` pairs
+    applied last, as ``sslpipe pretrain --set`` would."""
     base = recipe(method)
     base = deep_merge(base, embedded_profile(method, base))
     sets = [
@@ -115,6 +121,7 @@ def method_config(
         sets.append(f"train.epochs={epochs}")
     if data:
         sets += [f"data.path={data[0]}", f"data.eval_path={data[1]}"]
+    sets += list(overrides)
     return build_config(deep_merge(base, parse_set(sets)))
 
 
@@ -186,6 +193,14 @@ def main() -> None:
     p.add_argument("--out", default="bench-quality", help="run storage, MLflow and results")
     p.add_argument("--markdown", help="also append the tables to this file (e.g. BENCHMARKS.md)")
     p.add_argument("--lock", default="", help="flock this file around each run")
+    p.add_argument(
+        "--set",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config overrides for every method (e.g. method_args.temperature=0.2); recorded in "
+        "each result row",
+    )
     p.add_argument("--cifar", type=Path, default=None, help="cifar10-jpeg.tar.gz")
     p.add_argument("--cifar-train", type=int, default=1000, help="training images per class")
     p.add_argument("--cifar-test", type=int, default=200, help="kNN query images per class")
@@ -224,7 +239,7 @@ def main() -> None:
         notes[dataset] = note
         for method in args.methods:
             name = f"{dataset}-{method}-{time.strftime('%H%M%S')}"
-            cfg = method_config(method, out / dataset, name, args.epochs or None, data)
+            cfg = method_config(method, out / dataset, name, args.epochs or None, data, args.set)
             with locked(args.lock):
                 # one instance for every run, sized as pretrain() sizes its own (workers plus
                 # decode tasks: fewer CPUs than that and Ray Data waits forever for a slot)
@@ -235,6 +250,8 @@ def main() -> None:
                     traceback.print_exc()
                     row = {"method": method, "dataset": dataset, "error": repr(e)[:200]}
                     row["family"] = METHODS[method].family
+                if args.set:
+                    row["overrides"] = list(args.set)
             rows = [r for r in rows if (r["method"], r["dataset"]) != (method, dataset)] + [row]
             print(f"method_quality: {json.dumps(row)}", flush=True)
             results_path.write_text(
