@@ -108,6 +108,17 @@ def test_swav_loss_multicrop_and_queue_match_the_reference_formula():
     assert with_queue.item() != pytest.approx(loss.item(), rel=1e-3)  # the queue changes codes
 
 
+def test_hard_codes_are_the_one_hot_of_the_soft_codes_argmax():
+    torch.manual_seed(4)
+    protos = F.normalize(torch.randn(6, 8), dim=1)
+    s0, s1 = (F.normalize(torch.randn(5, 8), dim=1) @ protos.T for _ in range(2))
+    loss = swav_loss([s0, s1], n_assign=1, hard=True)
+    picked = sinkhorn(s0).argmax(dim=1)  # each sample's code becomes its favourite prototype
+    expected = -F.log_softmax(s1 / 0.1, dim=1)[torch.arange(5), picked].mean()
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    assert loss.item() != pytest.approx(swav_loss([s0, s1], n_assign=1).item(), rel=1e-3)
+
+
 def test_swav_loss_is_symmetric_in_the_coded_crops():
     torch.manual_seed(2)
     s1, s2 = torch.randn(6, 5), torch.randn(6, 5)
