@@ -35,7 +35,7 @@ import shutil
 import tarfile
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -106,11 +106,12 @@ def method_config(
     name: str,
     epochs: int | None,
     data: tuple[str, str] | None,
-    overrides: list[str] | None = None,
+    overrides: Sequence[str] = (),
 ) -> Config:
     """The config ``sslpipe pretrain`` would build, plus the benchmark's storage and tracking.
     With ``data`` (train and eval shards of 32-pixel images) the laptop profile is applied
-    explicitly, as it is only automatic without a data path."""
+    explicitly, as it is only automatic without a data path. ``overrides`` are ``--set`` pairs
+    applied last, as ``sslpipe pretrain --set`` would."""
     base = recipe(method)
     base = deep_merge(base, embedded_profile(method, base))
     sets = [
@@ -124,7 +125,7 @@ def method_config(
         sets.append(f"train.epochs={epochs}")
     if data:
         sets += [f"data.path={data[0]}", f"data.eval_path={data[1]}"]
-    sets += overrides or []
+    sets += list(overrides)
     return build_config(deep_merge(base, parse_set(sets)))
 
 
@@ -257,7 +258,8 @@ def main() -> None:
         nargs="*",
         default=[],
         metavar="KEY=VALUE",
-        help="config overrides for every method (not the profile's figures: say so)",
+        help="config overrides for every method (e.g. method_args.temperature=0.2); recorded in "
+        "each result row",
     )
     p.add_argument("--cifar", type=Path, default=None, help="cifar10-jpeg.tar.gz")
     p.add_argument("--cifar-train", type=int, default=1000, help="training images per class")
@@ -308,6 +310,8 @@ def main() -> None:
                     traceback.print_exc()
                     row = {"method": method, "dataset": dataset, "error": repr(e)[:200]}
                     row["family"] = METHODS[method].family
+                if args.set:
+                    row["overrides"] = list(args.set)
             rows = [r for r in rows if (r["method"], r["dataset"]) != (method, dataset)] + [row]
             print(f"method_quality: {json.dumps(row)}", flush=True)
             results_path.write_text(

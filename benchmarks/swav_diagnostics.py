@@ -16,6 +16,11 @@ prototypes (per-row std) and over the batch (per-prototype std, i.e. whether emb
 the entropy of softmax(scores / T); the prototype row norms seen by the forward pass; whether the
 prototypes had a gradient at the optimizer step; and the mean pairwise cosine of the embeddings.
 
+``--init-signal`` instead measures, at initialisation on one batch, how much the two global crops
+of an image share beyond what any two images share (embedding cosine, same image vs different
+images), and whether the swapped prediction starts below ln K: above it, the codes tell the
+prediction nothing yet and the steepest descent flattens the predictions (the collapse).
+
 ``--codes-of CHECKPOINT`` instead tells what a trained run's prototypes sort images by: the
 agreement (NMI) of each image's favourite prototype with its class and with its dominant colour
 channel, trained and at initialisation.
@@ -35,7 +40,7 @@ from pipelines.config import load_config, parse_set
 from pipelines.data.synthetic import generate_rows
 from pipelines.data.views import ViewMaker
 from pipelines.evaluate import knn_top1
-from pipelines.train.step import TrainStep, build_method, place
+from pipelines.train.step import TrainStep, build_method, place, prepare_views
 from ssl_models.losses import sinkhorn
 
 
@@ -101,6 +106,26 @@ def knn_recalibrated(encoder: torch.nn.Module, bank, query) -> float:
     return knn(enc, bank, query)
 
 
+@torch.no_grad()
+def cross_crop_signal(
+    z0: torch.Tensor, z1: torch.Tensor, s0: torch.Tensor, s1: torch.Tensor, a
+) -> dict[str, float]:
+    """z0, z1: (N, D) unit embeddings of two crops of the same N images; s0, s1: (N, K) their
+    prototype scores; ``a`` the SwAV config. Mean cosine of an image's two crops and of two
+    different images' crops, the swapped cross-entropy CE(sinkhorn(s0), softmax(s1 / T)) and how
+    often crop 1's favourite prototype is crop 0's coded one."""
+    n = z0.shape[0]
+    q = sinkhorn(s0, a.epsilon, a.sinkhorn_iterations)
+    log_p = torch.log_softmax(s1 / a.temperature, dim=1)
+    return {
+        "same_image_cos": float((z0 * z1).sum(1).mean()),
+        "other_image_cos": float((z0 @ z1.T).fill_diagonal_(0).sum() / (n * (n - 1))),
+        "swapped_ce": float(-(q * log_p).sum(1).mean()),
+        "ln_k": math.log(s0.shape[1]),
+        "argmax_agreement": float((q.argmax(1) == s1.argmax(1)).float().mean()),
+    }
+
+
 def nmi(a: list[int], b: list[int]) -> float:
     """Normalised mutual information (geometric mean of the entropies) of two labelings."""
     from collections import Counter
@@ -152,6 +177,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--knn", action="store_true", help="kNN (2,000 train / 500 test images)")
     ap.add_argument("--codes-of", metavar="CHECKPOINT", help="only: what a run's codes follow")
+    ap.add_argument(
+        "--init-signal", action="store_true", help="only: cross-crop signal at initialisation"
+    )
     ap.add_argument("--every", type=int, default=1, help="print every N-th step (and the last)")
     ap.add_argument("--set", nargs="*", default=[], help="config overrides KEY=VALUE")
     args = ap.parse_args(argv)
@@ -170,6 +198,17 @@ def main(argv: list[str] | None = None) -> None:
     step_fn = TrainStep(method, cfg, device, total, args.steps_per_epoch)
     batches = fixed_batches(cfg, args.images, args.batch, args.seed)
     a = cfg.method_args
+    if args.init_signal:
+        views = prepare_views(batches[0], cfg, device)["global"]  # (B, Vg, 3, S, S)
+        b = views.shape[0]
+        method.prototypes.normalize_()  # as on_step_start before the first step
+        with torch.no_grad():
+            crops = views[:, :2].transpose(0, 1).flatten(0, 1)  # (2B, 3, S, S), crop-major
+            z = torch.nn.functional.normalize(method.projector(method.backbone(crops)), dim=1)
+            s = method.prototypes(z)
+        signal = cross_crop_signal(z[:b], z[b:], s[:b], s[b:], a)
+        print(" ".join(f"{k} {v:.3f}" for k, v in signal.items()))
+        return
     if args.knn:
         bank, query = eval_images(cfg, 200, 0), eval_images(cfg, 50, 1)
         print(f"kNN top-1 at initialisation: {knn(method.encoder, bank, query):.3f}", flush=True)

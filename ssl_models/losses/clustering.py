@@ -81,6 +81,7 @@ def swav_loss(
     iterations: int = 3,
     queue_scores: list[torch.Tensor] | None = None,
     gather_distributed: bool = False,
+    hard: bool = False,
 ) -> torch.Tensor:
     """Swapped prediction (SwAV, Caron et al. 2020, arXiv:2006.09882), as ``main_swav.py``.
 
@@ -98,6 +99,10 @@ def swav_loss(
 
     gather_distributed: Sinkhorn on the global batch (see :func:`sinkhorn`); the prediction term
     stays local, and DDP's gradient average over equal local batches makes it the global mean.
+
+    hard: each code replaced by the one-hot of its largest entry (the paper's discrete codes,
+    section 3.1, which it found worse than soft ones; the reference README lists them as a
+    workaround for a collapse at ln K).
     """
     if not isinstance(scores, list | tuple) or len(scores) < 2:
         raise ValueError("swav_loss: expected a list of at least 2 per-crop (N, K) score tensors")
@@ -134,6 +139,8 @@ def swav_loss(
                     ]
                 out = torch.cat([queued.to(out.dtype), out])
             q = sinkhorn(out, epsilon, iterations, gather_distributed)[-n:]  # (N, K)
+            if hard:
+                q = F.one_hot(q.argmax(dim=1), q.shape[1]).to(q.dtype)
         subloss = scores[0].new_zeros((), dtype=torch.float32)
         for v, s in enumerate(scores):
             if v == i:

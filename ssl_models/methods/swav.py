@@ -26,9 +26,17 @@ class SwAVConfig:
     temperature: float = 0.1  # τ of the softmax over prototype scores
     epsilon: float = 0.05  # Sinkhorn entropy weight; larger gives flatter codes (collapse)
     sinkhorn_iterations: int = 3  # enough for the codes to be near-equipartitioned
+    # one-hot codes (argmax of Sinkhorn's): the reference README's collapse workaround; the
+    # paper (section 3.1) found them worse than its soft default
+    hard_assignment: bool = False
     crops_for_assign: int = 2  # the first n global crops get codes (reference: crops 0 and 1)
     proj_hidden_dim: int = 2048  # the reference's hidden_mlp
     proj_dim: int = 128  # feat_dim: the embedding the prototypes live in
+    # the reference's head has BatchNorm; its README lists removing it as a cure for collapse
+    proj_batch_norm: bool = True
+    # not the reference: affine-free BatchNorm on the output, to tell a collapse of the
+    # embeddings apart from one of the scores (benchmarks/swav_diagnostics.py)
+    proj_last_batch_norm: bool = False
     freeze_prototypes_epochs: float = 1.0  # reference: 313 iterations, one epoch at batch 4096
     queue_length: int = 3840  # past embeddings per coded crop, over all workers; 0 disables
     queue_start_epoch: int = 15  # the queue starts filling here (reference epoch_queue_starts)
@@ -43,7 +51,15 @@ class SwAV(SSLMethod):
         super().__init__()
         self.cfg = cfg
         self.backbone = backbone
-        self.projector = mlp(backbone.out_dim, cfg.proj_hidden_dim, cfg.proj_dim, 2)
+        self.projector = mlp(
+            backbone.out_dim,
+            cfg.proj_hidden_dim,
+            cfg.proj_dim,
+            2,
+            batch_norm=cfg.proj_batch_norm,
+            last_batch_norm=cfg.proj_last_batch_norm,
+            last_bias=not cfg.proj_last_batch_norm,
+        )
         self.prototypes = Prototypes(cfg.proj_dim, cfg.num_prototypes)
         # newest first; rows beyond queue_filled are empty
         self.register_buffer(
@@ -83,6 +99,7 @@ class SwAV(SSLMethod):
             self.cfg.sinkhorn_iterations,
             queue_scores,
             self.cfg.gather_distributed,
+            self.cfg.hard_assignment,
         )
         embeddings = z[: self.cfg.crops_for_assign * b].detach().view(-1, b, z.shape[1])
         return {

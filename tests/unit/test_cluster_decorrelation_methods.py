@@ -117,6 +117,16 @@ def test_prototypes_are_frozen_during_the_first_epoch_only():
         assert method.projector[0].weight.grad is not None  # only the prototypes freeze
 
 
+def test_projector_without_batch_norm_is_the_plain_two_layer_head():
+    layers = [type(m) for m in make("swav", proj_batch_norm=False).projector]
+    assert layers == [torch.nn.Linear, torch.nn.ReLU, torch.nn.Linear]
+    assert make("swav", proj_batch_norm=False).projector[0].bias is not None
+    assert torch.nn.BatchNorm1d in [type(m) for m in make("swav").projector]
+    last_bn = make("swav", proj_last_batch_norm=True).projector
+    assert isinstance(last_bn[-1], torch.nn.BatchNorm1d) and not last_bn[-1].affine
+    assert last_bn[-2].bias is None  # the BatchNorm's centring makes a bias redundant
+
+
 def test_queue_starts_at_its_epoch_fills_newest_first_and_joins_sinkhorn_when_full():
     method = make("swav", queue_length=12, queue_start_epoch=1)
     data = batch(b=8)

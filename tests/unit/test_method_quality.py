@@ -25,6 +25,15 @@ def test_epochs_override_and_embedded_default(tmp_path: Path) -> None:
     assert cfg.train.storage == str(tmp_path / "embedded" / "runs")
 
 
+def test_overrides_apply_last_over_the_profile(tmp_path: Path) -> None:
+    sets = ["method_args.temperature=0.2", "method_args.queue_length=1024"]
+    cfg = method_config("swav", tmp_path / "embedded", "n", None, None, sets)
+    profile = method_config("swav", tmp_path / "embedded", "n", None, None)
+    assert (cfg.method_args.temperature, cfg.method_args.queue_length) == (0.2, 1024)
+    assert (profile.method_args.temperature, profile.method_args.queue_length) == (0.1, 0)
+    assert cfg.method_args.num_prototypes == profile.method_args.num_prototypes == 100
+
+
 def test_table_rows_margin_sign_and_failures() -> None:
     rows = [
         {
@@ -116,8 +125,3 @@ def test_table_adds_the_seeded_baseline_columns() -> None:
     md = table([row], "d", "note")
     assert "| seeds | random init mean (range) | margin vs mean |" in md
     assert "| 0.200 | +0.050 | 3 | 0.220 (0.200-0.240) | +0.030 |" in md
-
-
-def test_overrides_apply_on_top_of_the_profile(tmp_path: Path) -> None:
-    cfg = method_config("mae", tmp_path / "embedded", "n", None, None, ["backbone.vit.pool=cls"])
-    assert cfg.backbone.vit.pool == "cls" and cfg.backbone.vit.dim == 80  # the profile's ViT

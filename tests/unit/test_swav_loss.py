@@ -108,6 +108,17 @@ def test_swav_loss_multicrop_and_queue_match_the_reference_formula():
     assert with_queue.item() != pytest.approx(loss.item(), rel=1e-3)  # the queue changes codes
 
 
+def test_hard_codes_are_the_one_hot_of_the_soft_codes_argmax():
+    torch.manual_seed(4)
+    protos = F.normalize(torch.randn(6, 8), dim=1)
+    s0, s1 = (F.normalize(torch.randn(5, 8), dim=1) @ protos.T for _ in range(2))
+    loss = swav_loss([s0, s1], n_assign=1, hard=True)
+    picked = sinkhorn(s0).argmax(dim=1)  # each sample's code becomes its favourite prototype
+    expected = -F.log_softmax(s1 / 0.1, dim=1)[torch.arange(5), picked].mean()
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    assert loss.item() != pytest.approx(swav_loss([s0, s1], n_assign=1).item(), rel=1e-3)
+
+
 def test_swav_loss_is_symmetric_in_the_coded_crops():
     torch.manual_seed(2)
     s1, s2 = torch.randn(6, 5), torch.randn(6, 5)
@@ -168,3 +179,21 @@ def test_two_workers_equal_one_process():
         for v in range(3):
             grads = torch.cat([r[case][1][v] for r in results])
             torch.testing.assert_close(grads, full[v].grad, rtol=1e-4, atol=1e-6)
+
+
+def test_cross_crop_signal_tells_shared_crops_from_unrelated_ones():
+    from benchmarks.swav_diagnostics import cross_crop_signal
+    from ssl_models.methods.swav import SwAVConfig
+
+    torch.manual_seed(5)
+    protos = F.normalize(torch.randn(4, 8), dim=1)
+    z0 = F.normalize(torch.randn(6, 8), dim=1)
+    z1 = F.normalize(torch.randn(6, 8), dim=1)
+    a = SwAVConfig(num_prototypes=4)
+    same = cross_crop_signal(z0, z0, z0 @ protos.T, z0 @ protos.T, a)
+    other = cross_crop_signal(z0, z1, z0 @ protos.T, z1 @ protos.T, a)
+    assert same["same_image_cos"] == pytest.approx(1.0, abs=1e-6)
+    assert other["same_image_cos"] < 1.0 and same["ln_k"] == pytest.approx(math.log(4))
+    by_hand = sum(float(z0[i] @ z0[j]) for i in range(6) for j in range(6) if i != j) / 30
+    assert same["other_image_cos"] == pytest.approx(by_hand, rel=1e-5)
+    assert same["swapped_ce"] < other["swapped_ce"]  # a crop's own scores predict its codes best
