@@ -26,11 +26,11 @@ def test_epochs_override_and_embedded_default(tmp_path: Path) -> None:
 
 
 def test_overrides_apply_last_over_the_profile(tmp_path: Path) -> None:
-    sets = ["method_args.temperature=0.2", "method_args.queue_length=1024"]
+    sets = ["method_args.temperature=0.1", "method_args.queue_length=0"]
     cfg = method_config("swav", tmp_path / "embedded", "n", None, None, sets)
     profile = method_config("swav", tmp_path / "embedded", "n", None, None)
-    assert (cfg.method_args.temperature, cfg.method_args.queue_length) == (0.2, 1024)
-    assert (profile.method_args.temperature, profile.method_args.queue_length) == (0.1, 0)
+    assert (cfg.method_args.temperature, cfg.method_args.queue_length) == (0.1, 0)
+    assert (profile.method_args.temperature, profile.method_args.queue_length) == (0.2, 1024)
     assert cfg.method_args.num_prototypes == profile.method_args.num_prototypes == 100
 
 
