@@ -29,7 +29,13 @@ import torch
 import torch.nn.functional as F
 
 import ssl_models.methods.dino as dino_module
-from benchmarks.swav_diagnostics import entropy, eval_images, fixed_batches, knn, knn_recalibrated
+from benchmarks.swav_diagnostics import (
+    entropy,
+    eval_images,
+    fixed_batches,
+    knn,
+    report_final_knn,
+)
 from pipelines.config import load_config, parse_set
 from pipelines.train.step import TrainStep, build_method, place
 
@@ -146,9 +152,7 @@ def main(argv: list[str] | None = None) -> None:
         )
 
     if args.knn:
-        print(f"kNN top-1 after {args.steps} steps: {knn(method.encoder, bank, query):.3f}")
-        recal = knn_recalibrated(method.encoder, bank, query)
-        print(f"kNN top-1 after {args.steps} steps, BatchNorm recalibrated on 32 px: {recal:.3f}")
+        report_final_knn(method.encoder, bank, query, args.steps)
 
 
 if __name__ == "__main__":

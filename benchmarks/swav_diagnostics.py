@@ -126,6 +126,13 @@ def cross_crop_signal(
     }
 
 
+def report_final_knn(encoder: torch.nn.Module, bank, query, steps: int) -> None:
+    """Print :func:`knn` after training, and again with BatchNorm recalibrated."""
+    print(f"kNN top-1 after {steps} steps: {knn(encoder, bank, query):.3f}")
+    recal = knn_recalibrated(encoder, bank, query)
+    print(f"kNN top-1 after {steps} steps, BatchNorm recalibrated on 32 px: {recal:.3f}")
+
+
 def nmi(a: list[int], b: list[int]) -> float:
     """Normalised mutual information (geometric mean of the entropies) of two labelings."""
     from collections import Counter
@@ -267,9 +274,7 @@ def main(argv: list[str] | None = None) -> None:
         )
 
     if args.knn:
-        print(f"kNN top-1 after {args.steps} steps: {knn(method.encoder, bank, query):.3f}")
-        recal = knn_recalibrated(method.encoder, bank, query)
-        print(f"kNN top-1 after {args.steps} steps, BatchNorm recalibrated on 32 px: {recal:.3f}")
+        report_final_knn(method.encoder, bank, query, args.steps)
 
 
 if __name__ == "__main__":
