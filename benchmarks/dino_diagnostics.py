@@ -34,16 +34,11 @@ from benchmarks.swav_diagnostics import (
     eval_images,
     fixed_batches,
     knn,
+    mean_pairwise_cosine,
     report_final_knn,
 )
 from pipelines.config import load_config, parse_set
 from pipelines.train.step import TrainStep, build_method, place
-
-
-def mean_pairwise_cosine(x: torch.Tensor) -> float:
-    z = F.normalize(x, dim=1)
-    n = z.shape[0]
-    return float((z @ z.T).fill_diagonal_(0).sum() / (n * (n - 1)))
 
 
 def main(argv: list[str] | None = None) -> None:

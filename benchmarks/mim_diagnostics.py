@@ -38,7 +38,7 @@ import time
 
 import torch
 
-from benchmarks.swav_diagnostics import eval_images, fixed_batches
+from benchmarks.swav_diagnostics import dominant_channel, eval_images, fixed_batches
 from pipelines.config import load_config, parse_set
 from pipelines.evaluate import knn_top1
 from pipelines.tokenizer import fit_tokenizer
@@ -92,13 +92,6 @@ def knn_table(
             (fb[name] - mu) / sd, bank[1], (fq[name] - mu) / sd, query[1], 10
         )
     return out
-
-
-def dominant_channel(cfg, images: torch.Tensor) -> torch.Tensor:
-    """Normalised images (N, 3, H, W) -> the index of the largest mean colour channel (N,)."""
-    mean = torch.tensor(cfg.views.mean).view(1, 3, 1, 1)
-    std = torch.tensor(cfg.views.std).view(1, 3, 1, 1)
-    return (images * std + mean).mean((2, 3)).argmax(1)
 
 
 def score_checkpoint(path: str, bank_per_class: int, query_per_class: int) -> None:

@@ -49,6 +49,20 @@ def entropy(p: torch.Tensor) -> torch.Tensor:
     return -(p * p.clamp_min(1e-30).log()).sum(1).mean()
 
 
+def mean_pairwise_cosine(x: torch.Tensor) -> float:
+    """Mean cosine similarity over all pairs of distinct rows of ``x`` (N, D)."""
+    z = torch.nn.functional.normalize(x, dim=1)
+    n = z.shape[0]
+    return float((z @ z.T).fill_diagonal_(0).sum() / (n * (n - 1)))
+
+
+def dominant_channel(cfg, images: torch.Tensor) -> torch.Tensor:
+    """Normalised images (N, 3, H, W) -> the index of the largest mean colour channel (N,)."""
+    mean = torch.tensor(cfg.views.mean).view(1, 3, 1, 1)
+    std = torch.tensor(cfg.views.std).view(1, 3, 1, 1)
+    return (images * std + mean).mean((2, 3)).argmax(1)
+
+
 def fixed_batches(cfg, images: int, batch: int, seed: int) -> list[dict[str, torch.Tensor]]:
     rows = list(generate_rows(-(-images // 10), seed=0))[:images]
     maker = ViewMaker(cfg.views, seed=seed)
@@ -155,9 +169,7 @@ def what_codes_follow(checkpoint: str) -> None:
     state = load_state(checkpoint)
     cfg = build_config(state["config"])
     x, y = eval_images(cfg, 200, 0)
-    mean = torch.tensor(cfg.views.mean).view(1, 3, 1, 1)
-    std = torch.tensor(cfg.views.std).view(1, 3, 1, 1)
-    channel = (x * std + mean).mean((2, 3)).argmax(1).tolist()
+    channel = dominant_channel(cfg, x).tolist()
     for name in ("initialisation", "trained"):
         torch.manual_seed(cfg.train.seed)
         method = build_method(cfg)
@@ -261,15 +273,14 @@ def main(argv: list[str] | None = None) -> None:
         # the norms the next forward pass will see (on_step_start normalises before it)
         w = method.prototypes.weight.detach()
         norms = w.norm(dim=1)
-        z = seen["z"][: args.batch]
-        cos = (z @ z.T).fill_diagonal_(0).sum() / (z.shape[0] * (z.shape[0] - 1))
+        cos = mean_pairwise_cosine(seen["z"][: args.batch])
         print(
             f"{step:4d} {result.metrics['lr']:.4f} {result.loss:.4f} | "
             f"{float(entropy(q)):.3f}  {float(q.max(1).values.mean()):.3f}  {used:4d} | "
             f"{float(s0.std(1).mean()):.4f}  {float(s0.std(0).mean()):.4f}  "
             f"{float(s0.abs().max()) / a.epsilon:7.2f} | {float(entropy(p)):.3f} | "
             f"{float(norms.min()):.3f}-{float(norms.max()):.3f}  {seen['proto_grad']:.2e} | "
-            f"{float(cos):.3f}",
+            f"{cos:.3f}",
             flush=True,
         )
 
