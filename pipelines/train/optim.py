@@ -182,9 +182,9 @@ def clip_grad_per_parameter_(parameters: Iterable[torch.Tensor], max_norm: float
     for p in parameters:
         if p.grad is None:
             continue
-        norm = torch.linalg.vector_norm(p.grad)
-        largest = max(largest, float(norm))
-        coef = max_norm / (float(norm) + 1e-6)
+        norm = float(torch.linalg.vector_norm(p.grad))
+        largest = max(largest, norm)
+        coef = max_norm / (norm + 1e-6)
         if coef < 1:
             p.grad.mul_(coef)
     return largest
