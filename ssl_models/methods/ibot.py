@@ -50,6 +50,7 @@ class IBOTConfig:
     momentum: float = 0.996  # teacher EMA at the start, cosine to momentum_final
     momentum_final: float = 1.0
     freeze_last_layer_epochs: int = 1  # the last layer(s) get no update this many epochs
+    head_init_std: float = 0.02  # the head MLP's truncated-normal init, the reference's
 
 
 class IBOT(SSLMethod):
@@ -76,6 +77,7 @@ class IBOT(SSLMethod):
             cfg.bottleneck_dim,
             cfg.head_layers,
             norm_last_layer=cfg.norm_last_layer,
+            init_std=cfg.head_init_std,
         )
         self.patch_last_layer = (
             None

@@ -263,3 +263,9 @@ def test_papers_recipe_and_the_embedded_profile(key, expected):
     assert laptop.backbone.name == "vit_tiny" and laptop.backbone.vit.patch_size == 4
     assert (laptop.views.groups["local"].count, laptop.views.groups["local"].size) == (4, 16)
     assert laptop.method_args.out_dim == 1024
+
+
+def test_ibot_head_init_std_reaches_the_shared_head():
+    for std in (0.02, 0.1):
+        first = build("ibot", head_init_std=std).head.mlp[0].weight.detach()
+        assert abs(float(first.std()) - std) < 0.2 * std
