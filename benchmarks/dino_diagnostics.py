@@ -81,6 +81,18 @@ def main(argv: list[str] | None = None) -> None:
         return real_loss(student, teacher, center, student_temp, teacher_temp)
 
     dino_module.dino_loss = recording_loss
+    real_from_targets = dino_module.dino_loss_from_targets
+
+    def recording_from_targets(student, targets, student_temp):  # centering: sinkhorn_knopp
+        seen["student"] = [s.detach() for s in student]
+        seen["targets"] = [t.detach() for t in targets]
+        seen["center"] = method.center.center.detach().clone()
+        return real_from_targets(student, targets, student_temp)
+
+    dino_module.dino_loss_from_targets = recording_from_targets
+    method.teacher_head.register_forward_hook(
+        lambda m, i, o: seen.__setitem__("teacher", list(o.detach().chunk(2)))
+    )
     real_after = method.on_after_backward
 
     def recording_after(progress):
@@ -127,7 +139,8 @@ def main(argv: list[str] | None = None) -> None:
         t0, s1 = seen["teacher"][0], seen["student"][1]
         c = seen["center"].reshape(1, -1)
         tau = result.metrics["teacher_temp"]
-        q = F.softmax((t0 - c) / tau, dim=1)  # targets of global crop 0
+        # targets of global crop 0: Sinkhorn-Knopp codes, or the centred softmax
+        q = seen["targets"][0] if "targets" in seen else F.softmax((t0 - c) / tau, dim=1)
         p = F.softmax(s1 / a.student_temp, dim=1)  # the student on the other global crop
         kl = float((q * (q.clamp_min(1e-30).log() - p.clamp_min(1e-30).log())).sum(1).mean())
         feats = seen["features"][: args.batch]  # teacher backbone, global crop 0

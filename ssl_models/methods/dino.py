@@ -7,17 +7,29 @@ warmed up from 0.04 to 0.07); the student's is softened by 0.1. The loss is the 
 over every (teacher crop, other student crop) pair. The head's last layer is frozen during the
 first epoch. The exported encoder is the teacher's backbone, the one DINO evaluates.
 
+``centering: sinkhorn_knopp`` (not DINO's recipe) makes the teacher's targets Sinkhorn-Knopp
+codes over the global batch (ε = the teacher temperature, 3 iterations), DINOv2's replacement
+for the centre (Oquab et al. 2024, §4): the codes share the batch over the prototypes, so the
+uniform collapse the centre can settle in is not a fixed point.
+
 As the reference's ``MultiCropWrapper``, crops of one resolution go through the backbone together
 (global crops in one batch, local crops in another), then the head sees all crops at once.
 """
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import nn
 
 from ssl_models.heads import DINOHead
-from ssl_models.losses import DINOCenter, dino_loss, teacher_temperature_per_epoch
+from ssl_models.losses import (
+    DINOCenter,
+    dino_loss,
+    dino_loss_from_targets,
+    sinkhorn,
+    teacher_temperature_per_epoch,
+)
 from ssl_models.methods.base import Progress, SSLMethod, view_group
 from ssl_models.momentum import cosine_momentum, momentum_copy, update_momentum
 
@@ -38,6 +50,10 @@ class DINOConfig:
     momentum: float = 0.996  # teacher EMA at the start, cosine to momentum_final
     momentum_final: float = 1.0
     freeze_last_layer_epochs: int = 1  # the last layer gets no update for this many epochs
+    head_init_std: float = 0.02  # the head MLP's truncated-normal init, the reference's
+    centering: Literal["centre", "sinkhorn_knopp"] = "centre"  # the teacher's targets
+    sinkhorn_iterations: int = 3  # with centering: sinkhorn_knopp
+    gather_distributed: bool = True  # Sinkhorn over the global batch, as DINOv2
 
 
 class DINO(SSLMethod):
@@ -49,6 +65,10 @@ class DINO(SSLMethod):
 
     def __init__(self, backbone: nn.Module, cfg: DINOConfig) -> None:
         super().__init__()
+        if cfg.centering not in ("centre", "sinkhorn_knopp"):
+            raise ValueError(
+                f"dino: centering must be centre|sinkhorn_knopp, got {cfg.centering!r}"
+            )
         self.cfg = cfg
         self.backbone = backbone
         self.head = DINOHead(
@@ -59,6 +79,7 @@ class DINO(SSLMethod):
             cfg.head_layers,
             cfg.use_bn_in_head,
             cfg.norm_last_layer,
+            cfg.head_init_std,
         )
         self.teacher_backbone = momentum_copy(self.backbone)
         self.teacher_head = momentum_copy(self.head)
@@ -82,13 +103,23 @@ class DINO(SSLMethod):
         features = torch.cat([self.backbone(x) for x in crops])  # ((2 + L)B, D)
         student_out = self.head(features)  # ((2 + L)B, K)
 
-        loss = dino_loss(
-            student_out.chunk(n_global + n_local),
-            teacher_out.chunk(n_global),
-            self.center.center,
-            self.cfg.student_temp,
-            self.teacher_temp,
-        )
+        students = student_out.chunk(n_global + n_local)
+        if self.cfg.centering == "sinkhorn_knopp":
+            codes = sinkhorn(
+                teacher_out,
+                self.teacher_temp,
+                self.cfg.sinkhorn_iterations,
+                self.cfg.gather_distributed,
+            )
+            loss = dino_loss_from_targets(students, codes.chunk(n_global), self.cfg.student_temp)
+        else:
+            loss = dino_loss(
+                students,
+                teacher_out.chunk(n_global),
+                self.center.center,
+                self.cfg.student_temp,
+                self.teacher_temp,
+            )
         return {"loss": loss, "teacher_output": teacher_out}
 
     def momentum(self, progress: Progress) -> float:
