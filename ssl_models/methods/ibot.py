@@ -33,6 +33,7 @@ class IBOTConfig:
     hidden_dim: int = 2048  # the head's MLP width (the MLP is shared in either case)
     bottleneck_dim: int = 256  # the L2-normalised bottleneck before the last layer
     head_layers: int = 3  # linear layers before the bottleneck
+    use_bn_in_head: bool = False  # main_ibot.py's --use_bn_in_head, off by default
     norm_last_layer: bool = False  # the README's ViT-S/16 run trains the last layer's norm
     student_temp: float = 0.1
     warmup_teacher_temp: float = 0.04  # [CLS] teacher temperature at the start
@@ -76,6 +77,7 @@ class IBOT(SSLMethod):
             cfg.hidden_dim,
             cfg.bottleneck_dim,
             cfg.head_layers,
+            use_bn=cfg.use_bn_in_head,
             norm_last_layer=cfg.norm_last_layer,
             init_std=cfg.head_init_std,
         )

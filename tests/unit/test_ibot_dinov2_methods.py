@@ -269,3 +269,12 @@ def test_ibot_head_init_std_reaches_the_shared_head():
     for std in (0.02, 0.1):
         first = build("ibot", head_init_std=std).head.mlp[0].weight.detach()
         assert abs(float(first.std()) - std) < 0.2 * std
+
+
+def test_ibot_use_bn_in_head_puts_batchnorm_in_the_shared_heads_mlp():
+    kinds = {type(m).__name__ for m in build("ibot", use_bn_in_head=True).head.mlp}
+    assert "BatchNorm1d" in kinds
+    assert "BatchNorm1d" not in {type(m).__name__ for m in build("ibot").head.mlp}
+    method = build("ibot", use_bn_in_head=True)
+    out = step(method, batch(), Progress(0, 10, 5))
+    assert torch.isfinite(out["loss"])
