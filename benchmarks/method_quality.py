@@ -14,6 +14,9 @@ embedding pass) and reports their mean and the margin against it. Datasets:
 
   embedded  the built-in 32-pixel dataset with the laptop profile (pipelines/configs/embedded.yaml,
             the default of ``sslpipe pretrain``: 8 epochs, batch 256)
+  embedded-gray  the embedded set's images in grayscale (3 equal channels; the same shapes,
+            positions and brightness, no hue), sharded once under <out>/cache and trained with
+            the laptop profile: whether a method's features follow the set's random colours
   cifar10   a class-balanced subset of CIFAR-10 (--cifar-train / --cifar-test per class) from
             shared/data/cifar10-jpeg.tar.gz, unpacked and sharded once under --cache; trained with
             the same laptop profile (32 pixels too). Skipped with a message when the tarball is
@@ -98,6 +101,36 @@ def prepare_cifar(tarball: Path, cache: Path, train_per_class: int, test_per_cla
             shard(str(folder), str(dests[split]), ShardOptions(), workers=0, progress=False)
             shutil.rmtree(folder)
     return tuple(str(dests[s]) for s in splits)
+
+
+def prepare_embedded_gray(cache: Path, train_per_class: int, test_per_class: int) -> tuple:
+    """Shards of the embedded set (same seeds and sizes as ``ensure_embedded``) with every
+    image converted to grayscale and stored as 3-channel RGB."""
+    import io
+
+    from PIL import Image
+
+    from pipelines.data.shard import Row, write_shards
+    from pipelines.data.synthetic import CLASSES, VERSION, generate_rows
+
+    def gray(rows: Iterator[Row]) -> Iterator[Row]:
+        for row in rows:
+            img = Image.open(io.BytesIO(row.image)).convert("L").convert("RGB")
+            buf = io.BytesIO()
+            img.save(buf, format="JPEG", quality=95)
+            yield Row(row.key, buf.getvalue(), row.label, row.width, row.height)
+
+    root = cache / f"embedded-gray-v{VERSION}-{train_per_class}-{test_per_class}"
+    paths = []
+    for split, per_class, seed in (("train", train_per_class, 0), ("test", test_per_class, 1)):
+        dest = root / split
+        if not (dest / "_manifest.json").exists():
+            rows_per_file = -(-per_class * len(CLASSES) // 8)
+            write_shards(
+                gray(generate_rows(per_class, seed)), str(dest), CLASSES, max_rows=rows_per_file
+            )
+        paths.append(str(dest))
+    return tuple(paths)
 
 
 def method_config(
@@ -294,8 +327,17 @@ def main() -> None:
                 f"CIFAR-10 subset: {args.cifar_train}/class train (bank), {args.cifar_test}/class "
                 f"test (queries); laptop profile, {args.epochs or 8} epochs"
             )
+        elif dataset == "embedded-gray":
+            from pipelines.config import DataConfig
+
+            sizes = DataConfig().embedded_train_per_class, DataConfig().embedded_test_per_class
+            with locked(args.lock):
+                data = prepare_embedded_gray(out / "cache", *sizes)
+            note = f"the embedded set in grayscale; laptop profile, {args.epochs or 8} epochs"
         elif dataset != "embedded":
-            raise SystemExit(f"--datasets: {dataset!r} is not one of embedded, cifar10")
+            raise SystemExit(
+                f"--datasets: {dataset!r} is not one of embedded, embedded-gray, cifar10"
+            )
         notes[dataset] = note
         for method in args.methods:
             name = f"{dataset}-{method}-{time.strftime('%H%M%S')}"
