@@ -121,3 +121,35 @@ def test_table_adds_the_seeded_baseline_columns() -> None:
     md = table([row], "d", "note")
     assert "| seeds | random init mean (range) | margin vs mean |" in md
     assert "| 0.200 | +0.050 | 3 | 0.220 (0.200-0.240) | +0.030 |" in md
+
+
+def test_embedded_gray_is_the_embedded_set_without_hue(tmp_path: Path) -> None:
+    import io
+
+    import numpy as np
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    from benchmarks.method_quality import prepare_embedded_gray
+    from pipelines.data.manifest import read_manifest
+    from pipelines.data.synthetic import generate_rows
+
+    train, test = prepare_embedded_gray(tmp_path, 3, 1)
+    assert read_manifest(train)[0].total_rows == 30 and read_manifest(test)[0].total_rows == 10
+
+    rows = pq.read_table(sorted(Path(train).glob("*.parquet"))[0]).to_pylist()
+    originals = {r.key: r for r in generate_rows(3, 0)}
+    for row in rows[:5]:
+        gray = np.asarray(Image.open(io.BytesIO(row["image"])), dtype=np.int16)
+        assert gray.shape == (32, 32, 3)
+        assert np.abs(gray[..., 0] - gray[..., 1]).max() <= 1  # equal channels (JPEG rounding)
+        assert np.abs(gray[..., 0] - gray[..., 2]).max() <= 1
+        source = originals[row["key"]]
+        assert row["label"] == source.label
+        # the same picture: its luma, within JPEG error
+        luma = np.asarray(Image.open(io.BytesIO(source.image)).convert("L"), dtype=np.int16)
+        assert np.abs(gray[..., 0] - luma).mean() < 3
+    # a second call reuses the shards
+    stamp = Path(train, "_manifest.json").stat().st_mtime_ns
+    prepare_embedded_gray(tmp_path, 3, 1)
+    assert Path(train, "_manifest.json").stat().st_mtime_ns == stamp
