@@ -108,3 +108,19 @@ def test_mim_recipes_carry_their_references_vit(key, layer_scale, init):
     for overrides in ({"data": {"path": "/shards"}}, {}):
         vit = load_config(key, overrides=overrides).backbone.vit
         assert (vit.layer_scale, vit.init) == (layer_scale, init), overrides
+
+
+def test_dino_laptop_profile_takes_the_released_resnet50_head_and_optimizer():
+    # the paper's recipe on user data; on the laptop profile (a ResNet) the released ResNet-50
+    # checkpoint's BatchNorm head and LARS (BENCHMARKS.md: dino.yaml's head collapses there)
+    paper = load_config("dino", overrides={"data": {"path": "/shards"}})
+    assert not paper.method_args.use_bn_in_head
+    assert (paper.optim.name, paper.optim.clip_grad) == ("sgd", 3.0)
+    laptop = load_config("dino")
+    assert laptop.method_args.use_bn_in_head
+    assert (laptop.optim.name, laptop.optim.base_lr, laptop.optim.weight_decay) == (
+        "lars",
+        0.3,
+        1.0e-6,
+    )
+    assert laptop.optim.clip_grad == 0.0
