@@ -110,8 +110,9 @@ def prepare_embedded_gray(cache: Path, train_per_class: int, test_per_class: int
 
     from PIL import Image
 
+    from pipelines.data.manifest import MANIFEST_NAME
     from pipelines.data.shard import Row, write_shards
-    from pipelines.data.synthetic import CLASSES, VERSION, generate_rows
+    from pipelines.data.synthetic import CLASSES, FILES_PER_SPLIT, VERSION, generate_rows
 
     def gray(rows: Iterator[Row]) -> Iterator[Row]:
         for row in rows:
@@ -124,8 +125,8 @@ def prepare_embedded_gray(cache: Path, train_per_class: int, test_per_class: int
     paths = []
     for split, per_class, seed in (("train", train_per_class, 0), ("test", test_per_class, 1)):
         dest = root / split
-        if not (dest / "_manifest.json").exists():
-            rows_per_file = -(-per_class * len(CLASSES) // 8)
+        if not (dest / MANIFEST_NAME).exists():
+            rows_per_file = -(-per_class * len(CLASSES) // FILES_PER_SPLIT)
             write_shards(
                 gray(generate_rows(per_class, seed)), str(dest), CLASSES, max_rows=rows_per_file
             )
