@@ -9,8 +9,9 @@ first epoch. The exported encoder is the teacher's backbone, the one DINO evalua
 
 ``centering: sinkhorn_knopp`` (not DINO's recipe) makes the teacher's targets Sinkhorn-Knopp
 codes over the global batch (ε = the teacher temperature, 3 iterations), DINOv2's replacement
-for the centre (Oquab et al. 2024, §4): the codes share the batch over the prototypes, so the
-uniform collapse the centre can settle in is not a fixed point.
+for the centre (Oquab et al. 2024, §4): the codes share the batch over the prototypes. At
+laptop size it does not stop the head's collapse (BENCHMARKS.md): balanced codes of nearly
+equal scores are nearly uniform.
 
 As the reference's ``MultiCropWrapper``, crops of one resolution go through the backbone together
 (global crops in one batch, local crops in another), then the head sees all crops at once.
