@@ -10,16 +10,32 @@ temperature. Local crops reach the student unmasked and only through [CLS].
 
 Reuses DINO's head, loss, centre and temperature schedule; the exported encoder is the
 teacher's backbone, as the reference's ``backbone (t)`` checkpoints.
+
+Two options that are not iBOT's recipe, both off by default, carry DINOv2's answers to the
+same head (Oquab et al. 2024, §4): ``centering: sinkhorn_knopp`` makes the teacher's [CLS] and
+patch targets Sinkhorn-Knopp codes over the global batch (ε = the teacher temperature) instead
+of centred softmaxes, and ``koleo_weight`` adds the KoLeo regulariser on the student's backbone
+[CLS] of each global crop.
 """
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import nn
 
 from ssl_models.backbones.masking import ibot_mask_counts, step_generator, variable_block_masking
 from ssl_models.heads import DINOHead, normed_last_layer
-from ssl_models.losses import DINOCenter, dino_loss, ibot_loss, teacher_temperature_per_epoch
+from ssl_models.losses import (
+    DINOCenter,
+    dino_loss,
+    dino_loss_from_targets,
+    ibot_loss,
+    koleo_loss,
+    masked_patch_loss,
+    sinkhorn,
+    teacher_temperature_per_epoch,
+)
 from ssl_models.methods.base import Progress, SSLMethod, view_group
 from ssl_models.methods.single_view import require_vit
 from ssl_models.momentum import cosine_momentum, momentum_copy, update_momentum
@@ -52,6 +68,11 @@ class IBOTConfig:
     momentum_final: float = 1.0
     freeze_last_layer_epochs: int = 1  # the last layer(s) get no update this many epochs
     head_init_std: float = 0.02  # the head MLP's truncated-normal init, the reference's
+    # not iBOT's recipe (DINOv2's, off by default): the teacher's targets, and KoLeo's weight
+    centering: Literal["centre", "sinkhorn_knopp"] = "centre"
+    sinkhorn_iterations: int = 3  # with centering: sinkhorn_knopp
+    gather_distributed: bool = True  # Sinkhorn over the global batch, as DINOv2
+    koleo_weight: float = 0.0  # DINOv2: 0.1, on the student's backbone [CLS] per global crop
 
 
 class IBOT(SSLMethod):
@@ -67,6 +88,10 @@ class IBOT(SSLMethod):
             raise ValueError(
                 f"ibot: a shared head needs patch_out_dim == out_dim, got {cfg.patch_out_dim} "
                 f"and {cfg.out_dim}; set shared_head: false for different sizes"
+            )
+        if cfg.centering not in ("centre", "sinkhorn_knopp"):
+            raise ValueError(
+                f"ibot: centering must be centre|sinkhorn_knopp, got {cfg.centering!r}"
             )
         self.cfg = cfg
         self.backbone = require_vit(backbone, "ibot")
@@ -136,9 +161,8 @@ class IBOT(SSLMethod):
                 self.teacher_patch_last_layer,
                 self.teacher_backbone.forward_tokens(crops),
             )
-        s_cls, s_patch = self.project(
-            self.head, self.patch_last_layer, self.backbone.forward_tokens(crops, mask=masks)
-        )
+        tokens = self.backbone.forward_tokens(crops, mask=masks)
+        s_cls, s_patch = self.project(self.head, self.patch_last_layer, tokens)
         student = list(s_cls.chunk(2))
         if "local" in batch:
             local_views = view_group(batch, "local", "iBOT")
@@ -146,26 +170,50 @@ class IBOT(SSLMethod):
             local_cls = self.head(self.backbone.forward_tokens(local)[:, 0])
             student += list(local_cls.chunk(local_views.shape[1]))
 
-        cls_loss = dino_loss(
-            student, t_cls.chunk(2), self.center.center, self.cfg.student_temp, self.teacher_temp
-        )
-        patch_loss = ibot_loss(
-            s_patch.chunk(2),
-            t_patch.chunk(2),
-            masks.chunk(2),
-            self.patch_center.center,
-            self.cfg.student_temp,
-            self.teacher_patch_temp,
-        )
-        loss = self.cfg.lambda_cls * cls_loss + self.cfg.lambda_patch * patch_loss
+        c = self.cfg
+        if c.centering == "sinkhorn_knopp":
+            cls_codes = self.codes(t_cls, self.teacher_temp)  # (2B, K), over both crops
+            cls_loss = dino_loss_from_targets(student, cls_codes.chunk(2), c.student_temp)
+            if masks.any():  # codes over the masked patches only, the only ones with a loss
+                patch_codes = self.codes(t_patch[masks], self.teacher_patch_temp)  # (M, K')
+                patch_loss = masked_patch_loss(s_patch[masks], patch_codes, masks, c.student_temp)
+            else:  # no image of this batch drew a mask: no patch loss, as ibot_loss's 0
+                patch_loss = s_patch.sum() * 0.0
+        else:
+            cls_loss = dino_loss(
+                student, t_cls.chunk(2), self.center.center, c.student_temp, self.teacher_temp
+            )
+            patch_loss = ibot_loss(
+                s_patch.chunk(2),
+                t_patch.chunk(2),
+                masks.chunk(2),
+                self.patch_center.center,
+                c.student_temp,
+                self.teacher_patch_temp,
+            )
+        loss = c.lambda_cls * cls_loss + c.lambda_patch * patch_loss
+        extra = {}
+        if c.koleo_weight:
+            # per global crop, never between the two crops of one image, as DINOv2
+            first, second = tokens[:, 0].chunk(2)
+            koleo = koleo_loss(first) + koleo_loss(second)
+            loss = loss + c.koleo_weight * koleo
+            extra["koleo_loss"] = koleo.detach()
         return {
             "loss": loss,
             "cls_loss": cls_loss.detach(),
             "patch_loss": patch_loss.detach(),
+            **extra,
             "masked_fraction": masks.float().mean(),
             "teacher_output": t_cls,
             "teacher_patch_output": t_patch,
         }
+
+    def codes(self, outputs: torch.Tensor, temperature: float) -> torch.Tensor:
+        """Teacher outputs (N, K) -> Sinkhorn-Knopp targets (N, K), rows summing to 1."""
+        return sinkhorn(
+            outputs, temperature, self.cfg.sinkhorn_iterations, self.cfg.gather_distributed
+        )
 
     def momentum(self, progress: Progress) -> float:
         return cosine_momentum(progress.fraction, self.cfg.momentum, self.cfg.momentum_final)
