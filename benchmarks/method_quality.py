@@ -10,7 +10,9 @@ initialisation (``eval.knn_random_init``: the weights the run started from, seed
 ``train.seed``). That one random draw moves the baseline by about as much as the standard error of
 a 1,000-query kNN, so ``--random-seeds N`` also scores the backbone initialised from seeds
 ``train.seed`` … ``train.seed + N - 1`` on the same bank and queries (no training: one extra
-embedding pass) and reports their mean and the margin against it. Datasets:
+embedding pass) and reports their mean and the margin against it; for a ViT with layer scale it
+also scores seed ``train.seed`` without layer scale, whose random [CLS] is not nearly constant
+(:func:`without_layer_scale`). Datasets:
 
   embedded  the built-in 32-pixel dataset with the laptop profile (pipelines/configs/embedded.yaml,
             the default of ``sslpipe pretrain``: 8 epochs, batch 256)
@@ -30,6 +32,7 @@ methods. Results go to <out>/quality.json after every run and to a Markdown tabl
 
 import argparse
 import contextlib
+import dataclasses
 import fcntl
 import json
 import os
@@ -198,6 +201,20 @@ def random_init_knn(cfg: Config, seeds: int) -> list[float]:
     return [round(accuracy[f"seed{i}"], 4) for i in range(seeds)]
 
 
+def without_layer_scale(cfg: Config) -> Config | None:
+    """The same config with the ViT's layer scale off, or None where there is none to remove.
+
+    Layer scale (BEiT/SimMIM/CAE 0.1, DINOv2 1e-5) multiplies every residual branch at
+    initialisation, so the random-init ViT's tokens are nearly the patch embedding plus position,
+    its [CLS] nearly input-independent: a weaker baseline than the same blocks without it. Scoring
+    both keeps a margin from being the baseline's weakness."""
+    vit = cfg.backbone.vit
+    if not cfg.backbone.name.startswith("vit") or vit.layer_scale <= 0:
+        return None
+    vit = dataclasses.replace(vit, layer_scale=0.0)
+    return dataclasses.replace(cfg, backbone=dataclasses.replace(cfg.backbone, vit=vit))
+
+
 def run_one(method: str, dataset: str, cfg: Config, random_seeds: int = 0) -> dict[str, Any]:
     from pipelines.train.trainer import pretrain
 
@@ -215,6 +232,11 @@ def run_one(method: str, dataset: str, cfg: Config, random_seeds: int = 0) -> di
             "random_init_mean": round(mean, 4),
             "margin_vs_mean": round(knn - mean, 4),
         }
+        plain = without_layer_scale(cfg)
+        if plain is not None:
+            (no_scale,) = random_init_knn(plain, 1)
+            extra["random_init_no_layer_scale"] = no_scale
+            extra["margin_vs_no_layer_scale"] = round(knn - no_scale, 4)
     return {
         "method": method,
         "dataset": dataset,
@@ -246,6 +268,9 @@ def table(rows: list[dict[str, Any]], dataset: str, note: str) -> str:
     seeded = any(r.get("random_init_seeds") for r in rows if r["dataset"] == dataset)
     if seeded:
         cols += ["seeds", "random_init_mean_(range)", "margin_vs_mean"]
+    scaled = any("random_init_no_layer_scale" in r for r in rows if r["dataset"] == dataset)
+    if scaled:
+        cols += ["random_init_without_layer_scale", "margin_vs_it"]
     head = "| " + " | ".join(c.replace("_", " ") for c in cols) + " |\n"
     head += "|" + "---|" * len(cols) + "\n"
     lines = []
@@ -269,6 +294,12 @@ def table(rows: list[dict[str, Any]], dataset: str, note: str) -> str:
                 line += f" {len(seeds)} | {spread} | {r['margin_vs_mean']:+.3f} |"
             else:
                 line += " | | |"
+        if scaled:
+            if "random_init_no_layer_scale" in r:
+                no_scale, vs = r["random_init_no_layer_scale"], r["margin_vs_no_layer_scale"]
+                line += f" {no_scale:.3f} | {vs:+.3f} |"
+            else:
+                line += " | |"
         lines.append(line)
     return f"### {dataset}\n\n{note}\n\n{head}" + "\n".join(lines) + "\n"
 

@@ -153,3 +153,47 @@ def test_embedded_gray_is_the_embedded_set_without_hue(tmp_path: Path) -> None:
     stamp = Path(train, "_manifest.json").stat().st_mtime_ns
     prepare_embedded_gray(tmp_path, 3, 1)
     assert Path(train, "_manifest.json").stat().st_mtime_ns == stamp
+
+
+def test_layer_scale_free_baseline_only_for_vits_with_layer_scale(tmp_path: Path) -> None:
+    # layer scale (DINOv2 1e-5) leaves the random ViT's [CLS] nearly input-independent; the
+    # baseline without it is the same blocks with full residual branches
+    import torch
+
+    from benchmarks.method_quality import random_init_encoders, without_layer_scale
+
+    cfg = method_config("dino_v2", tmp_path / "embedded", "n", None, None)
+    plain = without_layer_scale(cfg)
+    assert cfg.backbone.vit.layer_scale == 1e-5 and plain.backbone.vit.layer_scale == 0.0
+    assert plain.backbone.vit.dim == cfg.backbone.vit.dim and plain.method == cfg.method
+    assert without_layer_scale(plain) is None
+    assert without_layer_scale(method_config("mae", tmp_path / "e", "n", None, None)) is None
+    assert without_layer_scale(method_config("dino", tmp_path / "e", "n", None, None)) is None
+
+    x = torch.rand(16, 3, 32, 32)
+
+    def mean_cosine(c) -> float:
+        encoder = random_init_encoders(c, 1)["seed0"].eval()
+        with torch.no_grad():
+            f = torch.nn.functional.normalize(encoder(x), dim=1)
+        sim = f @ f.T
+        return float((sim.sum() - sim.diagonal().sum()) / (16 * 15))
+
+    assert mean_cosine(cfg) > 0.99 > 0.9 > mean_cosine(plain)
+
+
+def test_table_adds_the_layer_scale_free_baseline_columns() -> None:
+    row = result_row(
+        knn_top1_random_init=0.18,
+        margin=0.13,
+        random_init_seeds=[0.18],
+        random_init_mean=0.18,
+        margin_vs_mean=0.13,
+        random_init_no_layer_scale=0.297,
+        margin_vs_no_layer_scale=0.014,
+    )
+    resnet = result_row(method="r", knn_top1_random_init=0.2, margin=0.05)
+    md = table([row, resnet], "d", "note")
+    assert "| random init without layer scale | margin vs it |" in md
+    assert "| 0.180 | +0.130 | 1 | 0.180 (0.180-0.180) | +0.130 | 0.297 | +0.014 |" in md
+    assert "| 0.200 | +0.050 | | | | | |" in md  # no seeds, no layer scale: empty cells
