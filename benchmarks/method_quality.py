@@ -253,6 +253,21 @@ def run_one(method: str, dataset: str, cfg: Config, random_seeds: int = 0) -> di
     }
 
 
+def random_only_row(method: str, dataset: str, cfg: Config, seeds: int) -> dict[str, Any]:
+    """The baselines of :func:`run_one` without the training run (``--random-only``)."""
+    row: dict[str, Any] = {
+        "method": method,
+        "dataset": dataset,
+        "backbone": describe_backbone(cfg),
+        "random_init_seeds": random_init_knn(cfg, max(1, seeds)),
+    }
+    plain = without_layer_scale(cfg)
+    if plain is not None:
+        row["layer_scale"] = cfg.backbone.vit.layer_scale
+        row["random_init_no_layer_scale"] = random_init_knn(plain, 1)[0]
+    return row
+
+
 def table(rows: list[dict[str, Any]], dataset: str, note: str) -> str:
     cols = [
         "method",
@@ -326,6 +341,12 @@ def main() -> None:
         help="config overrides for every method (e.g. method_args.temperature=0.2); recorded in "
         "each result row",
     )
+    p.add_argument(
+        "--random-only",
+        action="store_true",
+        help="train nothing: print each method's random-init kNN (--random-seeds seeds, at least "
+        "1) and, for a ViT with layer scale, the same without it",
+    )
     p.add_argument("--cifar", type=Path, default=None, help="cifar10-jpeg.tar.gz")
     p.add_argument("--cifar-train", type=int, default=1000, help="training images per class")
     p.add_argument("--cifar-test", type=int, default=200, help="kNN query images per class")
@@ -378,6 +399,10 @@ def main() -> None:
                 # one instance for every run, sized as pretrain() sizes its own (workers plus
                 # decode tasks: fewer CPUs than that and Ray Data waits forever for a slot)
                 ensure_ray(cfg)
+                if args.random_only:  # baselines only, nothing written
+                    base = random_only_row(method, dataset, cfg, args.random_seeds)
+                    print(f"method_quality_random: {json.dumps(base)}", flush=True)
+                    continue
                 try:
                     row = run_one(method, dataset, cfg, args.random_seeds)
                 except Exception as e:  # one broken method must not lose the others' figures
@@ -399,6 +424,8 @@ def main() -> None:
                     indent=2,
                 )
             )
+        if args.random_only:
+            continue
         md = table(rows, dataset, note)
         (out / f"quality-{dataset}.md").write_text(md)
         if args.markdown:

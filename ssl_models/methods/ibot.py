@@ -77,8 +77,9 @@ class IBOTConfig:
 
 class IBOT(SSLMethod):
     """batch["global"]: (B, 2, 3, S, S); batch["local"] (optional): (B, V, 3, s, s)
-    -> {loss, cls_loss, patch_loss, masked_fraction, teacher_output (2B, K),
-    teacher_patch_output (2B, L, K)}; the last two feed the centres in :meth:`on_step_end`."""
+    -> {loss, cls_loss, patch_loss, [koleo_loss,] masked_fraction, teacher_output (2B, K),
+    teacher_patch_output (2B, L, K)}; the last two feed the centres in :meth:`on_step_end`
+    (kept, though unused, with Sinkhorn-Knopp targets). koleo_loss only with ``koleo_weight``."""
 
     encoder_name = "teacher_backbone"
 
