@@ -30,27 +30,20 @@ import torch.nn.functional as F
 
 import ssl_models.methods.dino as dino_module
 from benchmarks.swav_diagnostics import (
+    add_fixed_batch_args,
     entropy,
     eval_images,
-    fixed_batches,
+    fixed_batch_training,
     knn,
     mean_pairwise_cosine,
     report_final_knn,
 )
 from pipelines.config import load_config, parse_set
-from pipelines.train.step import TrainStep, build_method, place
 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--steps", type=int, default=92)
-    ap.add_argument("--images", type=int, default=2048, help="fixed images, cut once into views")
-    ap.add_argument("--batch", type=int, default=128, help="one worker's batch in the real run")
-    ap.add_argument("--steps-per-epoch", type=int, default=23)
-    ap.add_argument("--epochs", type=int, default=8, help="for the schedules' length")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--knn", action="store_true", help="kNN (2,000 train / 500 test images)")
+    add_fixed_batch_args(ap, steps=92, images=2048)
     ap.add_argument("--every", type=int, default=1, help="print every N-th step (and the last)")
     ap.add_argument("--set", nargs="*", default=[], help="config overrides KEY=VALUE")
     args = ap.parse_args(argv)
@@ -60,12 +53,7 @@ def main(argv: list[str] | None = None) -> None:
     print(cfg.method_args)
     print(cfg.optim)
     print({k: (g.count, g.size, g.scale) for k, g in cfg.views.groups.items()})
-    torch.manual_seed(cfg.train.seed)
-    device = torch.device("cpu")
-    method = place(build_method(cfg), cfg, device)
-    total = args.steps_per_epoch * args.epochs
-    step_fn = TrainStep(method, cfg, device, total, args.steps_per_epoch)
-    batches = fixed_batches(cfg, args.images, args.batch, args.seed)
+    method, step_fn, batches = fixed_batch_training(cfg, args)
     a = cfg.method_args
     if args.knn:
         bank, query = eval_images(cfg, 200, 0), eval_images(cfg, 50, 1)

@@ -79,6 +79,29 @@ def fixed_batches(cfg, images: int, batch: int, seed: int) -> list[dict[str, tor
     return out
 
 
+def add_fixed_batch_args(ap: argparse.ArgumentParser, steps: int, images: int) -> None:
+    """The options every fixed-batch diagnostic shares (``--every`` and ``--set`` excepted)."""
+    ap.add_argument("--steps", type=int, default=steps)
+    ap.add_argument("--images", type=int, default=images, help="fixed images, cut once into views")
+    ap.add_argument("--batch", type=int, default=128, help="one worker's batch in the real run")
+    ap.add_argument("--steps-per-epoch", type=int, default=23)
+    ap.add_argument("--epochs", type=int, default=8, help="for the schedules' length")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--knn", action="store_true", help="kNN (2,000 train / 500 test images)")
+
+
+def fixed_batch_training(cfg, args) -> tuple:
+    """The product's method and ``TrainStep`` for ``cfg`` on CPU, with the schedules of the real
+    run's steps per epoch, and the fixed batches they cycle through: (method, step_fn, batches)."""
+    torch.manual_seed(cfg.train.seed)
+    device = torch.device("cpu")
+    method = place(build_method(cfg), cfg, device)
+    total = args.steps_per_epoch * args.epochs
+    step_fn = TrainStep(method, cfg, device, total, args.steps_per_epoch)
+    return method, step_fn, fixed_batches(cfg, args.images, args.batch, args.seed)
+
+
 def eval_images(cfg, per_class: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Whole 32-pixel images of the embedded train (seed 0) or test (seed 1) split, normalised."""
     rows = list(generate_rows(per_class, seed=seed))
@@ -187,14 +210,7 @@ def what_codes_follow(checkpoint: str) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--steps", type=int, default=60)
-    ap.add_argument("--images", type=int, default=512, help="fixed images, cut once into views")
-    ap.add_argument("--batch", type=int, default=128, help="one worker's batch in the real run")
-    ap.add_argument("--steps-per-epoch", type=int, default=23)
-    ap.add_argument("--epochs", type=int, default=8, help="for the schedules' length")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--knn", action="store_true", help="kNN (2,000 train / 500 test images)")
+    add_fixed_batch_args(ap, steps=60, images=512)
     ap.add_argument("--codes-of", metavar="CHECKPOINT", help="only: what a run's codes follow")
     ap.add_argument(
         "--init-signal", action="store_true", help="only: cross-crop signal at initialisation"
@@ -210,12 +226,8 @@ def main(argv: list[str] | None = None) -> None:
     cfg = load_config("swav", overrides=parse_set(args.set))
     print(cfg.method_args)
     print(cfg.optim)
-    torch.manual_seed(cfg.train.seed)
+    method, step_fn, batches = fixed_batch_training(cfg, args)
     device = torch.device("cpu")
-    method = place(build_method(cfg), cfg, device)
-    total = args.steps_per_epoch * args.epochs
-    step_fn = TrainStep(method, cfg, device, total, args.steps_per_epoch)
-    batches = fixed_batches(cfg, args.images, args.batch, args.seed)
     a = cfg.method_args
     if args.init_signal:
         views = prepare_views(batches[0], cfg, device)["global"]  # (B, Vg, 3, S, S)
