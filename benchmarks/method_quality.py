@@ -37,8 +37,6 @@ import fcntl
 import json
 import os
 import platform
-import shutil
-import tarfile
 import time
 import traceback
 from collections.abc import Iterator, Sequence
@@ -47,11 +45,9 @@ from typing import Any
 
 import torch
 
+from benchmarks.quality_data import CIFAR_CANDIDATES, prepare_cifar, prepare_embedded_gray
 from pipelines.config import Config, build_config, deep_merge, embedded_profile, parse_set, recipe
 from ssl_models.registry import METHODS
-
-_TARBALL = Path("shared") / "data" / "cifar10-jpeg.tar.gz"
-CIFAR_CANDIDATES = [Path(__file__).resolve().parents[1].parent / _TARBALL, Path("/work") / _TARBALL]
 
 
 @contextlib.contextmanager
@@ -66,75 +62,6 @@ def locked(path: str | None) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
-
-
-def prepare_cifar(tarball: Path, cache: Path, train_per_class: int, test_per_class: int) -> tuple:
-    """Shards of the first ``*_per_class`` images (sorted names) of every class, train and test.
-
-    The tarball is gzip-compressed: members are read in stream order (two passes: the names,
-    then the chosen files), since reading them in another order re-decompresses from the start."""
-    from pipelines.data.shard import ShardOptions
-    from pipelines.data.shard_job import shard
-
-    root = cache / f"cifar10-{train_per_class}-{test_per_class}"
-    splits = {"train": train_per_class, "test": test_per_class}
-    dests = {split: root / f"shards-{split}" for split in splits}
-    todo = [s for s in splits if not (dests[s] / "_manifest.json").exists()]
-    if todo:
-        with tarfile.open(tarball) as tar:
-            names = sorted(m.name for m in tar if m.isfile())
-        chosen: dict[str, Path] = {}
-        for split in todo:
-            taken: dict[str, int] = {}
-            for name in names:
-                parts = name.split("/")
-                if len(parts) != 3 or parts[0] != split or taken.get(parts[1], 0) >= splits[split]:
-                    continue
-                taken[parts[1]] = taken.get(parts[1], 0) + 1
-                chosen[name] = root / f"folder-{split}" / parts[1] / parts[2]
-        for split in todo:
-            shutil.rmtree(root / f"folder-{split}", ignore_errors=True)
-        with tarfile.open(tarball) as tar:
-            for m in tar:
-                if m.name in chosen:
-                    chosen[m.name].parent.mkdir(parents=True, exist_ok=True)
-                    chosen[m.name].write_bytes(tar.extractfile(m).read())
-        for split in todo:
-            folder = root / f"folder-{split}"
-            shard(str(folder), str(dests[split]), ShardOptions(), workers=0, progress=False)
-            shutil.rmtree(folder)
-    return tuple(str(dests[s]) for s in splits)
-
-
-def prepare_embedded_gray(cache: Path, train_per_class: int, test_per_class: int) -> tuple:
-    """Shards of the embedded set (same seeds and sizes as ``ensure_embedded``) with every
-    image converted to grayscale and stored as 3-channel RGB."""
-    import io
-
-    from PIL import Image
-
-    from pipelines.data.manifest import MANIFEST_NAME
-    from pipelines.data.shard import Row, write_shards
-    from pipelines.data.synthetic import CLASSES, FILES_PER_SPLIT, VERSION, generate_rows
-
-    def gray(rows: Iterator[Row]) -> Iterator[Row]:
-        for row in rows:
-            img = Image.open(io.BytesIO(row.image)).convert("L").convert("RGB")
-            buf = io.BytesIO()
-            img.save(buf, format="JPEG", quality=95)
-            yield Row(row.key, buf.getvalue(), row.label, row.width, row.height)
-
-    root = cache / f"embedded-gray-v{VERSION}-{train_per_class}-{test_per_class}"
-    paths = []
-    for split, per_class, seed in (("train", train_per_class, 0), ("test", test_per_class, 1)):
-        dest = root / split
-        if not (dest / MANIFEST_NAME).exists():
-            rows_per_file = -(-per_class * len(CLASSES) // FILES_PER_SPLIT)
-            write_shards(
-                gray(generate_rows(per_class, seed)), str(dest), CLASSES, max_rows=rows_per_file
-            )
-        paths.append(str(dest))
-    return tuple(paths)
 
 
 def method_config(

@@ -68,7 +68,7 @@ def test_prepare_cifar_takes_the_first_names_per_class_and_reuses_its_shards(tmp
 
     import pyarrow.parquet as pq
 
-    from benchmarks.method_quality import prepare_cifar
+    from benchmarks.quality_data import prepare_cifar
     from pipelines.data.manifest import read_manifest
     from tests.images import jpeg
 
@@ -130,7 +130,7 @@ def test_embedded_gray_is_the_embedded_set_without_hue(tmp_path: Path) -> None:
     import pyarrow.parquet as pq
     from PIL import Image
 
-    from benchmarks.method_quality import prepare_embedded_gray
+    from benchmarks.quality_data import prepare_embedded_gray
     from pipelines.data.manifest import read_manifest
     from pipelines.data.synthetic import generate_rows
 
