@@ -142,6 +142,12 @@ def without_layer_scale(cfg: Config) -> Config | None:
     return dataclasses.replace(cfg, backbone=dataclasses.replace(cfg.backbone, vit=vit))
 
 
+def random_init_knn_without_layer_scale(cfg: Config) -> float | None:
+    """Seed ``train.seed``'s random-init kNN of :func:`without_layer_scale`, or None."""
+    plain = without_layer_scale(cfg)
+    return None if plain is None else random_init_knn(plain, 1)[0]
+
+
 def run_one(method: str, dataset: str, cfg: Config, random_seeds: int = 0) -> dict[str, Any]:
     from pipelines.train.trainer import pretrain
 
@@ -159,9 +165,8 @@ def run_one(method: str, dataset: str, cfg: Config, random_seeds: int = 0) -> di
             "random_init_mean": round(mean, 4),
             "margin_vs_mean": round(knn - mean, 4),
         }
-        plain = without_layer_scale(cfg)
-        if plain is not None:
-            (no_scale,) = random_init_knn(plain, 1)
+        no_scale = random_init_knn_without_layer_scale(cfg)
+        if no_scale is not None:
             extra["random_init_no_layer_scale"] = no_scale
             extra["margin_vs_no_layer_scale"] = round(knn - no_scale, 4)
     return {
@@ -188,10 +193,10 @@ def random_only_row(method: str, dataset: str, cfg: Config, seeds: int) -> dict[
         "backbone": describe_backbone(cfg),
         "random_init_seeds": random_init_knn(cfg, max(1, seeds)),
     }
-    plain = without_layer_scale(cfg)
-    if plain is not None:
+    no_scale = random_init_knn_without_layer_scale(cfg)
+    if no_scale is not None:
         row["layer_scale"] = cfg.backbone.vit.layer_scale
-        row["random_init_no_layer_scale"] = random_init_knn(plain, 1)[0]
+        row["random_init_no_layer_scale"] = no_scale
     return row
 
 

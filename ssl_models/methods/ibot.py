@@ -179,6 +179,10 @@ class IBOT(SSLMethod):
                 patch_codes = self.codes(t_patch[masks], self.teacher_patch_temp)  # (M, K')
                 patch_loss = masked_patch_loss(s_patch[masks], patch_codes, masks, c.student_temp)
             else:  # no image of this batch drew a mask: no patch loss, as ibot_loss's 0
+                # (with gather_distributed, a rank taking this branch while another calls
+                # Sinkhorn would leave that rank's collective waiting; each rank masks each of
+                # its 2B crops with probability mask_probability, so all unmasked is 2^-2B
+                # likely at 0.5, never seen at the profile's B = 128)
                 patch_loss = s_patch.sum() * 0.0
         else:
             cls_loss = dino_loss(
