@@ -24,6 +24,7 @@ from typing import Literal
 import torch
 from torch import nn
 
+from ssl_models import distributed
 from ssl_models.backbones.masking import ibot_mask_counts, step_generator, variable_block_masking
 from ssl_models.heads import DINOHead, normed_last_layer
 from ssl_models.losses import (
@@ -175,14 +176,11 @@ class IBOT(SSLMethod):
         if c.centering == "sinkhorn_knopp":
             cls_codes = self.codes(t_cls, self.teacher_temp)  # (2B, K), over both crops
             cls_loss = dino_loss_from_targets(student, cls_codes.chunk(2), c.student_temp)
-            if masks.any():  # codes over the masked patches only, the only ones with a loss
+            if self.any_masked(masks):  # codes over the masked patches only, the only ones
+                # with a loss; a worker without any joins with no rows
                 patch_codes = self.codes(t_patch[masks], self.teacher_patch_temp)  # (M, K')
                 patch_loss = masked_patch_loss(s_patch[masks], patch_codes, masks, c.student_temp)
-            else:  # no image of this batch drew a mask: no patch loss, as ibot_loss's 0
-                # (with gather_distributed, a rank taking this branch while another calls
-                # Sinkhorn would leave that rank's collective waiting; each rank masks each of
-                # its 2B crops with probability mask_probability, so all unmasked is 2^-2B
-                # likely at 0.5, never seen at the profile's B = 128)
+            else:  # no image drew a mask: no patch loss, as ibot_loss's 0
                 patch_loss = s_patch.sum() * 0.0
         else:
             cls_loss = dino_loss(
@@ -213,6 +211,15 @@ class IBOT(SSLMethod):
             "teacher_output": t_cls,
             "teacher_patch_output": t_patch,
         }
+
+    def any_masked(self, masks: torch.Tensor) -> bool:
+        """Whether any crop drew a mask: on this worker, or with ``gather_distributed`` on any
+        worker, so that every worker joins the patch Sinkhorn's collectives or none does (a
+        worker skipping them would leave the others waiting)."""
+        count = masks.sum().float().reshape(1)
+        if self.cfg.gather_distributed:
+            count = distributed.all_reduce_mean(count)  # > 0 exactly when the sum is
+        return bool(count.item() > 0)
 
     def codes(self, outputs: torch.Tensor, temperature: float) -> torch.Tensor:
         """Teacher outputs (N, K) -> Sinkhorn-Knopp targets (N, K), rows summing to 1."""

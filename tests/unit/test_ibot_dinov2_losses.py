@@ -177,3 +177,16 @@ def test_sinkhorn_codes_with_unequal_worker_batches_equal_one_process():
     codes = torch.cat(run_distributed(_sinkhorn_unequal, world=2))
     scores = torch.randn(8, 5, generator=torch.Generator().manual_seed(3))
     torch.testing.assert_close(codes, sinkhorn(scores, 0.07, 3))
+
+
+def _sinkhorn_one_worker_empty(rank: int, world: int) -> torch.Tensor:
+    scores = torch.randn(6, 5, generator=torch.Generator().manual_seed(4))
+    return sinkhorn(scores[:0] if rank == 0 else scores, 0.07, 3, gather_distributed=True)
+
+
+def test_sinkhorn_joins_a_worker_without_rows():
+    # iBOT's patch codes when one worker's crops drew no mask: it joins with no rows
+    empty, codes = run_distributed(_sinkhorn_one_worker_empty, world=2)
+    scores = torch.randn(6, 5, generator=torch.Generator().manual_seed(4))
+    assert empty.shape == (0, 5)
+    torch.testing.assert_close(codes, sinkhorn(scores, 0.07, 3))

@@ -320,6 +320,32 @@ def test_ibot_sinkhorn_knopp_targets_replace_the_centres():
         build("ibot", centering="sinkhorn")
 
 
+def _ibot_sinkhorn_one_worker_unmasked(rank: int, world: int) -> list[torch.Tensor]:
+    # worker 0 masks nothing, worker 1 every crop; each builds the same weights and seed
+    kwargs = dict(centering="sinkhorn_knopp", mask_probability=float(rank))
+    x = {k: v.chunk(world)[rank] for k, v in batch(n=4).items()}
+    progress = Progress(1, 10, 5)
+    method = build("ibot", **kwargs)
+    method.on_step_start(progress)
+    out = method(x)
+    out["loss"].backward()
+    # the same worker's crops and masks with its own patch codes only (no collective)
+    alone = build("ibot", gather_distributed=False, **kwargs)
+    alone.on_step_start(progress)
+    return [out["patch_loss"], alone(x)["patch_loss"], out["masked_fraction"]]
+
+
+def test_ibot_sinkhorn_patch_codes_with_a_worker_that_drew_no_mask():
+    # the unmasked worker still joins the patch Sinkhorn (with no rows) instead of leaving the
+    # other waiting in its collectives; the masked worker's codes are then its own patches'
+    (unmasked, _, none), (masked, alone, some) = run_distributed(
+        _ibot_sinkhorn_one_worker_unmasked, world=2
+    )
+    assert none.item() == 0.0 and some.item() > 0.0
+    assert unmasked.item() == 0.0 and masked.item() > 0.0
+    torch.testing.assert_close(masked, alone)
+
+
 def test_ibot_koleo_adds_its_weighted_term_to_the_same_losses():
     from ssl_models.losses import koleo_loss
 
