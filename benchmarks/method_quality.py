@@ -333,6 +333,8 @@ def main() -> None:
                 ensure_ray(cfg)
                 if args.random_only:  # baselines only, nothing written
                     base = random_only_row(method, dataset, cfg, args.random_seeds)
+                    if args.set:
+                        base["overrides"] = list(args.set)
                     print(f"method_quality_random: {json.dumps(base)}", flush=True)
                     continue
                 try:
