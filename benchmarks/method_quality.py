@@ -10,9 +10,10 @@ initialisation (``eval.knn_random_init``: the weights the run started from, seed
 ``train.seed``). That one random draw moves the baseline by about as much as the standard error of
 a 1,000-query kNN, so ``--random-seeds N`` also scores the backbone initialised from seeds
 ``train.seed`` … ``train.seed + N - 1`` on the same bank and queries (no training: one extra
-embedding pass) and reports their mean and the margin against it; for a ViT with layer scale it
-also scores seed ``train.seed`` without layer scale, whose random [CLS] is not nearly constant
-(:func:`without_layer_scale`). Datasets:
+embedding pass) and reports their mean and the margin against it; for a ViT whose recipe sets layer
+scale or BEiT's/SimMIM's small-normal init it also scores seed ``train.seed`` with the plain init
+(Xavier, no layer scale), whose random features are the stronger baseline (:func:`plain_vit`).
+Datasets:
 
   embedded  the built-in 32-pixel dataset with the laptop profile (pipelines/configs/embedded.yaml,
             the default of ``sslpipe pretrain``: 8 epochs, batch 256)
@@ -128,23 +129,36 @@ def random_init_knn(cfg: Config, seeds: int) -> list[float]:
     return [round(accuracy[f"seed{i}"], 4) for i in range(seeds)]
 
 
-def without_layer_scale(cfg: Config) -> Config | None:
-    """The same config with the ViT's layer scale off, or None where there is none to remove.
+def plain_vit(cfg: Config) -> Config | None:
+    """The same ViT with the plain init: Xavier weights (MAE's) and no layer scale; None for a
+    backbone that is not a ViT or already has it.
 
     Layer scale (BEiT/SimMIM/CAE 0.1, DINOv2 1e-5) multiplies every residual branch at
-    initialisation, so the random-init ViT's tokens are nearly the patch embedding plus position,
-    its [CLS] nearly input-independent: a weaker baseline than the same blocks without it. Scoring
-    both keeps a margin from being the baseline's weakness."""
+    initialisation, so the random ViT's tokens are nearly the patch embedding plus position (its
+    [CLS] nearly input-independent). BEiT's and SimMIM's truncated-normal init (std 0.02) leaves
+    the random blocks nearly the identity as well (``benchmarks/vit_init_probe.py``). Either
+    makes a weaker baseline than the same blocks with the plain init; scoring both keeps a margin
+    from being the baseline's weakness."""
     vit = cfg.backbone.vit
-    if not cfg.backbone.name.startswith("vit") or vit.layer_scale <= 0:
+    if not cfg.backbone.name.startswith("vit") or (vit.layer_scale <= 0 and vit.init == "xavier"):
         return None
-    vit = dataclasses.replace(vit, layer_scale=0.0)
+    vit = dataclasses.replace(vit, layer_scale=0.0, init="xavier")
     return dataclasses.replace(cfg, backbone=dataclasses.replace(cfg.backbone, vit=vit))
 
 
-def random_init_knn_without_layer_scale(cfg: Config) -> float | None:
-    """Seed ``train.seed``'s random-init kNN of :func:`without_layer_scale`, or None."""
-    plain = without_layer_scale(cfg)
+def plain_changes(cfg: Config) -> str:
+    """What :func:`plain_vit` changes, e.g. ``layer scale 0.1 → 0, init beit → xavier``."""
+    vit, parts = cfg.backbone.vit, []
+    if vit.layer_scale > 0:
+        parts.append(f"layer scale {vit.layer_scale:g} → 0")
+    if vit.init != "xavier":
+        parts.append(f"init {vit.init} → xavier")
+    return ", ".join(parts)
+
+
+def random_init_knn_plain(cfg: Config) -> float | None:
+    """Seed ``train.seed``'s random-init kNN of :func:`plain_vit`, or None."""
+    plain = plain_vit(cfg)
     return None if plain is None else random_init_knn(plain, 1)[0]
 
 
@@ -165,10 +179,11 @@ def run_one(method: str, dataset: str, cfg: Config, random_seeds: int = 0) -> di
             "random_init_mean": round(mean, 4),
             "margin_vs_mean": round(knn - mean, 4),
         }
-        no_scale = random_init_knn_without_layer_scale(cfg)
-        if no_scale is not None:
-            extra["random_init_no_layer_scale"] = no_scale
-            extra["margin_vs_no_layer_scale"] = round(knn - no_scale, 4)
+        plain = random_init_knn_plain(cfg)
+        if plain is not None:
+            extra["plain_init"] = plain_changes(cfg)
+            extra["random_init_plain"] = plain
+            extra["margin_vs_plain"] = round(knn - plain, 4)
     return {
         "method": method,
         "dataset": dataset,
@@ -193,10 +208,10 @@ def random_only_row(method: str, dataset: str, cfg: Config, seeds: int) -> dict[
         "backbone": describe_backbone(cfg),
         "random_init_seeds": random_init_knn(cfg, max(1, seeds)),
     }
-    no_scale = random_init_knn_without_layer_scale(cfg)
-    if no_scale is not None:
-        row["layer_scale"] = cfg.backbone.vit.layer_scale
-        row["random_init_no_layer_scale"] = no_scale
+    plain = random_init_knn_plain(cfg)
+    if plain is not None:
+        row["plain_init"] = plain_changes(cfg)
+        row["random_init_plain"] = plain
     return row
 
 
@@ -215,9 +230,9 @@ def table(rows: list[dict[str, Any]], dataset: str, note: str) -> str:
     seeded = any(r.get("random_init_seeds") for r in rows if r["dataset"] == dataset)
     if seeded:
         cols += ["seeds", "random_init_mean_(range)", "margin_vs_mean"]
-    scaled = any("random_init_no_layer_scale" in r for r in rows if r["dataset"] == dataset)
+    scaled = any("random_init_plain" in r for r in rows if r["dataset"] == dataset)
     if scaled:
-        cols += ["random_init_without_layer_scale", "margin_vs_it"]
+        cols += ["random_init_plain_(Xavier,_no_layer_scale)", "margin_vs_it"]
     head = "| " + " | ".join(c.replace("_", " ") for c in cols) + " |\n"
     head += "|" + "---|" * len(cols) + "\n"
     lines = []
@@ -242,9 +257,8 @@ def table(rows: list[dict[str, Any]], dataset: str, note: str) -> str:
             else:
                 line += " | | |"
         if scaled:
-            if "random_init_no_layer_scale" in r:
-                no_scale, vs = r["random_init_no_layer_scale"], r["margin_vs_no_layer_scale"]
-                line += f" {no_scale:.3f} | {vs:+.3f} |"
+            if "random_init_plain" in r:
+                line += f" {r['random_init_plain']:.3f} | {r['margin_vs_plain']:+.3f} |"
             else:
                 line += " | |"
         lines.append(line)
@@ -277,7 +291,7 @@ def main() -> None:
         "--random-only",
         action="store_true",
         help="train nothing: print each method's random-init kNN (--random-seeds seeds, at least "
-        "1) and, for a ViT with layer scale, the same without it",
+        "1) and, for a ViT with layer scale or a small-normal init, the same with the plain init",
     )
     p.add_argument("--cifar", type=Path, default=None, help="cifar10-jpeg.tar.gz")
     p.add_argument("--cifar-train", type=int, default=1000, help="training images per class")

@@ -155,20 +155,26 @@ def test_embedded_gray_is_the_embedded_set_without_hue(tmp_path: Path) -> None:
     assert Path(train, "_manifest.json").stat().st_mtime_ns == stamp
 
 
-def test_layer_scale_free_baseline_only_for_vits_with_layer_scale(tmp_path: Path) -> None:
-    # layer scale (DINOv2 1e-5) leaves the random ViT's [CLS] nearly input-independent; the
-    # baseline without it is the same blocks with full residual branches
+def test_plain_init_baseline_only_for_vits_without_it(tmp_path: Path) -> None:
+    # layer scale (DINOv2 1e-5) leaves the random ViT's [CLS] nearly input-independent, and
+    # BEiT's std-0.02 init leaves the random blocks nearly the identity; the plain baseline is the
+    # same blocks with Xavier weights and full residual branches
     import torch
 
-    from benchmarks.method_quality import random_init_encoders, without_layer_scale
+    from benchmarks.method_quality import plain_changes, plain_vit, random_init_encoders
 
     cfg = method_config("dino_v2", tmp_path / "embedded", "n", None, None)
-    plain = without_layer_scale(cfg)
+    plain = plain_vit(cfg)
     assert cfg.backbone.vit.layer_scale == 1e-5 and plain.backbone.vit.layer_scale == 0.0
     assert plain.backbone.vit.dim == cfg.backbone.vit.dim and plain.method == cfg.method
-    assert without_layer_scale(plain) is None
-    assert without_layer_scale(method_config("mae", tmp_path / "e", "n", None, None)) is None
-    assert without_layer_scale(method_config("dino", tmp_path / "e", "n", None, None)) is None
+    assert plain_changes(cfg) == "layer scale 1e-05 → 0"
+    assert plain_vit(plain) is None
+    beit = method_config("beit", tmp_path / "e", "n", None, None)
+    assert (beit.backbone.vit.init, plain_vit(beit).backbone.vit.init) == ("beit", "xavier")
+    assert plain_vit(beit).backbone.vit.pos_embed == beit.backbone.vit.pos_embed == "learned"
+    assert plain_changes(beit) == "layer scale 0.1 → 0, init beit → xavier"
+    assert plain_vit(method_config("mae", tmp_path / "e", "n", None, None)) is None
+    assert plain_vit(method_config("dino", tmp_path / "e", "n", None, None)) is None
 
     x = torch.rand(16, 3, 32, 32)
 
@@ -182,18 +188,19 @@ def test_layer_scale_free_baseline_only_for_vits_with_layer_scale(tmp_path: Path
     assert mean_cosine(cfg) > 0.99 > 0.9 > mean_cosine(plain)
 
 
-def test_table_adds_the_layer_scale_free_baseline_columns() -> None:
+def test_table_adds_the_plain_init_baseline_columns() -> None:
     row = result_row(
         knn_top1_random_init=0.18,
         margin=0.13,
         random_init_seeds=[0.18],
         random_init_mean=0.18,
         margin_vs_mean=0.13,
-        random_init_no_layer_scale=0.297,
-        margin_vs_no_layer_scale=0.014,
+        plain_init="layer scale 1e-05 → 0",
+        random_init_plain=0.297,
+        margin_vs_plain=0.014,
     )
     resnet = result_row(method="r", knn_top1_random_init=0.2, margin=0.05)
     md = table([row, resnet], "d", "note")
-    assert "| random init without layer scale | margin vs it |" in md
+    assert "| random init plain (Xavier, no layer scale) | margin vs it |" in md
     assert "| 0.180 | +0.130 | 1 | 0.180 (0.180-0.180) | +0.130 | 0.297 | +0.014 |" in md
-    assert "| 0.200 | +0.050 | | | | | |" in md  # no seeds, no layer scale: empty cells
+    assert "| 0.200 | +0.050 | | | | | |" in md  # no seeds, no plain baseline: empty cells
