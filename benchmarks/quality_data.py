@@ -76,3 +76,29 @@ def prepare_embedded_gray(cache: Path, train_per_class: int, test_per_class: int
             )
         paths.append(str(dest))
     return tuple(paths)
+
+
+def cifar_test_sample(tarball: Path | str, per_class: int) -> tuple:
+    """The first ``per_class`` test images of every class in the tarball's stream order, for
+    the probes that need labelled pixels in memory: images (N, 3, 32, 32) in [0, 1] and labels
+    (N,), classes numbered in sorted name order."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    images, names = [], []
+    taken: dict[str, int] = {}
+    with tarfile.open(tarball) as tar:
+        for m in tar:
+            parts = m.name.split("/")
+            if not m.isfile() or len(parts) != 3 or parts[0] != "test":
+                continue
+            if taken.get(parts[1], 0) >= per_class:
+                continue
+            taken[parts[1]] = taken.get(parts[1], 0) + 1
+            data = tar.extractfile(m).read()
+            images.append(np.asarray(Image.open(io.BytesIO(data)).convert("RGB")))
+            names.append(parts[1])
+    classes = sorted(set(names))
+    x = torch.tensor(np.stack(images)).permute(0, 3, 1, 2).float() / 255
+    return x, torch.tensor([classes.index(n) for n in names])

@@ -2,7 +2,7 @@
 
 The random-init kNN baselines of the masked-image-modeling ViTs differ on CIFAR-10 (BEiT and SimMIM
 below MAE and CAE, the same blocks). This probe builds each method's random ViT (the laptop
-profile's size, without layer scale) and measures, on real CIFAR-10 test images:
+profile's size, without layer scale) and measures, on real CIFAR-10 test images (50 per class):
 
 - the image's share of the variance of the tokens entering the first block (the rest is the
   position embedding): variance over images at a fixed position / variance over everything;
@@ -15,13 +15,10 @@ profile's size, without layer scale) and measures, on real CIFAR-10 test images:
 """
 
 import argparse
-import io
-import tarfile
 
-import numpy as np
 import torch
-from PIL import Image
 
+from benchmarks.quality_data import cifar_test_sample
 from pipelines.config import IMAGENET_MEAN, IMAGENET_STD
 from ssl_models.backbones import build_backbone
 
@@ -31,22 +28,6 @@ VARIANTS = {  # label -> ViT options (init, position embedding), as each recipe 
     "xavier, learned": dict(init="xavier", pos_embed="learned"),
     "beit init, learned (BEiT)": dict(init="beit", pos_embed="learned"),
 }
-
-
-def cifar_test_images(tarball: str, count: int) -> torch.Tensor:
-    """The first ``count`` test images of the tarball, normalised: (count, 3, 32, 32)."""
-    images = []
-    with tarfile.open(tarball) as tf:
-        for member in tf:
-            if member.isfile() and member.name.startswith("test/"):
-                data = tf.extractfile(member).read()
-                images.append(np.asarray(Image.open(io.BytesIO(data)).convert("RGB")))
-                if len(images) == count:
-                    break
-    x = torch.tensor(np.stack(images)).permute(0, 3, 1, 2).float() / 255
-    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-    return (x - mean) / std
 
 
 @torch.no_grad()
@@ -75,10 +56,12 @@ def probe(vit: torch.nn.Module, x: torch.Tensor) -> dict[str, float]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--cifar", required=True, help="cifar10-jpeg.tar.gz")
-    p.add_argument("--images", type=int, default=512)
+    p.add_argument("--per-class", type=int, default=50, help="test images per class")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
-    x = cifar_test_images(args.cifar, args.images)
+    x, _ = cifar_test_sample(args.cifar, args.per_class)
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    x = (x - mean) / torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
     print(
         "| init, position embedding | image share of token variance | blocks move tokens by "
         "| pooled cosine |\n|---|---|---|---|"

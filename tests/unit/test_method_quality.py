@@ -93,6 +93,40 @@ def test_prepare_cifar_takes_the_first_names_per_class_and_reuses_its_shards(tmp
     assert prepare_cifar(tarball, tmp_path / "cache", 2, 1) == (train, test)
 
 
+def test_cifar_test_sample_takes_the_first_test_images_per_class_in_stream_order(tmp_path):
+    import io
+    import tarfile
+
+    from PIL import Image
+
+    from benchmarks.quality_data import cifar_test_sample
+
+    def png(value: int) -> bytes:
+        out = io.BytesIO()
+        Image.new("RGB", (32, 32), (value, 0, 255 - value)).save(out, format="PNG")
+        return out.getvalue()
+
+    members = [  # (name, red value); "b" comes first in the stream, "a" sorts first
+        ("train/b/0000.png", 1),
+        ("test/b/0007.png", 10),
+        ("test/a/0003.png", 20),
+        ("test/b/0001.png", 30),
+        ("test/a/0000.png", 40),
+        ("test/b/0002.png", 50),
+    ]
+    tarball = tmp_path / "cifar.tar.gz"
+    with tarfile.open(tarball, "w:gz") as tar:
+        for name, value in members:
+            data = png(value)
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    x, labels = cifar_test_sample(tarball, 2)
+    assert x.shape == (4, 3, 32, 32) and labels.tolist() == [1, 0, 1, 0]
+    assert (x[:, 0, 0, 0] * 255).round().tolist() == [10, 20, 30, 40]
+    assert (x[:, 2, 0, 0] * 255).round().tolist() == [245, 235, 225, 215]
+
+
 def test_random_init_seed_zero_is_the_runs_own_baseline(tmp_path: Path) -> None:
     # the seeded baselines must include exactly the encoder the pipeline scores as random init
     import torch
