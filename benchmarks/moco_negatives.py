@@ -10,7 +10,8 @@ each saved checkpoint of a MoCo run:
   images' momentum keys, the part from keys of its own class (chance: (n_c - 1) / (N - 1));
 - ``neg lse``: the mean over queries of ``logsumexp_j q·k_j / T`` over the other images' keys,
   the negative part of the loss's denominator;
-- the mean cosine of a query to same-class and to other-class keys;
+- the mean cosine of a query to its own image's key (the positive without augmentation), to
+  same-class keys and to other-class keys;
 - the product's weighted kNN top-1 (k=200, T=0.1) on the backbone's features of the same
   images, every other one the bank and the rest the queries.
 
@@ -56,10 +57,10 @@ def measure(checkpoint: Path, x: torch.Tensor, labels: torch.Tensor) -> dict[str
     cos = q @ k.T
     return {
         "step": int(state["step"]),
-        "epoch": int(state["epoch"]),
         "same_class_share": (same_lse - negative_lse).exp().mean().item(),
         "chance": (same.sum(1).float() / others.sum(1)).mean().item(),
         "negative_lse": negative_lse.mean().item(),
+        "cos_self": cos.diagonal().mean().item(),
         "cos_same": cos[same].mean().item(),
         "cos_other": cos[others & ~same].mean().item(),
         # every other image the bank, the rest the queries
@@ -75,15 +76,15 @@ def main() -> None:
     args = p.parse_args()
     x, labels = cifar_test_sample(args.cifar, args.per_class)
     print(
-        "| step | epoch | same-class share (chance) | neg lse | cos same | cos other | kNN |\n"
+        "| step | same-class share (chance) | neg lse | cos self | cos same | cos other | kNN |\n"
         "|---|---|---|---|---|---|---|"
     )
     for checkpoint in sorted(args.checkpoints):
         r = measure(checkpoint, x, labels)
         print(
-            f"| {r['step']} | {r['epoch']} | {r['same_class_share']:.3f} ({r['chance']:.3f}) "
-            f"| {r['negative_lse']:.3f} | {r['cos_same']:.3f} | {r['cos_other']:.3f} "
-            f"| {r['knn']:.3f} |",
+            f"| {r['step']} | {r['same_class_share']:.3f} ({r['chance']:.3f}) "
+            f"| {r['negative_lse']:.3f} | {r['cos_self']:.3f} | {r['cos_same']:.3f} "
+            f"| {r['cos_other']:.3f} | {r['knn']:.3f} |",
             flush=True,
         )
 
