@@ -28,6 +28,11 @@ images per class) of several features of the same ViT:
 same features, against the class and against each image's dominant colour channel (argmax of
 its mean R, G, B): the embedded set draws colours at random for every image, so features that
 find colours and not shapes score high on the second and at chance on the first.
+
+``--checkpoint DIR --run-data`` scores the blocks' ``blkI+ln`` features on the run's own bank and
+queries (any dataset, e.g. CIFAR-10) with the product's ``evaluate_knn``, as
+``benchmarks/method_quality.py`` scores the run: the last block's figures are the run's kNN and
+its random-init baseline.
 """
 
 import argparse
@@ -116,6 +121,46 @@ def score_checkpoint(path: str, bank_per_class: int, query_per_class: int) -> No
         print_table(f"{label}, colour:", knn_table(method.backbone, *colour, names))
 
 
+class BlockFeature(torch.nn.Module):
+    """``blkI+ln`` of :func:`features` as an encoder: (B, 3, H, W) -> (B, D)."""
+
+    def __init__(self, vit: torch.nn.Module, index: int) -> None:
+        super().__init__()
+        self.vit, self.index, self.out_dim = vit, index, vit.dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = block_tokens(self.vit, x)[self.index]
+        return self.vit.norm(tokens[:, 1:]).mean(1)
+
+
+def score_checkpoint_on_run_data(path: str) -> None:
+    """Every block's class kNN for a run's checkpoint and its initialisation, on the run's own
+    bank and queries."""
+    from pipelines.config import build_config
+    from pipelines.data.manifest import read_manifest
+    from pipelines.encoders import eval_image_size
+    from pipelines.train.checkpoint import load_state
+    from pipelines.train.trainer import evaluate_knn, resolve_data
+    from ssl_models.export import Encoder
+
+    state = load_state(path)
+    cfg = build_config(state["config"])
+    split, _ = resolve_data(cfg)
+    classes = len(read_manifest(split.train)[0].class_names)
+    size, (mean, std) = eval_image_size(cfg), (cfg.views.mean, cfg.views.std)
+    for label in ("initialisation", "trained"):
+        torch.manual_seed(cfg.train.seed)  # the weights the run started from
+        method = build_method(cfg)
+        if label == "trained":
+            method.load_state_dict(state["model"])
+        vit = method.backbone.eval()
+        encoders = {
+            f"blk{i}+ln": Encoder(BlockFeature(vit, i), mean, std, size)
+            for i in range(cfg.backbone.vit.depth + 1)
+        }
+        print_table(f"{label}, class:", evaluate_knn(cfg, split, encoders, classes))
+
+
 def print_table(label: str, scores: dict[str, float]) -> None:
     print(label, " ".join(f"{k}={v:.3f}" for k, v in scores.items()), flush=True)
 
@@ -141,6 +186,9 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--method", choices=["mae", "simmim", "beit", "cae"])
     ap.add_argument("--checkpoint", help="only: score this run checkpoint directory")
+    ap.add_argument(
+        "--run-data", action="store_true", help="with --checkpoint: on the run's bank and queries"
+    )
     ap.add_argument("--steps", type=int, default=184)
     ap.add_argument("--images", type=int, default=6000, help="embedded training images")
     ap.add_argument("--batch", type=int, default=256)
@@ -155,6 +203,9 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
 
     torch.set_num_threads(args.threads)
+    if args.checkpoint and args.run_data:
+        score_checkpoint_on_run_data(args.checkpoint)
+        return
     if args.checkpoint:
         score_checkpoint(args.checkpoint, args.bank, args.queries)
         return

@@ -31,12 +31,13 @@ import torch.nn.functional as F
 from benchmarks.quality_data import cifar_test_sample
 from pipelines.config import build_config
 from pipelines.evaluate import knn_top1
+from pipelines.train.checkpoint import load_state
 from pipelines.train.step import build_method
 
 
 @torch.no_grad()
 def measure(checkpoint: Path, x: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
-    state = torch.load(checkpoint / "state.pt", map_location="cpu", weights_only=False)
+    state = load_state(checkpoint)
     cfg = build_config(state["config"])
     method = build_method(cfg)
     method.load_state_dict(state["model"])
