@@ -11,7 +11,8 @@ each saved checkpoint of a MoCo run:
 - ``neg lse``: the mean over queries of ``logsumexp_j q·k_j / T`` over the other images' keys,
   the negative part of the loss's denominator;
 - the mean cosine of a query to its own image's key (the positive without augmentation), to
-  same-class keys and to other-class keys;
+  same-class keys and to other-class keys, and, within one encoder, between the queries of
+  different images (q-q) and between their keys (k-k);
 - the product's weighted kNN top-1 (k=200, T=0.1) on the backbone's features of the same
   images, every other one the bank and the rest the queries.
 
@@ -64,6 +65,9 @@ def measure(checkpoint: Path, x: torch.Tensor, labels: torch.Tensor) -> dict[str
         "cos_self": cos.diagonal().mean().item(),
         "cos_same": cos[same].mean().item(),
         "cos_other": cos[others & ~same].mean().item(),
+        # the same without crossing encoders: how narrow each encoder's own embedding is
+        "cos_qq": (q @ q.T)[others].mean().item(),
+        "cos_kk": (k @ k.T)[others].mean().item(),
         # every other image the bank, the rest the queries
         "knn": knn_top1(features[::2], labels[::2], features[1::2], labels[1::2], 10),
     }
@@ -77,15 +81,15 @@ def main() -> None:
     args = p.parse_args()
     x, labels = cifar_test_sample(args.cifar, args.per_class)
     print(
-        "| step | same-class share (chance) | neg lse | cos self | cos same | cos other | kNN |\n"
-        "|---|---|---|---|---|---|---|"
+        "| step | same-class share (chance) | neg lse | cos self | cos same | cos other "
+        "| cos q-q | cos k-k | kNN |\n|---|---|---|---|---|---|---|---|---|"
     )
     for checkpoint in sorted(args.checkpoints):
         r = measure(checkpoint, x, labels)
         print(
             f"| {r['step']} | {r['same_class_share']:.3f} ({r['chance']:.3f}) "
             f"| {r['negative_lse']:.3f} | {r['cos_self']:.3f} | {r['cos_same']:.3f} "
-            f"| {r['cos_other']:.3f} | {r['knn']:.3f} |",
+            f"| {r['cos_other']:.3f} | {r['cos_qq']:.3f} | {r['cos_kk']:.3f} | {r['knn']:.3f} |",
             flush=True,
         )
 
