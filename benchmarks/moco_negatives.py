@@ -36,6 +36,31 @@ from pipelines.train.checkpoint import load_state
 from pipelines.train.step import build_method
 
 
+def negative_stats(
+    q: torch.Tensor, k: torch.Tensor, labels: torch.Tensor, temperature: float
+) -> dict[str, float]:
+    """The module docstring's figures for L2-normalised queries and keys (N, D) of N labelled
+    images; each query's negatives are the other images' keys."""
+    logits = q @ k.T / temperature
+    others = ~torch.eye(len(q), dtype=torch.bool)
+    same = (labels[:, None] == labels[None, :]) & others
+    logits = logits.masked_fill(~others, float("-inf"))
+    negative_lse = torch.logsumexp(logits, dim=1)
+    same_lse = torch.logsumexp(logits.masked_fill(~same, float("-inf")), dim=1)
+    cos = q @ k.T
+    return {
+        "same_class_share": (same_lse - negative_lse).exp().mean().item(),
+        "chance": (same.sum(1).float() / others.sum(1)).mean().item(),
+        "negative_lse": negative_lse.mean().item(),
+        "cos_self": cos.diagonal().mean().item(),
+        "cos_same": cos[same].mean().item(),
+        "cos_other": cos[others & ~same].mean().item(),
+        # the same without crossing encoders: how narrow each encoder's own embedding is
+        "cos_qq": (q @ q.T)[others].mean().item(),
+        "cos_kk": (k @ k.T)[others].mean().item(),
+    }
+
+
 @torch.no_grad()
 def measure(checkpoint: Path, x: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
     state = load_state(checkpoint)
@@ -49,25 +74,9 @@ def measure(checkpoint: Path, x: torch.Tensor, labels: torch.Tensor) -> dict[str
     features = method.backbone(x)
     q = F.normalize(method.projector(features), dim=1)
     k = F.normalize(method.projector_momentum(method.backbone_momentum(x)), dim=1)
-    temperature = method.cfg.temperature
-    logits = q @ k.T / temperature
-    others = ~torch.eye(len(q), dtype=torch.bool)
-    same = (labels[:, None] == labels[None, :]) & others
-    logits = logits.masked_fill(~others, float("-inf"))
-    negative_lse = torch.logsumexp(logits, dim=1)
-    same_lse = torch.logsumexp(logits.masked_fill(~same, float("-inf")), dim=1)
-    cos = q @ k.T
     return {
         "step": int(state["step"]),
-        "same_class_share": (same_lse - negative_lse).exp().mean().item(),
-        "chance": (same.sum(1).float() / others.sum(1)).mean().item(),
-        "negative_lse": negative_lse.mean().item(),
-        "cos_self": cos.diagonal().mean().item(),
-        "cos_same": cos[same].mean().item(),
-        "cos_other": cos[others & ~same].mean().item(),
-        # the same without crossing encoders: how narrow each encoder's own embedding is
-        "cos_qq": (q @ q.T)[others].mean().item(),
-        "cos_kk": (k @ k.T)[others].mean().item(),
+        **negative_stats(q, k, labels, method.cfg.temperature),
         # every other image the bank, the rest the queries
         "knn": knn_top1(features[::2], labels[::2], features[1::2], labels[1::2], 10),
     }

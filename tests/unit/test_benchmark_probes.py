@@ -1,0 +1,59 @@
+"""The diagnostic probes' own arithmetic, on cases with known answers."""
+
+import math
+
+import torch
+
+from benchmarks.mim_diagnostics import BlockFeature
+from benchmarks.moco_negatives import negative_stats
+from benchmarks.vit_init_probe import probe
+from ssl_models.backbones import build_backbone
+
+
+def tiny_vit(**kwargs) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return build_backbone(
+        "vit_tiny", image_size=8, patch_size=4, dim=8, depth=2, heads=2, pool="mean", **kwargs
+    ).eval()
+
+
+def test_negative_stats_known_answers():
+    labels = torch.tensor([0, 0, 1, 1, 1])
+    # every key the same vector: each negative weighs the same, so the same-class share is
+    # chance, (n_c - 1) / (N - 1), and the log-sum-exp is 1 / T + ln(N - 1)
+    q = torch.nn.functional.normalize(torch.ones(5, 3), dim=1)
+    stats = negative_stats(q, q.clone(), labels, 0.5)
+    chance = (2 * (1 / 4) + 3 * (2 / 4)) / 5
+    assert math.isclose(stats["same_class_share"], chance, rel_tol=1e-6)
+    assert math.isclose(stats["chance"], chance, rel_tol=1e-6)
+    assert math.isclose(stats["negative_lse"], 2.0 + math.log(4), rel_tol=1e-6)
+    # one direction per class: same-class keys at cosine 1, the others at 0
+    e = torch.eye(2)[labels]
+    stats = negative_stats(e, e, labels, 1.0)
+    assert (stats["cos_self"], stats["cos_same"], stats["cos_other"]) == (1.0, 1.0, 0.0)
+    # query 0 (class 0): one same-class key at e, three others at 1: share e / (e + 3)
+    share_0 = math.e / (math.e + 3)
+    share_2 = 2 * math.e / (2 * math.e + 2)  # class 1: two same-class keys, two others
+    expected = (2 * share_0 + 3 * share_2) / 5
+    assert math.isclose(stats["same_class_share"], expected, rel_tol=1e-6)
+    assert math.isclose(stats["cos_qq"], 8 / 20, rel_tol=1e-6)  # 2 + 6 same-class pairs of 20
+
+
+def test_block_feature_of_the_last_block_is_the_encoders_output():
+    vit = tiny_vit()
+    x = torch.randn(3, 3, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(BlockFeature(vit, 2)(x), vit(x))
+        assert not torch.allclose(BlockFeature(vit, 1)(x), vit(x))
+
+
+def test_vit_init_probe_known_answers():
+    vit = tiny_vit()
+    same = torch.randn(1, 3, 8, 8).expand(4, -1, -1, -1)
+    assert probe(vit, same)["image_share"] < 1e-6  # identical images: all position
+    assert abs(probe(vit, same)["pooled_cosine"] - 1.0) < 1e-5
+    with torch.no_grad():  # residual branches that add nothing: the blocks move nothing
+        for block in vit.blocks:
+            for p in block.parameters():
+                p.zero_()
+    assert probe(vit, torch.randn(4, 3, 8, 8))["blocks_move"] < 1e-6
