@@ -151,7 +151,8 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
         return 0
     from pipelines.jobs import demands_of, emit_summary
 
-    exit_code = submit_or_connect(args, args.argv, demands_of(cfg))
+    outputs = {"--storage": cfg.train.storage, "--tracking-uri": cfg.tracking.uri}
+    exit_code = submit_or_connect(args, args.argv, demands_of(cfg), outputs)
     if exit_code is not None:  # ran as a Ray job
         return exit_code
 
@@ -195,7 +196,9 @@ def cmd_shard(args: argparse.Namespace) -> int:
     from pipelines.data.decode import BadImageError
     from pipelines.data.shard import DEFAULT_TARGET_BYTES, ShardOptions
 
-    exit_code = submit_or_connect(args, args.argv, [Demand("shard task", {"CPU": 1.0})])
+    dest = args.paths[-1] if len(args.paths) == 2 and not args.verify else ""
+    demands = [Demand("shard task", {"CPU": 1.0})]
+    exit_code = submit_or_connect(args, args.argv, demands, {"DEST": dest})
     if exit_code is not None:  # ran as a Ray job
         return exit_code
     if args.verify:

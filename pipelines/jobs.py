@@ -96,10 +96,15 @@ def demands_of(cfg: Config) -> list[Demand]:
 
 
 def submit_or_connect(
-    args: argparse.Namespace, argv: list[str], demands: list[Demand] | None = None
+    args: argparse.Namespace,
+    argv: list[str],
+    demands: list[Demand] | None = None,
+    outputs: dict[str, str] | None = None,
 ) -> int | None:
     """See the module docstring. ``argv``: the command line as typed, without the program name
-    (e.g. ``["pretrain", "--epochs", "2", "--address", "http://head:8265"]``)."""
+    (e.g. ``["pretrain", "--epochs", "2", "--address", "http://head:8265"]``). ``outputs``: what
+    the command writes, by the option that sets it (e.g. ``{"--storage": "runs"}``); a submitted
+    job refuses relative local paths among them (:func:`check_job_outputs`)."""
     address = getattr(args, "address", None)
     if not address:
         if os.environ.get(JOB_ENTRYPOINT_ENV):
@@ -113,12 +118,47 @@ def submit_or_connect(
         return None
     check = not getattr(args, "no_resource_check", False)
     if address.startswith(("http://", "https://")):
+        check_job_outputs(outputs or {})
         probe_http(address)
         if check and demands:
             check_fits(demands, nodes_via_dashboard(address), address)
         return submit(address, job_argv(argv), getattr(args, "summary_json", None))
     connect(address, demands if check else None)
     return None
+
+
+def relative_local_path(location: str) -> bool:
+    """Whether a storage location or MLflow tracking URI names a relative path on the local
+    filesystem: ``runs``, ``./runs``, ``sqlite:///mlflow.db``, ``file:mlruns``. Absolute paths
+    (``/mnt/runs``, ``sqlite:////mnt/mlflow.db``, ``file:///mnt/mlruns``) and remote stores
+    (``s3://…``, ``http(s)://…``) are not."""
+    if location.startswith("sqlite:///"):
+        return not location[len("sqlite:///") :].startswith("/")
+    if location.startswith("file:"):
+        path = location[len("file:") :]
+        return not path.startswith("/")
+    if "://" in location:
+        return False
+    return not Path(location).expanduser().is_absolute()
+
+
+def check_job_outputs(outputs: dict[str, str]) -> None:
+    """A job submitted through the Jobs API runs in a temporary copy of this project on the
+    cluster (its ``working_dir``): a relative output path would be written into that copy and
+    deleted with it. Refuse before submitting, naming each such option."""
+    relative = [
+        f"{option} {value!r}"
+        for option, value in outputs.items()
+        if value and relative_local_path(value)
+    ]
+    if relative:
+        raise ConfigError(
+            "a job submitted with --address http(s)://… runs in a temporary copy of the project "
+            f"on the cluster, so {', '.join(relative)} would be written there and lost when the "
+            "job ends: give an absolute path on storage the cluster's nodes share (e.g. "
+            "/mnt/shared/runs, sqlite:////mnt/shared/mlflow.db), s3://bucket/prefix, or an "
+            "MLflow server URL"
+        )
 
 
 # --- reachability and resources ----------------------------------------------------------------

@@ -133,3 +133,50 @@ def test_placement_keys_are_checked_by_name():
         load_config(overrides=parse_set(["data.task_resources={data: 0}"]))
     with pytest.raises(ConfigError, match=r"'data.task_resources.data': expected a number"):
         load_config(overrides=parse_set(["data.task_resources={data: lots}"]))
+
+
+@pytest.mark.parametrize(
+    "location, relative",
+    [
+        ("sslpipe-runs", True),
+        ("./runs", True),
+        ("sqlite:///mlflow.db", True),
+        ("file:mlruns", True),
+        ("/mnt/shared/runs", False),
+        ("~/runs", False),  # the user's home: absolute once expanded
+        ("sqlite:////mnt/shared/mlflow.db", False),
+        ("file:///mnt/shared/mlruns", False),
+        ("s3://bucket/runs", False),
+        ("http://mlflow:5000", False),
+    ],
+)
+def test_relative_local_paths_are_told_from_absolute_and_remote_ones(location, relative):
+    assert jobs.relative_local_path(location) is relative
+
+
+def test_a_submitted_job_refuses_relative_outputs_before_contacting_the_cluster():
+    # a port nothing listens on: had the check come after the probe, this would be a ClusterError
+    address = f"http://127.0.0.1:{free_port()}"
+    args = argparse.Namespace(address=address, no_resource_check=False, summary_json=None)
+    outputs = {"--storage": "sslpipe-runs", "--tracking-uri": "s3://bucket/mlflow", "DEST": ""}
+    with pytest.raises(ConfigError, match=r"--storage 'sslpipe-runs' would be written there") as e:
+        jobs.submit_or_connect(args, ["pretrain", "--address", address], [], outputs)
+    assert "tracking" not in str(e.value) and "DEST" not in str(e.value)
+    # a driver connecting to the cluster (not a job) writes where it runs: no such check
+    args.address = f"127.0.0.1:{free_port()}"
+    with pytest.raises(ClusterError):
+        jobs.submit_or_connect(args, ["pretrain", "--address", args.address], [], outputs)
+
+
+def test_pretrain_and_shard_name_their_relative_outputs_for_a_job(tmp_path, capsys):
+    from pipelines.cli import main
+
+    address = f"http://127.0.0.1:{free_port()}"
+    assert main(["pretrain", "--address", address]) == 2
+    err = capsys.readouterr().err
+    assert "--storage 'sslpipe-runs', --tracking-uri 'sqlite:///mlflow.db'" in err
+    absolute = ["--storage", str(tmp_path / "runs"), "--tracking-uri", "http://mlflow:5000"]
+    assert main(["pretrain", "--address", address, *absolute]) == 1  # on to the probe
+    assert "--storage" not in capsys.readouterr().err
+    assert main(["shard", str(tmp_path), "shards", "--address", address]) == 2
+    assert "DEST 'shards' would be written there" in capsys.readouterr().err
