@@ -128,7 +128,16 @@ def on_cluster(args: argparse.Namespace) -> int | None:
                 f"--space {space}: with --address {address} the space file travels in the job's "
                 f"working_dir: put it inside {PROJECT_ROOT} and run from there"
             )
-    return submit_or_connect(args, args.argv)
+    outputs = None
+    if address.startswith(("http://", "https://")):
+        # a sweep writes its trials' checkpoints and MLflow runs where a pretrain run would
+        from pipelines.config import load_config
+
+        cfg = load_config(getattr(args, "method", None), None, overrides_of(args))
+        outputs = {"--storage": cfg.train.storage, "--tracking-uri": cfg.tracking.uri}
+        if getattr(args, "out", None):  # survey's report folder
+            outputs["--out"] = args.out
+    return submit_or_connect(args, args.argv, None, outputs)
 
 
 def _emit(summary: dict[str, Any], path: str | None) -> None:

@@ -36,8 +36,9 @@ def test_table_has_one_row_per_method_with_percentages(tmp_path):
 
 
 @pytest.mark.parametrize("command", ["tune", "survey"])
-def test_tune_and_survey_go_through_the_cluster_entry_point(command, monkeypatch):
-    """An unreachable Jobs address fails in the probe, naming it, before anything starts."""
+def test_tune_and_survey_go_through_the_cluster_entry_point(command, monkeypatch, tmp_path):
+    """An unreachable Jobs address fails in the probe, naming it, before anything starts; before
+    that, relative outputs (the defaults) are refused: the job would write them into its copy."""
     from pipelines import jobs
     from pipelines.cli import build_parser
     from tuning.commands import on_cluster
@@ -47,9 +48,16 @@ def test_tune_and_survey_go_through_the_cluster_entry_point(command, monkeypatch
     argv = [command, "--address", address]
     space = ["--space", "tuning/spaces/contrastive.yaml"]
     argv += space if command == "tune" else ["--budget", "1"]
+    monkeypatch.chdir(jobs.PROJECT_ROOT)
     args = build_parser().parse_args(argv)
     args.argv = argv
-    monkeypatch.chdir(jobs.PROJECT_ROOT)
+    with pytest.raises(ConfigError, match=r"--storage 'sslpipe-runs', --tracking-uri") as e:
+        on_cluster(args)
+    assert ("--out 'survey'" in str(e.value)) is (command == "survey")
+    argv += ["--storage", str(tmp_path / "runs"), "--tracking-uri", "http://mlflow:5000"]
+    argv += ["--out", str(tmp_path / "survey")] if command == "survey" else []
+    args = build_parser().parse_args(argv)
+    args.argv = argv
     with pytest.raises(jobs.ClusterError, match=f"--address {address}"):
         on_cluster(args)
 
