@@ -118,14 +118,20 @@ def random_init_encoders(cfg: Config, seeds: int) -> dict[str, torch.nn.Module]:
     return encoders
 
 
-def random_init_knn(cfg: Config, seeds: int) -> list[float]:
-    """kNN top-1 of :func:`random_init_encoders` on the run's own bank and queries."""
+def run_data_knn(cfg: Config, encoders: dict[str, torch.nn.Module]) -> dict[str, float]:
+    """kNN top-1 of each encoder on the run's own bank and queries (the product's
+    ``evaluate_knn``, as the run scores itself)."""
     from pipelines.data.manifest import read_manifest
     from pipelines.train.trainer import evaluate_knn, resolve_data
 
     split, _ = resolve_data(cfg)
     classes = len(read_manifest(split.train)[0].class_names)
-    accuracy = evaluate_knn(cfg, split, random_init_encoders(cfg, seeds), classes)
+    return evaluate_knn(cfg, split, encoders, classes)
+
+
+def random_init_knn(cfg: Config, seeds: int) -> list[float]:
+    """kNN top-1 of :func:`random_init_encoders` on the run's own bank and queries."""
+    accuracy = run_data_knn(cfg, random_init_encoders(cfg, seeds))
     return [round(accuracy[f"seed{i}"], 4) for i in range(seeds)]
 
 

@@ -43,7 +43,12 @@ import time
 
 import torch
 
-from benchmarks.swav_diagnostics import dominant_channel, eval_images, fixed_batches
+from benchmarks.swav_diagnostics import (
+    checkpoint_methods,
+    dominant_channel,
+    eval_images,
+    fixed_batches,
+)
 from pipelines.config import load_config, parse_set
 from pipelines.evaluate import knn_top1
 from pipelines.tokenizer import fit_tokenizer
@@ -101,22 +106,14 @@ def knn_table(
 
 def score_checkpoint(path: str, bank_per_class: int, query_per_class: int) -> None:
     """Class and colour kNN of a run's checkpoint and of its initialisation."""
-    from pipelines.config import build_config
-    from pipelines.train.checkpoint import load_state
-
-    state = load_state(path)
-    cfg = build_config(state["config"])
+    _, cfg, methods = checkpoint_methods(path)
     bank, query = eval_images(cfg, bank_per_class, 0), eval_images(cfg, query_per_class, 1)
     colour = [
         (bank[0], dominant_channel(cfg, bank[0])),
         (query[0], dominant_channel(cfg, query[0])),
     ]
     names = [f"blk{i}+ln" for i in range(cfg.backbone.vit.depth + 1)] + ["cls+ln", "cls|mean+ln"]
-    for label in ("initialisation", "trained"):
-        torch.manual_seed(cfg.train.seed)
-        method = build_method(cfg)
-        if label == "trained":
-            method.load_state_dict(state["model"])
+    for label, method in methods.items():
         print_table(f"{label}, class:", knn_table(method.backbone, bank, query, names))
         print_table(f"{label}, colour:", knn_table(method.backbone, *colour, names))
 
@@ -136,29 +133,18 @@ class BlockFeature(torch.nn.Module):
 def score_checkpoint_on_run_data(path: str) -> None:
     """Every block's class kNN for a run's checkpoint and its initialisation, on the run's own
     bank and queries."""
-    from pipelines.config import build_config
-    from pipelines.data.manifest import read_manifest
+    from benchmarks.method_quality import run_data_knn
     from pipelines.encoders import eval_image_size
-    from pipelines.train.checkpoint import load_state
-    from pipelines.train.trainer import evaluate_knn, resolve_data
     from ssl_models.export import Encoder
 
-    state = load_state(path)
-    cfg = build_config(state["config"])
-    split, _ = resolve_data(cfg)
-    classes = len(read_manifest(split.train)[0].class_names)
+    _, cfg, methods = checkpoint_methods(path)
     size, (mean, std) = eval_image_size(cfg), (cfg.views.mean, cfg.views.std)
-    for label in ("initialisation", "trained"):
-        torch.manual_seed(cfg.train.seed)  # the weights the run started from
-        method = build_method(cfg)
-        if label == "trained":
-            method.load_state_dict(state["model"])
-        vit = method.backbone.eval()
+    for label, method in methods.items():
         encoders = {
-            f"blk{i}+ln": Encoder(BlockFeature(vit, i), mean, std, size)
+            f"blk{i}+ln": Encoder(BlockFeature(method.backbone, i), mean, std, size)
             for i in range(cfg.backbone.vit.depth + 1)
         }
-        print_table(f"{label}, class:", evaluate_knn(cfg, split, encoders, classes))
+        print_table(f"{label}, class:", run_data_knn(cfg, encoders))
 
 
 def print_table(label: str, scores: dict[str, float]) -> None:

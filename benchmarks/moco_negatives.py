@@ -30,10 +30,8 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.quality_data import cifar_test_sample
-from pipelines.config import build_config
+from benchmarks.swav_diagnostics import checkpoint_methods
 from pipelines.evaluate import knn_top1
-from pipelines.train.checkpoint import load_state
-from pipelines.train.step import build_method
 
 
 def negative_stats(
@@ -63,11 +61,8 @@ def negative_stats(
 
 @torch.no_grad()
 def measure(checkpoint: Path, x: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
-    state = load_state(checkpoint)
-    cfg = build_config(state["config"])
-    method = build_method(cfg)
-    method.load_state_dict(state["model"])
-    method.eval()
+    state, cfg, methods = checkpoint_methods(checkpoint)
+    method = methods["trained"]
     mean = torch.tensor(cfg.views.mean).view(1, 3, 1, 1)
     std = torch.tensor(cfg.views.std).view(1, 3, 1, 1)
     x = (x - mean) / std

@@ -182,23 +182,33 @@ def nmi(a: list[int], b: list[int]) -> float:
 
 
 @torch.no_grad()
+def checkpoint_methods(path) -> tuple:
+    """A run checkpoint's ``(state, config, {"initialisation": method, "trained": method})``: the
+    method built with seed ``train.seed`` (the weights the run started from), and again with the
+    checkpoint's weights; both in eval mode."""
+    from pipelines.config import build_config
+    from pipelines.train.checkpoint import load_state
+
+    state = load_state(path)
+    cfg = build_config(state["config"])
+    methods = {}
+    for name in ("initialisation", "trained"):
+        torch.manual_seed(cfg.train.seed)
+        methods[name] = build_method(cfg)
+        if name == "trained":
+            methods[name].load_state_dict(state["model"])
+        methods[name].eval()
+    return state, cfg, methods
+
+
 def what_codes_follow(checkpoint: str) -> None:
     """Each of 2,000 whole training images' favourite prototype, for a trained checkpoint and for
     the same architecture at initialisation: its agreement (NMI) with the class and with the
     image's dominant colour channel."""
-    from pipelines.config import build_config
-    from pipelines.train.checkpoint import load_state
-
-    state = load_state(checkpoint)
-    cfg = build_config(state["config"])
+    _, cfg, methods = checkpoint_methods(checkpoint)
     x, y = eval_images(cfg, 200, 0)
     channel = dominant_channel(cfg, x).tolist()
-    for name in ("initialisation", "trained"):
-        torch.manual_seed(cfg.train.seed)
-        method = build_method(cfg)
-        if name == "trained":
-            method.load_state_dict(state["model"])
-        method.eval()
+    for name, method in methods.items():
         z = torch.nn.functional.normalize(method.projector(method.backbone(x)), dim=1)
         protos = torch.nn.functional.normalize(method.prototypes.weight, dim=1)
         fav = (z @ protos.T).argmax(1).tolist()
