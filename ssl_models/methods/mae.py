@@ -24,7 +24,11 @@ class MAEConfig:
     decoder_dim: int = 512  # the light decoder's width (paper's default 512)
     decoder_depth: int = 8  # decoder blocks (8 in the paper; fewer still learn, fig. / table 1a)
     decoder_heads: int = 16
-    norm_pix_loss: bool = True  # per-patch normalised pixel targets (table 1c: better features)
+    norm_pix_loss: bool = True  # per-patch normalised pixel targets (table 1d: better features)
+    # Table 1c's ablation, not the recipe: the encoder sees every patch, the masked ones replaced
+    # by a learnable mask token (as SimMIM and BEiT do), and the decoder takes its output as is.
+    # The paper measures linear probing 59.6 with it against 73.5 without.
+    encoder_mask_tokens: bool = False
 
 
 class MAE(SSLMethod):
@@ -36,7 +40,10 @@ class MAE(SSLMethod):
         self.backbone = require_vit(backbone, "mae")
         d, p = cfg.decoder_dim, self.backbone.patch_size
         self.decoder_embed = nn.Linear(self.backbone.dim, d)
-        self.mask_token = nn.Parameter(torch.zeros(1, 1, d))
+        # one mask token, where the masked patches enter: the decoder's, or the encoder's
+        self.mask_token = None if cfg.encoder_mask_tokens else nn.Parameter(torch.zeros(1, 1, d))
+        if cfg.encoder_mask_tokens:
+            self.backbone.enable_mask_token()
         grid = self.backbone.grid
         self.register_buffer("decoder_pos", sincos_2d(d, grid, grid).unsqueeze(0), persistent=False)
         self.decoder_blocks = nn.ModuleList(
@@ -51,7 +58,8 @@ class MAE(SSLMethod):
             self.decoder_pred,
         ):
             module.apply(init_weights)
-        nn.init.normal_(self.mask_token, std=0.02)
+        if self.mask_token is not None:
+            nn.init.normal_(self.mask_token, std=0.02)
         self.seed = torch.initial_seed()
         self.rng = step_generator(self.seed, 0)
 
@@ -60,15 +68,19 @@ class MAE(SSLMethod):
         return {}
 
     def forward_decoder(
-        self, latent: torch.Tensor, restore: torch.Tensor, grid: tuple[int, int]
+        self, latent: torch.Tensor, restore: torch.Tensor | None, grid: tuple[int, int]
     ) -> torch.Tensor:
         """latent: (B, 1 + K, D) encoded CLS + visible patches, restore: (B, L) ->
-        pixel predictions (B, L, p·p·3) for every patch, in patch order."""
+        pixel predictions (B, L, p·p·3) for every patch, in patch order. With ``restore`` None
+        the latent already holds every patch in patch order (``encoder_mask_tokens``)."""
         x = self.decoder_embed(latent)  # (B, 1 + K, d)
         b, n, d = x.shape
-        length = restore.shape[1]
-        filler = self.mask_token.to(x.dtype).expand(b, length + 1 - n, d)
-        patches = gather_tokens(torch.cat([x[:, 1:], filler], dim=1), restore)  # (B, L, d)
+        if restore is None:
+            patches = x[:, 1:]
+        else:
+            length = restore.shape[1]
+            filler = self.mask_token.to(x.dtype).expand(b, length + 1 - n, d)
+            patches = gather_tokens(torch.cat([x[:, 1:], filler], dim=1), restore)  # (B, L, d)
         pos = self.decoder_pos
         if grid != (self.backbone.grid, self.backbone.grid):
             pos = sincos_2d(d, *grid).unsqueeze(0).to(x.device)
@@ -83,8 +95,12 @@ class MAE(SSLMethod):
         draw = random_masking(
             images.shape[0], grid[0] * grid[1], self.cfg.mask_ratio, self.rng, images.device
         )
-        latent = self.backbone.forward_tokens(images, keep=draw.keep)  # (B, 1 + K, D)
-        pred = self.forward_decoder(latent, draw.restore, grid)  # (B, L, p·p·3)
+        if self.cfg.encoder_mask_tokens:
+            latent = self.backbone.forward_tokens(images, mask=draw.mask)  # (B, 1 + L, D)
+            pred = self.forward_decoder(latent, None, grid)
+        else:
+            latent = self.backbone.forward_tokens(images, keep=draw.keep)  # (B, 1 + K, D)
+            pred = self.forward_decoder(latent, draw.restore, grid)  # (B, L, p·p·3)
         target = patchify(images, self.backbone.patch_size)
         loss = mae_loss(pred.float(), target.float(), draw.mask, self.cfg.norm_pix_loss)
         return {"loss": loss}

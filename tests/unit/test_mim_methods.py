@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from ssl_models.backbones import build_backbone
-from ssl_models.backbones.masking import block_masking, step_generator
+from ssl_models.backbones.masking import block_masking, random_masking, step_generator
 from ssl_models.methods.base import Progress
 from ssl_models.registry import METHODS
 from ssl_models.tokenizer import KMeansTokenizer
@@ -136,3 +136,28 @@ def test_cae_masks_the_same_number_in_every_image():
     assert {"token_loss", "align_loss", "token_accuracy"} <= set(out)
     expected = out["token_loss"] + method.cfg.align_weight * out["align_loss"]
     torch.testing.assert_close(out["loss"].detach(), expected)
+
+
+@pytest.mark.parametrize("encoder_mask_tokens", [False, True])
+def test_mae_mask_token_ablation_hides_the_masked_pixels(encoder_mask_tokens):
+    # table 1c of the MAE paper: the encoder sees all 16 patches (masked ones as the mask token)
+    # instead of the 4 visible ones; either way no masked pixel reaches the prediction
+    method = build("mae", encoder_mask_tokens=encoder_mask_tokens)
+    seen, preds = [], []
+    method.backbone.blocks[0].register_forward_hook(lambda m, i, o: seen.append(i[0].shape[1]))
+    method.decoder_pred.register_forward_hook(lambda m, i, o: preds.append(o))
+    x = batch(2)["global"]
+    method.on_step_start(Progress(3, 10, 10))
+    out = method({"global": x})
+    mask = random_masking(2, 16, method.cfg.mask_ratio, step_generator(method.seed, 3)).mask
+    pixels = mask.reshape(2, 4, 4).repeat_interleave(4, 1).repeat_interleave(4, 2)
+    changed = torch.where(pixels[:, None, None], torch.randn_like(x), x)
+    method.on_step_start(Progress(3, 10, 10))
+    method({"global": changed})
+    torch.testing.assert_close(preds[0], preds[1])
+    assert seen == [1 + 16] * 2 if encoder_mask_tokens else seen == [1 + 4] * 2
+    out["loss"].backward()
+    missing = [n for n, p in method.named_parameters() if p.grad is None]
+    assert not missing
+    assert (method.mask_token is None) == encoder_mask_tokens
+    assert (method.encoder.mask_token is not None) == encoder_mask_tokens
