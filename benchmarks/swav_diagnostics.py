@@ -36,7 +36,7 @@ import torch
 from PIL import Image
 
 import ssl_models.methods.swav as swav_module
-from pipelines.config import load_config, parse_set
+from pipelines.config import Config, load_config, parse_set
 from pipelines.data.synthetic import generate_rows
 from pipelines.data.views import ViewMaker
 from pipelines.evaluate import knn_top1
@@ -181,8 +181,7 @@ def nmi(a: list[int], b: list[int]) -> float:
     return mi / math.sqrt(ha * hb) if ha > 0 and hb > 0 else 0.0
 
 
-@torch.no_grad()
-def checkpoint_methods(path) -> tuple:
+def checkpoint_methods(path: str) -> tuple[dict, Config, dict[str, torch.nn.Module]]:
     """A run checkpoint's ``(state, config, {"initialisation": method, "trained": method})``: the
     method built with seed ``train.seed`` (the weights the run started from), and again with the
     checkpoint's weights; both in eval mode."""
@@ -201,6 +200,7 @@ def checkpoint_methods(path) -> tuple:
     return state, cfg, methods
 
 
+@torch.no_grad()
 def what_codes_follow(checkpoint: str) -> None:
     """Each of 2,000 whole training images' favourite prototype, for a trained checkpoint and for
     the same architecture at initialisation: its agreement (NMI) with the class and with the
