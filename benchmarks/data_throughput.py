@@ -152,7 +152,8 @@ def decode_rate(folder: Path, cores: int) -> float:
 def ray_rate(shards: Path, cores: int, augment_device: str) -> float:
     import torch
 
-    from pipelines.config import load_config, parse_set
+    from pipelines.config import load_config
+    from pipelines.config_layers import parse_set
     from pipelines.data.source import training_dataset
     from pipelines.train.step import prepare_views
 

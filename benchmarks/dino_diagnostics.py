@@ -38,7 +38,8 @@ from benchmarks.swav_diagnostics import (
     mean_pairwise_cosine,
     report_final_knn,
 )
-from pipelines.config import load_config, parse_set
+from pipelines.config import load_config
+from pipelines.config_layers import parse_set
 
 
 def main(argv: list[str] | None = None) -> None:

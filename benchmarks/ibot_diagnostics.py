@@ -33,7 +33,8 @@ from benchmarks.swav_diagnostics import (
     knn,
     mean_pairwise_cosine,
 )
-from pipelines.config import load_config, parse_set
+from pipelines.config import load_config
+from pipelines.config_layers import parse_set
 
 
 @torch.no_grad()

@@ -47,7 +47,8 @@ from typing import Any
 import torch
 
 from benchmarks.quality_data import CIFAR_CANDIDATES, prepare_cifar, prepare_embedded_gray
-from pipelines.config import Config, build_config, deep_merge, embedded_profile, parse_set, recipe
+from pipelines.config import Config, build_config
+from pipelines.config_layers import deep_merge, embedded_profile, parse_set, recipe
 from ssl_models.registry import METHODS
 
 

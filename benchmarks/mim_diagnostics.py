@@ -49,7 +49,8 @@ from benchmarks.swav_diagnostics import (
     eval_images,
     fixed_batches,
 )
-from pipelines.config import load_config, parse_set
+from pipelines.config import load_config
+from pipelines.config_layers import parse_set
 from pipelines.evaluate import knn_top1
 from pipelines.tokenizer import fit_tokenizer
 from pipelines.train.step import TrainStep, build_method, place, prepare_views

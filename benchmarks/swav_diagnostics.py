@@ -36,7 +36,8 @@ import torch
 from PIL import Image
 
 import ssl_models.methods.swav as swav_module
-from pipelines.config import Config, load_config, parse_set
+from pipelines.config import Config, load_config
+from pipelines.config_layers import parse_set
 from pipelines.data.synthetic import generate_rows
 from pipelines.data.views import ViewMaker
 from pipelines.evaluate import knn_top1

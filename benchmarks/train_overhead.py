@@ -25,9 +25,11 @@ import time
 import numpy as np
 import torch
 
-from pipelines.config import Config, load_config, parse_set, to_dict
+from pipelines.config import Config, load_config
+from pipelines.config_layers import parse_set
 from pipelines.train.optim import build_optimizer
 from pipelines.train.step import build_method, place
+from pipelines.typed import to_dict
 
 
 def config(batch: int, epochs: int, storage: str, tracking_uri: str) -> Config:

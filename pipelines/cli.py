@@ -6,8 +6,11 @@ import os
 import sys
 from pathlib import Path
 
-from pipelines.config import ConfigError, deep_merge, load_config, parse_set
-from pipelines.jobs import ClusterError, Demand, add_cluster_arguments, submit_or_connect
+from pipelines import cli_encoders
+from pipelines.cluster_checks import ClusterError, Demand, demands_of
+from pipelines.config import ConfigError, load_config
+from pipelines.config_layers import deep_merge, parse_set
+from pipelines.jobs import add_cluster_arguments, submit_or_connect
 from ssl_models.registry import METHODS
 
 
@@ -115,7 +118,8 @@ def _resume_config(args: argparse.Namespace, overrides: dict):
 
     import mlflow
 
-    from pipelines.config import Config, TrackingConfig, build_config, read_yaml
+    from pipelines.config import Config, TrackingConfig, build_config
+    from pipelines.config_layers import read_yaml
     from pipelines.tracking import absolute_uri, find_run
 
     tracking = overrides.get("tracking", {})
@@ -135,7 +139,7 @@ def _resume_config(args: argparse.Namespace, overrides: dict):
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
-    from pipelines.config import dump_yaml
+    from pipelines.config_layers import dump_yaml
 
     overrides = deep_merge(parse_set(args.set), _flag_overrides(args))
     run_id = None
@@ -149,7 +153,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     if args.print_config:
         print(dump_yaml(cfg), end="")
         return 0
-    from pipelines.jobs import demands_of, emit_summary
+    from pipelines.jobs import emit_summary
 
     outputs = {"--storage": cfg.train.storage, "--tracking-uri": cfg.tracking.uri}
     exit_code = submit_or_connect(args, args.argv, demands_of(cfg), outputs)
@@ -241,103 +245,6 @@ def cmd_shard(args: argparse.Namespace) -> int:
     return 0
 
 
-def _eval_config(args: argparse.Namespace):
-    from pipelines.config import EvalConfig, from_dict
-
-    sets = parse_set(args.set)
-    unknown = set(sets) - {"eval"}
-    if unknown:
-        raise ConfigError(f"--set: only eval.* keys apply here, got {sorted(unknown)}")
-    return from_dict(EvalConfig, sets.get("eval", {}), "eval")
-
-
-def _tracking_uri(args: argparse.Namespace) -> str:
-    from pipelines.config import TrackingConfig
-    from pipelines.tracking import absolute_uri
-
-    return absolute_uri(args.tracking_uri or TrackingConfig.uri)
-
-
-def _emit(result: dict, summary_json: str | None) -> None:
-    print(json.dumps(result, indent=2), flush=True)
-    if summary_json:
-        Path(summary_json).write_text(json.dumps(result, indent=2))
-
-
-def cmd_eval(args: argparse.Namespace) -> int:
-    from pipelines.eval_sets import EvalSplit
-    from pipelines.offline_eval import evaluate_registered
-
-    split = EvalSplit(args.data, args.eval_data or "")
-    result = evaluate_registered(
-        args.kind, args.model, _tracking_uri(args), split, _eval_config(args)
-    )
-    _emit(result, args.summary_json)
-    return 0
-
-
-def cmd_embed(args: argparse.Namespace) -> int:
-    from pipelines.offline_eval import write_embeddings
-
-    result = write_embeddings(
-        args.model, _tracking_uri(args), args.data, args.out, _eval_config(args)
-    )
-    _emit(result, None)
-    return 0
-
-
-def cmd_register(args: argparse.Namespace) -> int:
-    from pipelines.config import TrackingConfig
-    from pipelines.encoders import register_checkpoint
-
-    experiment = args.experiment or TrackingConfig.experiment
-    result = register_checkpoint(
-        args.run, args.step, _tracking_uri(args), experiment, args.name or ""
-    )
-    _emit(result, None)
-    return 0
-
-
-def _eval_parsers(sub: argparse._SubParsersAction) -> None:
-    model_help = "registered encoder: models:/NAME@ALIAS, models:/NAME/VERSION or runs:/ID/encoder"
-    e = sub.add_parser(
-        "eval",
-        help="kNN or linear-probe top-1 of a registered encoder on labeled shards",
-        description="Evaluate a registered encoder. With --eval-data, --data is the bank / "
-        "training set and --eval-data the queries / test set; without, a fixed 10%% of --data's "
-        "rows (by key hash) are the queries.",
-    )
-    e.add_argument("kind", choices=["knn", "linear"])
-    e.add_argument("--model", required=True, help=model_help)
-    e.add_argument("--data", required=True, help="labeled shard directory (local or s3://)")
-    e.add_argument("--eval-data", help="labeled held-out shards")
-    e.add_argument("--summary-json", help="also write the result to this file")
-    m = sub.add_parser("embed", help="write the embeddings of a shard set to Parquet")
-    m.add_argument("--model", required=True, help=model_help)
-    m.add_argument("--data", required=True, help="shard directory (local or s3://)")
-    m.add_argument("--out", required=True, help="OUT.parquet: key, label, embedding")
-    for p in (e, m):
-        p.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///mlflow.db)")
-        p.add_argument(
-            "--set",
-            action="append",
-            default=[],
-            metavar="KEY=VALUE",
-            help="eval.* settings, e.g. --set eval.knn_k=20 --set eval.linear_epochs=50",
-        )
-    r = sub.add_parser(
-        "register",
-        help="register the encoder of one recorded checkpoint of a run",
-        description="Register the encoder of the checkpoint a run recorded at --step (the run's "
-        "sslpipe.checkpoint.* tags list them).",
-    )
-    r.add_argument("run", metavar="RUN", help="MLflow run id (or run name)")
-    r.add_argument("--step", type=int, required=True, help="the checkpoint's optimizer step")
-    r.add_argument("--name", help="registered model name (default: the run's)")
-    r.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///mlflow.db)")
-    r.add_argument("--experiment", help="experiment to look a run name up in (default: sslpipe)")
-
-
 def _verify(args: argparse.Namespace) -> int:
     if args.workers > 0:
         _start_ray(args.address, args.workers)
@@ -368,7 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _pretrain_parser(sub)
     _shard_parser(sub)
-    _eval_parsers(sub)
+    cli_encoders.add_parsers(sub)
     from tuning.commands import add_parsers
 
     add_parsers(sub)
@@ -379,9 +286,9 @@ def build_parser() -> argparse.ArgumentParser:
 COMMANDS = {
     "pretrain": cmd_pretrain,
     "shard": cmd_shard,
-    "eval": cmd_eval,
-    "embed": cmd_embed,
-    "register": cmd_register,
+    "eval": cli_encoders.cmd_eval,
+    "embed": cli_encoders.cmd_embed,
+    "register": cli_encoders.cmd_register,
     "methods": cmd_methods,
     "tune": lambda args: _tuning("cmd_tune", args),
     "survey": lambda args: _tuning("cmd_survey", args),

@@ -7,22 +7,16 @@ values of the wrong type are errors that name the dotted key and what is allowed
 """
 
 import dataclasses
-import types
-import typing
 from dataclasses import dataclass, field
-from importlib import resources
-from pathlib import Path
 from typing import Any, Literal
 
+from pipelines.config_layers import deep_merge, embedded_profile, read_yaml, recipe
+from pipelines.typed import ConfigError, coerce, from_dict
 from ssl_models.backbones.vit import ViTConfig
 from ssl_models.registry import METHODS, get_method
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-class ConfigError(ValueError):
-    """A configuration key is unknown or holds a value of the wrong type."""
 
 
 @dataclass(frozen=True)
@@ -233,107 +227,6 @@ class Config:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
 
-# --- building typed configs from plain data -------------------------------------------------
-
-
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", str(tp))
-
-
-def _coerce(value: Any, tp: Any, key: str) -> Any:
-    """Check ``value`` against the annotation ``tp`` and convert lists to tuples."""
-    origin = typing.get_origin(tp)
-    if tp is Any:
-        return value
-    if dataclasses.is_dataclass(tp):
-        if isinstance(value, tp):
-            return value
-        if not isinstance(value, dict):
-            raise ConfigError(f"config key '{key}': expected a mapping, got {value!r}")
-        return from_dict(tp, value, key)
-    if origin is Literal:
-        allowed = typing.get_args(tp)
-        if value not in allowed:
-            raise ConfigError(f"config key '{key}': {value!r} is not one of {list(allowed)}")
-        return value
-    if origin in (typing.Union, types.UnionType):
-        for arg in typing.get_args(tp):
-            try:
-                return _coerce(value, arg, key)
-            except ConfigError:
-                continue
-        raise ConfigError(f"config key '{key}': {value!r} does not match {tp}")
-    if origin is tuple:
-        args = typing.get_args(tp)
-        if not isinstance(value, list | tuple):
-            raise ConfigError(f"config key '{key}': expected a list, got {value!r}")
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
-        if len(value) != len(args):
-            raise ConfigError(f"config key '{key}': expected {len(args)} values, got {value!r}")
-        pairs = enumerate(zip(value, args, strict=True))
-        return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in pairs)
-    if origin is dict:
-        _, value_tp = typing.get_args(tp)
-        if not isinstance(value, dict):
-            raise ConfigError(f"config key '{key}': expected a mapping, got {value!r}")
-        return {str(k): _coerce(v, value_tp, f"{key}.{k}") for k, v in value.items()}
-    if tp is float:
-        if isinstance(value, str):  # YAML 1.1 reads 5e-4 (no dot) as a string
-            try:
-                value = float(value)
-            except ValueError:
-                raise ConfigError(f"config key '{key}': expected a number, got {value!r}") from None
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(f"config key '{key}': expected a number, got {value!r}")
-        return float(value)
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"config key '{key}': expected an integer, got {value!r}")
-        return value
-    if tp in (bool, str):
-        if not isinstance(value, tp):
-            raise ConfigError(f"config key '{key}': expected {_type_name(tp)}, got {value!r}")
-        return value
-    raise ConfigError(f"config key '{key}': unsupported type {tp}")
-
-
-def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
-    """Build the frozen dataclass ``cls`` from ``data``, naming any bad key in full."""
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    kwargs = {}
-    for key, value in data.items():
-        dotted = f"{prefix}.{key}" if prefix else key
-        if key not in names:
-            raise ConfigError(f"unknown config key '{dotted}'; allowed keys: {names}")
-        kwargs[key] = _coerce(value, hints[key], dotted)
-    return cls(**kwargs)
-
-
-def to_dict(obj: Any) -> Any:
-    """The plain-data form of a config (tuples become lists), for YAML, MLflow and Ray."""
-    if dataclasses.is_dataclass(obj):
-        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
-    if isinstance(obj, dict):
-        return {k: to_dict(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [to_dict(v) for v in obj]
-    return obj
-
-
-def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``, lists kept as values."""
-    out: dict[str, Any] = {}
-    for key, value in data.items():
-        dotted = f"{prefix}.{key}" if prefix else key
-        if isinstance(value, dict) and value:
-            out.update(flatten(value, dotted))
-        else:
-            out[dotted] = value
-    return out
-
-
 def build_config(data: dict[str, Any]) -> Config:
     """Typed config from merged plain data; ``method_args`` is typed by the chosen method."""
     data = dict(data)
@@ -342,7 +235,7 @@ def build_config(data: dict[str, Any]) -> Config:
         raise ConfigError(f"config key 'method': {method!r} is not one of {sorted(METHODS)}")
     method_args = data.pop("method_args", None) or {}
     cfg = from_dict(Config, data)
-    args = _coerce(method_args, get_method(method).config, "method_args")
+    args = coerce(method_args, get_method(method).config, "method_args")
     cfg = dataclasses.replace(cfg, method_args=args)
     check_training(cfg)
     check_recipe(cfg)
@@ -420,80 +313,6 @@ def check_recipe(cfg: Config) -> None:
             )
 
 
-# --- layering ---------------------------------------------------------------------------------
-
-
-def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in over.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = deep_merge(out[key], value)
-        else:
-            out[key] = value
-    return out
-
-
-def safe_load(text: str, document: bool = True) -> Any:
-    """PyYAML's ``safe_load``, or where PyYAML is missing (a bare GPU box) the subset reader in
-    ``pipelines/mini_yaml.py``, which reads every packaged recipe the same (tested). ``document``
-    False: one value, as ``--set`` gives."""
-    try:
-        import yaml
-    except ImportError:
-        from pipelines import mini_yaml
-
-        return mini_yaml.loads(text) if document else mini_yaml.value(text)
-    return yaml.safe_load(text)
-
-
-def parse_set(pairs: list[str]) -> dict[str, Any]:
-    """``["optim.base_lr=0.1", "views.groups.global.size=32"]`` -> nested dict, values as YAML."""
-    out: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, raw = pair.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"--set expects key=value, got {pair!r}")
-        value = safe_load(raw, document=False) if raw else ""
-        node = out
-        parts = key.split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-        node[parts[-1]] = value
-    return out
-
-
-def read_yaml(path: str | Path) -> dict[str, Any]:
-    with open(path) as f:
-        data = safe_load(f.read()) or {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: the top level of a config file must be a mapping")
-    return data
-
-
-def packaged_yaml(name: str) -> dict[str, Any]:
-    """A YAML file shipped in ``pipelines/configs``."""
-    text = resources.files("pipelines").joinpath("configs", name).read_text()
-    return safe_load(text) or {}
-
-
-def recipe(method: str) -> dict[str, Any]:
-    """The method's recipe: the paper's defaults as plain data."""
-    get_method(method)
-    return packaged_yaml(f"{method}.yaml")
-
-
-def embedded_profile(method: str, base: dict[str, Any]) -> dict[str, Any]:
-    """The laptop profile: its generic part, then its ``methods.<method>`` part, restricted to
-    the view groups the recipe has."""
-    profile = packaged_yaml("embedded.yaml")
-    profile = deep_merge(profile, profile.pop("methods", {}).get(method, {}))
-    groups = profile.get("views", {}).get("groups")
-    if groups:
-        present = base.get("views", {}).get("groups", {"global": {}})
-        profile["views"]["groups"] = {k: v for k, v in groups.items() if k in present}
-    return profile
-
-
 def load_config(
     method: str | None = None,
     config_file: str | None = None,
@@ -510,9 +329,3 @@ def load_config(
     if not user.get("data", {}).get("path") and not data.get("data", {}).get("path"):
         data = deep_merge(data, embedded_profile(chosen, data))
     return build_config(deep_merge(data, user))
-
-
-def dump_yaml(cfg: Config) -> str:
-    import yaml
-
-    return yaml.safe_dump(to_dict(cfg), sort_keys=False)

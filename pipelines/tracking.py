@@ -18,7 +18,8 @@ import mlflow
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 
-from pipelines.config import Config, flatten, to_dict
+from pipelines.config import Config
+from pipelines.typed import flatten, to_dict
 
 log = logging.getLogger(__name__)
 

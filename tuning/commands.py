@@ -6,7 +6,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pipelines.config import ConfigError, deep_merge, parse_set, read_yaml
+from pipelines.config import ConfigError
+from pipelines.config_layers import deep_merge, parse_set, read_yaml
 from ssl_models.registry import METHODS
 
 

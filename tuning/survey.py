@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from pipelines import tracking
-from pipelines.config import ConfigError, deep_merge, load_config
+from pipelines.config import ConfigError, load_config
+from pipelines.config_layers import deep_merge
 from pipelines.train.trainer import storage_root
 from ssl_models.registry import METHODS, get_method
 from tuning.sweep import tuner_of, write_spec

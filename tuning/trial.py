@@ -26,10 +26,12 @@ from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from pipelines import tracking
-from pipelines.config import Config, deep_merge, dump_yaml, load_config, to_dict
+from pipelines.config import Config, load_config
+from pipelines.config_layers import deep_merge, dump_yaml
 from pipelines.data.source import training_dataset
 from pipelines.train.checkpoint import load_state_uri
 from pipelines.train.trainer import build_trainer, monitor_datasets, resolve_data
+from pipelines.typed import to_dict
 from ssl_models.registry import get_method
 from tuning.space import unflatten
 

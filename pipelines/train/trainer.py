@@ -16,7 +16,8 @@ from ray.train.torch import TorchTrainer
 
 from pipelines import tracking
 from pipelines.assets import log_assets, prepare_assets
-from pipelines.config import Config, dump_yaml, to_dict
+from pipelines.config import Config
+from pipelines.config_layers import dump_yaml
 from pipelines.data.bad_images import bad_image_report, create_counter
 from pipelines.data.manifest import Manifest
 from pipelines.data.source import training_dataset
@@ -26,6 +27,7 @@ from pipelines.eval_sets import HOLDOUT, EvalSplit, split_views
 from pipelines.evaluate import embed, knn_top1
 from pipelines.train.checkpoint import load_state
 from pipelines.train.loop import train_loop_per_worker
+from pipelines.typed import to_dict
 from ssl_models.export import Encoder
 from ssl_models.registry import get_method
 

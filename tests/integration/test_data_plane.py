@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipelines.config import load_config, parse_set
+from pipelines.config import load_config
+from pipelines.config_layers import parse_set
 from pipelines.data.bad_images import bad_image_report, create_counter
 from pipelines.data.manifest import read_manifest, resolve
 from pipelines.data.shard import Row, ShardOptions, write_shards
@@ -95,8 +96,8 @@ def test_bad_images_metric_reaches_mlflow_from_the_training_loop(ray_local, tmp_
     from mlflow import MlflowClient
 
     from pipelines import tracking
-    from pipelines.config import to_dict
     from pipelines.train.trainer import build_trainer
+    from pipelines.typed import to_dict
 
     good, bad_keys = shards_with_bad_rows(tmp_path / "shards")
     cfg = load_config(

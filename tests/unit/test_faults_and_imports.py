@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.config import ConfigError, load_config, parse_set
+from pipelines.config import ConfigError, load_config
+from pipelines.config_layers import parse_set
 from pipelines.train import faults
 from pipelines.train.faults import FaultInjector
 

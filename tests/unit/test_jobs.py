@@ -5,9 +5,11 @@ import time
 
 import pytest
 
-from pipelines import jobs
-from pipelines.config import ConfigError, load_config, parse_set
-from pipelines.jobs import ClusterError, Demand, capacity, check_fits, demands_of, job_argv
+from pipelines import cluster_checks, jobs
+from pipelines.cluster_checks import ClusterError, Demand, capacity, check_fits, demands_of
+from pipelines.config import ConfigError, load_config
+from pipelines.config_layers import parse_set
+from pipelines.jobs import job_argv
 from tests.conftest import free_port
 
 
@@ -110,7 +112,7 @@ def test_demands_that_fit_alone_but_not_together_are_refused():
     ],
 )
 def test_an_unreachable_address_is_an_error_not_a_hang(address, monkeypatch):
-    monkeypatch.setattr(jobs, "PROBE_SECONDS", 1.0)
+    monkeypatch.setattr(cluster_checks, "PROBE_SECONDS", 1.0)
     address = address.format(port=free_port())  # bound and released: nothing listens there
     args = argparse.Namespace(address=address, no_resource_check=False, summary_json=None)
     started = time.monotonic()

@@ -3,7 +3,9 @@
 from pathlib import Path
 
 from benchmarks.method_quality import method_config, table
-from pipelines.config import load_config, parse_set, to_dict
+from pipelines.config import load_config
+from pipelines.config_layers import parse_set
+from pipelines.typed import to_dict
 
 
 def test_cifar_config_is_the_laptop_profile_with_a_data_path(tmp_path: Path) -> None:

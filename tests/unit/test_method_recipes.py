@@ -9,7 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from pipelines.config import OptimConfig, load_config, parse_set
+from pipelines.config import OptimConfig, load_config
+from pipelines.config_layers import parse_set
 from pipelines.data.views import ViewMaker
 from pipelines.train.optim import build_optimizer, set_lr
 from pipelines.train.step import TrainStep, build_method, place

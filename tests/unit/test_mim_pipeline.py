@@ -12,7 +12,8 @@ from PIL import Image
 
 from pipelines import tokenizer as pipeline_tokenizer
 from pipelines.assets import prepare_assets
-from pipelines.config import deep_merge, load_config
+from pipelines.config import load_config
+from pipelines.config_layers import deep_merge
 from pipelines.data.synthetic import ensure_embedded
 from pipelines.data.views import ViewMaker
 from pipelines.train.step import TrainStep, build_method, place, prepare_views

@@ -13,8 +13,8 @@ from pipelines.config import (
     ViewGroupConfig,
     ViewsConfig,
     load_config,
-    parse_set,
 )
+from pipelines.config_layers import parse_set
 from pipelines.data.jigsaw_permutations import hamming_distances, permutation_set
 from pipelines.data.pretext_views import NEIGHBOURS
 from pipelines.data.views import view_maker

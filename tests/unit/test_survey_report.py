@@ -39,11 +39,11 @@ def test_table_has_one_row_per_method_with_percentages(tmp_path):
 def test_tune_and_survey_go_through_the_cluster_entry_point(command, monkeypatch, tmp_path):
     """An unreachable Jobs address fails in the probe, naming it, before anything starts; before
     that, relative outputs (the defaults) are refused: the job would write them into its copy."""
-    from pipelines import jobs
+    from pipelines import cluster_checks, jobs
     from pipelines.cli import build_parser
     from tuning.commands import on_cluster
 
-    monkeypatch.setattr(jobs, "PROBE_SECONDS", 1.0)
+    monkeypatch.setattr(cluster_checks, "PROBE_SECONDS", 1.0)
     address = "http://127.0.0.1:9"  # the discard port: nothing answers HTTP there
     argv = [command, "--address", address]
     space = ["--space", "tuning/spaces/contrastive.yaml"]
@@ -58,7 +58,7 @@ def test_tune_and_survey_go_through_the_cluster_entry_point(command, monkeypatch
     argv += ["--out", str(tmp_path / "survey")] if command == "survey" else []
     args = build_parser().parse_args(argv)
     args.argv = argv
-    with pytest.raises(jobs.ClusterError, match=f"--address {address}"):
+    with pytest.raises(cluster_checks.ClusterError, match=f"--address {address}"):
         on_cluster(args)
 
 

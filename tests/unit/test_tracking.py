@@ -9,7 +9,8 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric
 
 from pipelines import tracking
-from pipelines.config import load_config, parse_set
+from pipelines.config import load_config
+from pipelines.config_layers import parse_set
 from pipelines.tracking import (
     MetricLogger,
     checkpoint_tags,

@@ -5,7 +5,8 @@ import pytest
 import torch
 from torch import nn
 
-from pipelines.config import load_config, parse_set
+from pipelines.config import load_config
+from pipelines.config_layers import parse_set
 from pipelines.train.checkpoint import capture_rng, load_state, restore_rng, save_state
 from pipelines.train.step import NonFiniteLossError, TrainStep, build_method, place
 from ssl_models.methods.base import SSLMethod
