@@ -32,7 +32,9 @@ find colours and not shapes score high on the second and at chance on the first.
 ``--checkpoint DIR --run-data`` scores the blocks' ``blkI+ln`` features on the run's own bank and
 queries (any dataset, e.g. CIFAR-10) with the product's ``evaluate_knn``, as
 ``benchmarks/method_quality.py`` scores the run: the last block's figures are the run's kNN and
-its random-init baseline.
+its random-init baseline. It reads the exported encoder (iBOT's and DINOv2's: the teacher), so
+any ViT run's checkpoint can be scored; ``--pools mean cls`` adds every block's ``clsI+ln``
+(the last block's is the run's kNN for ``pool: cls``).
 """
 
 import argparse
@@ -120,29 +122,37 @@ def score_checkpoint(path: str, bank_per_class: int, query_per_class: int) -> No
 
 
 class BlockFeature(torch.nn.Module):
-    """``blkI+ln`` of :func:`features` as an encoder: (B, 3, H, W) -> (B, D)."""
+    """``blkI+ln`` of :func:`features` as an encoder: (B, 3, H, W) -> (B, D); ``pool="cls"``:
+    the CLS token after block I through the final LayerNorm (``clsI+ln``; the last block's is
+    ``pool: cls``'s output)."""
 
-    def __init__(self, vit: torch.nn.Module, index: int) -> None:
+    def __init__(self, vit: torch.nn.Module, index: int, pool: str = "mean") -> None:
         super().__init__()
-        self.vit, self.index, self.out_dim = vit, index, vit.dim
+        if pool not in ("mean", "cls"):
+            raise ValueError(f"pool must be 'mean' or 'cls', got {pool!r}")
+        self.vit, self.index, self.pool, self.out_dim = vit, index, pool, vit.dim
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         tokens = block_tokens(self.vit, x)[self.index]
+        if self.pool == "cls":
+            return self.vit.norm(tokens[:, 0])
         return self.vit.norm(tokens[:, 1:]).mean(1)
 
 
-def score_checkpoint_on_run_data(path: str) -> None:
+def score_checkpoint_on_run_data(path: str, pools: tuple[str, ...] = ("mean",)) -> None:
     """Every block's class kNN for a run's checkpoint and its initialisation, on the run's own
-    bank and queries."""
+    bank and queries; the exported encoder's blocks (an EMA teacher's, where it has one)."""
     from benchmarks.method_quality import run_data_knn
     from pipelines.encoders import eval_image_size
     from ssl_models.export import Encoder
 
     _, cfg, methods = checkpoint_methods(path)
     size, (mean, std) = eval_image_size(cfg), (cfg.views.mean, cfg.views.std)
+    names = {"mean": "blk{}+ln", "cls": "cls{}+ln"}
     for label, method in methods.items():
         encoders = {
-            f"blk{i}+ln": Encoder(BlockFeature(method.backbone, i), mean, std, size)
+            names[pool].format(i): Encoder(BlockFeature(method.encoder, i, pool), mean, std, size)
+            for pool in pools
             for i in range(cfg.backbone.vit.depth + 1)
         }
         print_table(f"{label}, class:", run_data_knn(cfg, encoders))
@@ -176,6 +186,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument(
         "--run-data", action="store_true", help="with --checkpoint: on the run's bank and queries"
     )
+    ap.add_argument(
+        "--pools",
+        nargs="+",
+        choices=["mean", "cls"],
+        default=["mean"],
+        help="with --run-data: the mean patch token (blkI+ln), the CLS token (clsI+ln), or both",
+    )
     ap.add_argument("--steps", type=int, default=184)
     ap.add_argument("--images", type=int, default=6000, help="embedded training images")
     ap.add_argument("--batch", type=int, default=256)
@@ -191,7 +208,7 @@ def main(argv: list[str] | None = None) -> None:
 
     torch.set_num_threads(args.threads)
     if args.checkpoint and args.run_data:
-        score_checkpoint_on_run_data(args.checkpoint)
+        score_checkpoint_on_run_data(args.checkpoint, tuple(args.pools))
         return
     if args.checkpoint:
         score_checkpoint(args.checkpoint, args.bank, args.queries)

@@ -45,6 +45,9 @@ def test_block_feature_of_the_last_block_is_the_encoders_output():
     with torch.no_grad():
         torch.testing.assert_close(BlockFeature(vit, 2)(x), vit(x))
         assert not torch.allclose(BlockFeature(vit, 1)(x), vit(x))
+        vit.pool = "cls"
+        torch.testing.assert_close(BlockFeature(vit, 2, "cls")(x), vit(x))
+        assert not torch.allclose(BlockFeature(vit, 1, "cls")(x), vit(x))
 
 
 def test_vit_init_probe_known_answers():
