@@ -1,8 +1,9 @@
 """Vision Transformer (Dosovitskiy et al. 2021, arXiv:2010.11929) with token masking.
 
 Pre-norm blocks as in timm and MAE (LayerNorm eps 1e-6, GELU MLP, qkv bias), a CLS token, and a
-fixed 2-D sin-cos position embedding (MAE, He et al. 2022) or a learned one. Two ways to mask
-patch tokens, for masked image modeling:
+fixed 2-D sin-cos position embedding (MAE, He et al. 2022) or a learned one; the blocks, the
+sin-cos table and the initialisations are in ``vit_layers.py``. Two ways to mask patch tokens,
+for masked image modeling:
 
 - drop them: ``forward_tokens(x, keep=ids)`` encodes only the listed patches (MAE, CAE);
 - replace them: ``forward_tokens(x, mask=m)`` swaps their embeddings for a learnable mask token
@@ -21,6 +22,15 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ssl_models.backbones.vit_layers import (
+    INIT_CUTS,
+    INIT_STD,
+    Block,
+    init_weights,
+    init_weights_normal,
+    sincos_2d,
+)
 
 SIZES: dict[str, tuple[int, int, int]] = {  # name -> (dim, depth, heads), mlp ratio 4
     "vit_tiny": (192, 12, 3),
@@ -43,122 +53,7 @@ class ViTConfig:
     pool: Literal["cls", "mean", "cls_mean"] = "cls"  # backbone(x): CLS, patch mean, or both
     layer_scale: float = 0.0  # residual branch scale init (CaiT); BEiT and CAE use 0.1; 0: off
     drop_path: float = 0.0  # stochastic depth at the last block, linear from 0 at the first
-    init: Literal["xavier", "beit", "simmim"] = "xavier"  # weight init; see init_weights
-
-
-def sincos_2d(dim: int, grid_h: int, grid_w: int) -> torch.Tensor:
-    """Fixed 2-D sin-cos position embedding (MAE's ``get_2d_sincos_pos_embed``) ->
-    ``(1 + grid_h * grid_w, dim)``, row 0 (the CLS position) all zeros."""
-    if dim % 4:
-        raise ValueError(f"a sin-cos position embedding needs dim divisible by 4, got {dim}")
-    omega = 1.0 / 10000 ** (torch.arange(dim // 4, dtype=torch.float64) / (dim // 4))
-
-    def one_axis(pos: torch.Tensor) -> torch.Tensor:  # (M,) -> (M, dim / 2)
-        angles = pos.reshape(-1, 1) * omega.reshape(1, -1)
-        return torch.cat([angles.sin(), angles.cos()], dim=1)
-
-    ys, xs = torch.meshgrid(
-        torch.arange(grid_h, dtype=torch.float64),
-        torch.arange(grid_w, dtype=torch.float64),
-        indexing="ij",
-    )
-    emb = torch.cat([one_axis(xs), one_axis(ys)], dim=1)  # (h*w, dim), row-major patch order
-    return torch.cat([torch.zeros(1, dim, dtype=torch.float64), emb]).float()
-
-
-def drop_path(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
-    """Stochastic depth (Huang et al. 2016): zero a residual branch per sample, rescale the rest."""
-    if p == 0.0 or not training:
-        return x
-    keep = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(1 - p)
-    return x * keep / (1 - p)
-
-
-class Attention(nn.Module):
-    def __init__(self, dim: int, heads: int) -> None:
-        super().__init__()
-        if dim % heads:
-            raise ValueError(f"dim {dim} is not divisible by {heads} heads")
-        self.heads = heads
-        self.qkv = nn.Linear(dim, 3 * dim)
-        self.proj = nn.Linear(dim, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, n, d = x.shape
-        qkv = self.qkv(x).reshape(b, n, 3, self.heads, d // self.heads)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4)  # each (B, heads, N, head_dim)
-        out = F.scaled_dot_product_attention(q, k, v)  # (B, heads, N, head_dim)
-        return self.proj(out.transpose(1, 2).reshape(b, n, d))
-
-
-class Mlp(nn.Sequential):
-    def __init__(self, dim: int, hidden: int) -> None:
-        super().__init__(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
-
-
-class Block(nn.Module):
-    """Pre-norm transformer block; ``layer_scale > 0`` scales each residual branch by a learned
-    per-channel factor starting at that value (BEiT, CAE)."""
-
-    def __init__(
-        self,
-        dim: int,
-        heads: int,
-        mlp_ratio: float = 4.0,
-        layer_scale: float = 0.0,
-        drop_path: float = 0.0,
-    ) -> None:
-        super().__init__()
-        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
-        self.attn = Attention(dim, heads)
-        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio))
-        self.drop_path = drop_path
-        if layer_scale > 0:
-            self.gamma1 = nn.Parameter(torch.full((dim,), layer_scale))
-            self.gamma2 = nn.Parameter(torch.full((dim,), layer_scale))
-        else:
-            self.gamma1 = self.gamma2 = None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        a = self.attn(self.norm1(x))
-        if self.gamma1 is not None:
-            a = self.gamma1 * a
-        x = x + drop_path(a, self.drop_path, self.training)
-        m = self.mlp(self.norm2(x))
-        if self.gamma2 is not None:
-            m = self.gamma2 * m
-        return x + drop_path(m, self.drop_path, self.training)
-
-
-def init_weights(module: nn.Module) -> None:
-    """MAE's initialisation: Xavier-uniform linear layers, zero biases, unit LayerNorms."""
-    if isinstance(module, nn.Linear):
-        nn.init.xavier_uniform_(module.weight)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
-    elif isinstance(module, nn.LayerNorm):
-        nn.init.ones_(module.weight)
-        nn.init.zeros_(module.bias)
-
-
-INIT_STD = 0.02  # BEiT's and SimMIM's init_std
-# where the normal draws of each scheme are cut: BEiT's trunc_normal_ wrapper cuts at one
-# standard deviation (a=-std, b=std); SimMIM's ViT calls timm's with its defaults, a=-2, b=2
-# (absolute values: a hundred standard deviations, so an uncut normal in effect)
-INIT_CUTS = {"beit": INIT_STD, "simmim": 2.0}
-
-
-def init_weights_normal(module: nn.Module, cut: float) -> None:
-    """BEiT's and SimMIM's initialisation of the encoder: linear and convolution weights from a
-    normal of std 0.02 cut at ``±cut``, zero biases, unit LayerNorms."""
-    if isinstance(module, nn.Linear | nn.Conv2d):
-        nn.init.trunc_normal_(module.weight, std=INIT_STD, a=-cut, b=cut)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
-    elif isinstance(module, nn.LayerNorm):
-        nn.init.ones_(module.weight)
-        nn.init.zeros_(module.bias)
+    init: Literal["xavier", "beit", "simmim"] = "xavier"  # weight init; see vit_layers.py
 
 
 class VisionTransformer(nn.Module):

@@ -20,7 +20,7 @@ from ssl_models.backbones.masking import (
     step_generator,
     visible_and_masked,
 )
-from ssl_models.backbones.vit import Block, Mlp, init_weights, sincos_2d
+from ssl_models.backbones.vit_layers import Block, Mlp, init_weights, sincos_2d
 from ssl_models.losses import beit_loss, cae_alignment_loss, cae_loss
 from ssl_models.methods.base import Progress, SSLMethod
 from ssl_models.methods.single_view import require_vit, single_view

@@ -12,7 +12,7 @@ from ssl_models.backbones.masking import (
     random_masking,
     step_generator,
 )
-from ssl_models.backbones.vit import Block, init_weights, sincos_2d
+from ssl_models.backbones.vit_layers import Block, init_weights, sincos_2d
 from ssl_models.losses import mae_loss
 from ssl_models.methods.base import Progress, SSLMethod
 from ssl_models.methods.single_view import require_vit, single_view

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from ssl_models.backbones import build_backbone
-from ssl_models.backbones.vit import SIZES, VisionTransformer, sincos_2d, vit
+from ssl_models.backbones.vit import SIZES, VisionTransformer, vit
+from ssl_models.backbones.vit_layers import sincos_2d
 from tests.unit.one_thread import one_thread  # noqa: F401
 
 
