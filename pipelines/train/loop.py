@@ -38,7 +38,7 @@ def _logger(cfg: Config, loop_config: dict[str, Any], rank: int):
     # exponential sleeps would hold a batch for minutes after the server is back
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
-    from pipelines.tracking import MetricLogger
+    from pipelines.metric_logger import MetricLogger
 
     return MetricLogger(
         loop_config["tracking_uri"], loop_config["run_id"], cfg.tracking.flush_seconds, True

@@ -25,6 +25,7 @@ from pipelines.data.synthetic import ensure_embedded
 from pipelines.encoders import encoders_from_state, eval_image_size
 from pipelines.eval_sets import HOLDOUT, EvalSplit, split_views
 from pipelines.evaluate import embed, knn_top1
+from pipelines.metric_logger import MetricLogger
 from pipelines.train.checkpoint import load_state
 from pipelines.train.loop import train_loop_per_worker
 from pipelines.typed import to_dict
@@ -264,7 +265,7 @@ def evaluate_and_log(
         summary_metrics["knn_top1"] = accuracy["trained"]
         if "random_init" in accuracy:
             summary_metrics["knn_top1_random_init"] = accuracy["random_init"]
-    metrics_log = tracking.MetricLogger(cfg.tracking.uri, run_id)
+    metrics_log = MetricLogger(cfg.tracking.uri, run_id)
     metrics_log.requeue(state.get("pending_metrics", []))
     metrics_log.log(summary_metrics, state["step"])
     if not metrics_log.flush(timeout=cfg.tracking.final_flush_seconds):

@@ -11,6 +11,7 @@ from pipelines.config import load_config
 from pipelines.config_layers import parse_set
 from pipelines.data.source import training_dataset
 from pipelines.data.synthetic import ensure_embedded
+from pipelines.metric_logger import MetricLogger
 from pipelines.train.checkpoint import load_state
 from pipelines.train.trainer import build_trainer
 from pipelines.typed import to_dict
@@ -78,7 +79,7 @@ def test_killed_worker_resumes_mid_epoch_without_metric_gaps(ray_local, tmp_path
     assert len(state["rng"]) == 2
 
     # what the driver does at the end: send what rank 0 could not
-    log = tracking.MetricLogger(cfg.tracking.uri, run_id)
+    log = MetricLogger(cfg.tracking.uri, run_id)
     log.requeue(state["pending_metrics"])
     assert log.flush(timeout=60)
 

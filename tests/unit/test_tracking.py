@@ -11,8 +11,8 @@ from mlflow.entities import Metric
 from pipelines import tracking
 from pipelines.config import load_config
 from pipelines.config_layers import parse_set
+from pipelines.metric_logger import MetricLogger
 from pipelines.tracking import (
-    MetricLogger,
     checkpoint_tags,
     checkpoints_of,
     latest_per_step,
