@@ -123,7 +123,8 @@ def run_data_knn(cfg: Config, encoders: dict[str, torch.nn.Module]) -> dict[str,
     """kNN top-1 of each encoder on the run's own bank and queries (the product's
     ``evaluate_knn``, as the run scores itself)."""
     from pipelines.data.manifest import read_manifest
-    from pipelines.train.trainer import evaluate_knn, resolve_data
+    from pipelines.train.finish import evaluate_knn
+    from pipelines.train.trainer import resolve_data
 
     split, _ = resolve_data(cfg)
     classes = len(read_manifest(split.train)[0].class_names)
