@@ -122,13 +122,44 @@ def random_init_encoders(cfg: Config, seeds: int) -> dict[str, torch.nn.Module]:
 def run_data_knn(cfg: Config, encoders: dict[str, torch.nn.Module]) -> dict[str, float]:
     """kNN top-1 of each encoder on the run's own bank and queries (the product's
     ``evaluate_knn``, as the run scores itself)."""
-    from pipelines.data.manifest import read_manifest
     from pipelines.train.finish import evaluate_knn
+
+    split, classes = run_split(cfg)
+    return evaluate_knn(cfg, split, encoders, classes)
+
+
+def run_data_linear(cfg: Config, encoders: dict[str, torch.nn.Module]) -> dict[str, float]:
+    """Linear-probe top-1 of each encoder, trained on the run's bank features and scored on its
+    queries, with ``sslpipe eval linear``'s settings (``eval.linear_*``)."""
+    from pipelines.evaluate import linear_probe_top1
+    from pipelines.train.finish import embed_eval_split
+
+    split, classes = run_split(cfg)
+    bank, bank_labels, queries, query_labels = embed_eval_split(cfg, split, encoders)
+    e = cfg.eval
+    return {
+        name: linear_probe_top1(
+            bank[name],
+            bank_labels,
+            queries[name],
+            query_labels,
+            classes,
+            e.linear_epochs,
+            e.linear_lr,
+            e.linear_weight_decay,
+            e.linear_batch_size,
+        )
+        for name in encoders
+    }
+
+
+def run_split(cfg: Config):
+    """The run's bank/query split and its number of classes."""
+    from pipelines.data.manifest import read_manifest
     from pipelines.train.trainer import resolve_data
 
     split, _ = resolve_data(cfg)
-    classes = len(read_manifest(split.train)[0].class_names)
-    return evaluate_knn(cfg, split, encoders, classes)
+    return split, len(read_manifest(split.train)[0].class_names)
 
 
 def random_init_knn(cfg: Config, seeds: int) -> list[float]:

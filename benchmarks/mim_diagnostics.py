@@ -34,7 +34,10 @@ queries (any dataset, e.g. CIFAR-10) with the product's ``evaluate_knn``, as
 ``benchmarks/method_quality.py`` scores the run: the last block's figures are the run's kNN and
 its random-init baseline. It reads the exported encoder (iBOT's and DINOv2's: the teacher), so
 any ViT run's checkpoint can be scored; ``--pools mean cls`` adds every block's ``clsI+ln``
-(the last block's is the run's kNN for ``pool: cls``).
+(the last block's is the run's kNN for ``pool: cls``). ``--probes knn linear`` adds the linear
+probe of ``sslpipe eval linear`` on the same features (trained on the bank, scored on the
+queries); ``--plain`` adds the same ViT with the plain init (Xavier, no layer scale), the
+stricter random-init baseline of ``benchmarks/method_quality.py``.
 """
 
 import argparse
@@ -139,23 +142,39 @@ class BlockFeature(torch.nn.Module):
         return self.vit.norm(tokens[:, 1:]).mean(1)
 
 
-def score_checkpoint_on_run_data(path: str, pools: tuple[str, ...] = ("mean",)) -> None:
-    """Every block's class kNN for a run's checkpoint and its initialisation, on the run's own
-    bank and queries; the exported encoder's blocks (an EMA teacher's, where it has one)."""
-    from benchmarks.method_quality import run_data_knn
+def score_checkpoint_on_run_data(
+    path: str,
+    pools: tuple[str, ...] = ("mean",),
+    probes: tuple[str, ...] = ("knn",),
+    plain: bool = False,
+) -> None:
+    """Every block's class kNN (and/or linear probe) for a run's checkpoint and its
+    initialisation, on the run's own bank and queries; the exported encoder's blocks (an EMA
+    teacher's, where it has one). ``plain``: also the same ViT with the plain init (seed
+    ``train.seed``), the baseline ``method_quality`` scores beside the run's own init."""
+    from benchmarks.method_quality import plain_vit, run_data_knn, run_data_linear
     from pipelines.encoders import eval_image_size
     from ssl_models.export import Encoder
 
     _, cfg, methods = checkpoint_methods(path)
+    if plain:
+        plain_cfg = plain_vit(cfg)
+        if plain_cfg is None:
+            raise SystemExit(f"--plain: {path}'s ViT already has the plain init")
+        torch.manual_seed(cfg.train.seed)
+        methods["plain initialisation"] = build_method(plain_cfg).eval()
     size, (mean, std) = eval_image_size(cfg), (cfg.views.mean, cfg.views.std)
     names = {"mean": "blk{}+ln", "cls": "cls{}+ln"}
+    scorers = {"knn": ("class", run_data_knn), "linear": ("linear", run_data_linear)}
     for label, method in methods.items():
         encoders = {
             names[pool].format(i): Encoder(BlockFeature(method.encoder, i, pool), mean, std, size)
             for pool in pools
             for i in range(cfg.backbone.vit.depth + 1)
         }
-        print_table(f"{label}, class:", run_data_knn(cfg, encoders))
+        for probe in probes:
+            kind, score = scorers[probe]
+            print_table(f"{label}, {kind}:", score(cfg, encoders))
 
 
 def print_table(label: str, scores: dict[str, float]) -> None:
@@ -193,6 +212,18 @@ def main(argv: list[str] | None = None) -> None:
         default=["mean"],
         help="with --run-data: the mean patch token (blkI+ln), the CLS token (clsI+ln), or both",
     )
+    ap.add_argument(
+        "--probes",
+        nargs="+",
+        choices=["knn", "linear"],
+        default=["knn"],
+        help="with --run-data: weighted kNN and/or the linear probe of `sslpipe eval linear`",
+    )
+    ap.add_argument(
+        "--plain",
+        action="store_true",
+        help="with --run-data: also the same ViT with the plain init (Xavier, no layer scale)",
+    )
     ap.add_argument("--steps", type=int, default=184)
     ap.add_argument("--images", type=int, default=6000, help="embedded training images")
     ap.add_argument("--batch", type=int, default=256)
@@ -208,7 +239,9 @@ def main(argv: list[str] | None = None) -> None:
 
     torch.set_num_threads(args.threads)
     if args.checkpoint and args.run_data:
-        score_checkpoint_on_run_data(args.checkpoint, tuple(args.pools))
+        score_checkpoint_on_run_data(
+            args.checkpoint, tuple(args.pools), tuple(args.probes), args.plain
+        )
         return
     if args.checkpoint:
         score_checkpoint(args.checkpoint, args.bank, args.queries)

@@ -17,10 +17,11 @@ from pipelines.metric_logger import MetricLogger
 from ssl_models.export import Encoder
 
 
-def evaluate_knn(
-    cfg: Config, split: EvalSplit, encoders: dict[str, Encoder], num_classes: int
-) -> dict[str, float]:
-    """kNN top-1 of each encoder: bank from the training rows, queries from the eval split."""
+def embed_eval_split(
+    cfg: Config, split: EvalSplit, encoders: dict[str, Encoder]
+) -> tuple[dict[str, torch.Tensor], torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+    """Each encoder's features of the bank (training rows) and of the queries (the eval split),
+    with their labels: ``(bank, bank_labels, queries, query_labels)``."""
     bank_ds, query_ds = split_views(
         split,
         eval_image_size(cfg),
@@ -30,6 +31,14 @@ def evaluate_knn(
     )
     bank, bank_labels = embed(encoders, bank_ds, cfg.eval.batch_size)
     queries, query_labels = embed(encoders, query_ds, cfg.eval.batch_size)
+    return bank, bank_labels, queries, query_labels
+
+
+def evaluate_knn(
+    cfg: Config, split: EvalSplit, encoders: dict[str, Encoder], num_classes: int
+) -> dict[str, float]:
+    """kNN top-1 of each encoder: bank from the training rows, queries from the eval split."""
+    bank, bank_labels, queries, query_labels = embed_eval_split(cfg, split, encoders)
     k, t = cfg.eval.knn_k, cfg.eval.knn_temperature
     return {
         name: knn_top1(bank[name], bank_labels, queries[name], query_labels, num_classes, k, t)
