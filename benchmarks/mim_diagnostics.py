@@ -160,9 +160,10 @@ def score_checkpoint_on_run_data(
     if plain:
         plain_cfg = plain_vit(cfg)
         if plain_cfg is None:
-            raise SystemExit(f"--plain: {path}'s ViT already has the plain init")
-        torch.manual_seed(cfg.train.seed)
-        methods["plain initialisation"] = build_method(plain_cfg).eval()
+            print("--plain: the run's ViT has the plain init; its initialisation is the baseline")
+        else:
+            torch.manual_seed(cfg.train.seed)
+            methods["plain initialisation"] = build_method(plain_cfg).eval()
     size, (mean, std) = eval_image_size(cfg), (cfg.views.mean, cfg.views.std)
     names = {"mean": "blk{}+ln", "cls": "cls{}+ln"}
     scorers = {"knn": ("class", run_data_knn), "linear": ("linear", run_data_linear)}
