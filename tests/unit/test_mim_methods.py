@@ -161,3 +161,31 @@ def test_mae_mask_token_ablation_hides_the_masked_pixels(encoder_mask_tokens):
     assert not missing
     assert (method.mask_token is None) == encoder_mask_tokens
     assert (method.encoder.mask_token is not None) == encoder_mask_tokens
+
+
+@pytest.mark.parametrize("target", ["l1", "norm_pix_mse"])
+def test_simmim_target_known_answer_with_a_zero_head(target):
+    """With the head's output fixed at 0 the L1 target scores the mean |pixel| over masked
+    pixels, and MAE's per-patch normalised target scores (P - 1) / P for every image: each
+    masked patch's normalised values have mean 0 and unbiased variance 1 over its P values."""
+    method = build("simmim", target=target)
+    torch.nn.init.zeros_(method.head.weight)
+    torch.nn.init.zeros_(method.head.bias)
+    x = batch()
+    method.on_step_start(Progress(3, 10, 10))
+    loss = method(x)["loss"].item()
+    if target == "norm_pix_mse":
+        p = 4 * 4 * 3
+        assert loss == pytest.approx((p - 1) / p, rel=1e-4)
+        method.on_step_start(Progress(3, 10, 10))
+        scaled = method({"global": 5 * x["global"] + 2})["loss"].item()  # per-patch affine
+        assert scaled == pytest.approx(loss, rel=1e-4)
+    else:
+        method.on_step_start(Progress(3, 10, 10))
+        scaled = method({"global": 2 * x["global"]})["loss"].item()
+        assert scaled == pytest.approx(2 * loss, rel=1e-5)
+
+
+def test_simmim_unknown_target_is_an_error():
+    with pytest.raises(ValueError, match="simmim: target must be"):
+        build("simmim", target="l2")
