@@ -152,7 +152,7 @@ def score_checkpoint_on_run_data(
     initialisation, on the run's own bank and queries; the exported encoder's blocks (an EMA
     teacher's, where it has one). ``plain``: also the same ViT with the plain init (seed
     ``train.seed``), the baseline ``method_quality`` scores beside the run's own init."""
-    from benchmarks.method_quality import plain_vit, run_data_knn, run_data_linear
+    from benchmarks.baselines import plain_vit, run_data_knn, run_data_linear
     from pipelines.encoders import eval_image_size
     from ssl_models.export import Encoder
 

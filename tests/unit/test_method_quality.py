@@ -133,7 +133,7 @@ def test_random_init_seed_zero_is_the_runs_own_baseline(tmp_path: Path) -> None:
     # the seeded baselines must include exactly the encoder the pipeline scores as random init
     import torch
 
-    from benchmarks.method_quality import random_init_encoders
+    from benchmarks.baselines import random_init_encoders
     from pipelines.encoders import encoders_from_state
 
     x = torch.rand(2, 3, 32, 32)
@@ -197,7 +197,7 @@ def test_plain_init_baseline_only_for_vits_without_it(tmp_path: Path) -> None:
     # same blocks with Xavier weights and full residual branches
     import torch
 
-    from benchmarks.method_quality import plain_changes, plain_vit, random_init_encoders
+    from benchmarks.baselines import plain_changes, plain_vit, random_init_encoders
 
     cfg = method_config("dino_v2", tmp_path / "embedded", "n", None, None)
     plain = plain_vit(cfg)
