@@ -4,6 +4,7 @@ import math
 
 import torch
 
+from benchmarks.inpaint_baseline import diffusion_fill, image_mean_fill, normalised_fit
 from benchmarks.mim_diagnostics import BlockFeature
 from benchmarks.moco_negatives import negative_stats
 from benchmarks.vit_init_probe import probe
@@ -60,3 +61,35 @@ def test_vit_init_probe_known_answers():
             for p in block.parameters():
                 p.zero_()
     assert probe(vit, torch.randn(4, 3, 8, 8))["blocks_move"] < 1e-6
+
+
+def test_diffusion_fill_reproduces_a_ramp_and_keeps_visible_pixels():
+    # a harmonic fill is exact on a linear ramp: each hidden pixel is its neighbours' mean
+    ramp = torch.arange(12.0).view(1, 1, 1, 12).expand(1, 3, 12, 12).clone()
+    hidden = torch.zeros(1, 1, 12, 12, dtype=torch.bool)
+    hidden[..., 3:9, 4:8] = True
+    corrupted = torch.where(
+        hidden, torch.full_like(ramp, 100.0), ramp
+    )  # the fill must not read these
+    filled = diffusion_fill(corrupted, hidden, iterations=2000)
+    assert torch.allclose(filled, ramp, atol=1e-3)
+    noisy = torch.randn(2, 3, 12, 12)
+    filled = diffusion_fill(noisy, hidden.expand(2, 1, 12, 12), iterations=5)
+    assert torch.equal(filled[~hidden.expand(2, 3, 12, 12)], noisy[~hidden.expand(2, 3, 12, 12)])
+    # the image-mean fill puts each channel's visible mean in every hidden pixel
+    mean_fill = image_mean_fill(noisy, hidden.expand(2, 1, 12, 12))
+    visible_mean = noisy[:, :, ~hidden[0, 0]].mean(-1)  # (2, 3)
+    assert torch.allclose(mean_fill[:, :, 5, 5], visible_mean, atol=1e-6)
+
+
+def test_normalised_fit_known_answers():
+    target = torch.randn(2, 4, 6)
+    mask = torch.ones(2, 4)
+    # an affine copy of the target (positive gain) normalises to the target's own normalisation
+    fit = normalised_fit(3 * target + 1, target, mask)
+    normalised = (target - target.mean(-1, keepdim=True)) / (
+        target.var(-1, keepdim=True) + 1e-6
+    ) ** 0.5
+    assert torch.allclose(fit, normalised, atol=1e-4)
+    # a constant patch normalises to 0: the loss of predicting nothing
+    assert torch.allclose(normalised_fit(torch.zeros(2, 4, 6), target, mask), torch.zeros(2, 4, 6))
