@@ -31,10 +31,21 @@ from pipelines.config import IMAGENET_MEAN, IMAGENET_STD
 from ssl_models.backbones.masking import patchify, unit_masking
 from ssl_models.losses import mae_loss, simmim_loss
 
-MASKINGS = {  # label -> (mask unit in patches, mask ratio), patch 4 on 32 pixels
-    "SimMIM's: 60 % of 2x2-patch units": (2, 0.6),
-    "MAE's: 75 % of patches": (1, 0.75),
-}
+MASKINGS = ["2:0.6", "1:0.75"]  # unit (patches):ratio; the profile's SimMIM and MAE, patch 4
+
+
+def avg_dist(hidden: torch.Tensor) -> float:
+    """hidden: (N, H, W) bool -> the SimMIM paper's AvgDist: the mean Euclidean distance (in
+    pixels) from a hidden pixel to the nearest visible one."""
+    h, w = hidden.shape[1:]
+    yx = torch.stack(torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij"), -1)
+    yx = yx.reshape(-1, 2).float()
+    total, count = 0.0, 0
+    for m in hidden.reshape(len(hidden), -1):
+        d = torch.cdist(yx[m], yx[~m])  # (hidden, visible)
+        total += d.min(dim=1).values.sum().item()
+        count += int(m.sum())
+    return total / count
 
 
 def laptop_views(x: torch.Tensor, seed: int) -> torch.Tensor:
@@ -77,8 +88,9 @@ def normalised_fit(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor)
     return pred * scale
 
 
-def scores(x: torch.Tensor, unit: int, ratio: float, iterations: int, seed: int) -> dict:
-    """Each inpainter's SimMIM L1 and MAE normalised-pixel MSE on ``x``'s masked patches."""
+def scores(x: torch.Tensor, unit: int, ratio: float, iterations: int, seed: int) -> tuple:
+    """The masks' AvgDist and each inpainter's SimMIM L1 and MAE normalised-pixel MSE on
+    ``x``'s masked patches."""
     n, patch = x.shape[0], 4
     grid = (x.shape[2] // patch, x.shape[3] // patch)
     mask = unit_masking(n, grid, unit, ratio, torch.Generator().manual_seed(seed))  # (N, L)
@@ -90,7 +102,7 @@ def scores(x: torch.Tensor, unit: int, ratio: float, iterations: int, seed: int)
         "diffusion": diffusion_fill(x, hidden, iterations),
     }
     target = patchify(x, patch)
-    return {
+    return avg_dist(pixels), {
         name: (
             simmim_loss(pred, x, pixels).item(),
             mae_loss(
@@ -107,19 +119,26 @@ def main() -> None:
     p.add_argument("--per-class", type=int, default=200, help="test images per class")
     p.add_argument("--iterations", type=int, default=300, help="diffusion fill iterations")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--maskings",
+        nargs="+",
+        default=MASKINGS,
+        help="UNIT:RATIO, the mask unit in 4-pixel patches (default: SimMIM's and MAE's profile)",
+    )
     args = p.parse_args()
     torch.set_num_threads(1)  # small convolutions: more threads only contend with other work
     images, _ = cifar_test_sample(args.cifar, args.per_class)
     x = laptop_views(images, args.seed)
     print(
         f"{len(x)} CIFAR-10 test images, one laptop view each\n\n"
-        "| masking | inpainter | SimMIM L1 (normalised pixels) | MAE MSE (per-patch normalised, "
-        "best scale) |"
-        "\n|---|---|---|---|"
+        "| mask unit (pixels) | ratio | AvgDist (pixels) | inpainter | SimMIM L1 (normalised "
+        "pixels) | MAE MSE (per-patch normalised, best scale) |\n|---|---|---|---|---|---|"
     )
-    for label, (unit, ratio) in MASKINGS.items():
-        for name, (l1, mse) in scores(x, unit, ratio, args.iterations, args.seed).items():
-            print(f"| {label} | {name} | {l1:.3f} | {mse:.3f} |")
+    for masking in args.maskings:
+        unit, ratio = masking.split(":")
+        dist, losses = scores(x, int(unit), float(ratio), args.iterations, args.seed)
+        for name, (l1, mse) in losses.items():
+            print(f"| {4 * int(unit)} | {ratio} | {dist:.2f} | {name} | {l1:.3f} | {mse:.3f} |")
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ import math
 
 import torch
 
-from benchmarks.inpaint_baseline import diffusion_fill, image_mean_fill, normalised_fit
+from benchmarks.inpaint_baseline import avg_dist, diffusion_fill, image_mean_fill, normalised_fit
 from benchmarks.mim_diagnostics import BlockFeature
 from benchmarks.moco_negatives import negative_stats
 from benchmarks.vit_init_probe import probe
@@ -93,3 +93,13 @@ def test_normalised_fit_known_answers():
     assert torch.allclose(fit, normalised, atol=1e-4)
     # a constant patch normalises to 0: the loss of predicting nothing
     assert torch.allclose(normalised_fit(torch.zeros(2, 4, 6), target, mask), torch.zeros(2, 4, 6))
+
+
+def test_avg_dist_known_answer():
+    # a hidden 3x3 block: its 8 outer pixels are 1 from a visible one, its centre 2
+    hidden = torch.zeros(2, 7, 7, dtype=torch.bool)
+    hidden[:, 2:5, 2:5] = True
+    assert math.isclose(avg_dist(hidden), 10 / 9, rel_tol=1e-6)
+    hidden[1] = False
+    hidden[1, 0, 0] = True  # one hidden corner pixel, 1 from its neighbours: (10 + 1) / 10
+    assert math.isclose(avg_dist(hidden), 11 / 10, rel_tol=1e-6)
