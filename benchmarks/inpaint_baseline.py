@@ -8,7 +8,7 @@ methods' own losses: SimMIM's L1 (``simmim_loss``) on the fill itself, and MAE's
 normalised targets (``mae_loss``) on the fill's patches normalised the same way and scaled by the
 one factor that fits best over the whole sample (a constant fill predicts 0 there):
 
-- ``zero``: every hidden pixel at the dataset mean (0 after normalisation);
+- ``mean colour``: every hidden pixel at the dataset mean (0 after normalisation);
 - ``image mean``: every hidden pixel at its image's mean visible colour;
 - ``diffusion``: the hidden pixels filled by repeated 4-neighbour averaging from the visible
   ones (a harmonic fill: smooth interpolation of the surrounding colours).
@@ -76,13 +76,16 @@ def image_mean_fill(x: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
     return torch.where(hidden, mean.expand_as(x), x)
 
 
+def norm_patches(patches: torch.Tensor) -> torch.Tensor:
+    """(N, L, P) -> each patch minus its mean, over the root of its unbiased variance + 1e-6."""
+    mean, var = patches.mean(-1, keepdim=True), patches.var(-1, keepdim=True)
+    return (patches - mean) / (var + 1.0e-6) ** 0.5
+
+
 def normalised_fit(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """pred, target: (N, L, P) patches, mask: (N, L) -> pred's patches normalised as
     ``mae_loss`` normalises targets, times the least-squares factor over the masked patches."""
-    mean, var = pred.mean(-1, keepdim=True), pred.var(-1, keepdim=True)
-    pred = (pred - mean) / (var + 1.0e-6) ** 0.5
-    mean, var = target.mean(-1, keepdim=True), target.var(-1, keepdim=True)
-    target = (target - mean) / (var + 1.0e-6) ** 0.5
+    pred, target = norm_patches(pred), norm_patches(target)
     w = mask.unsqueeze(-1).to(pred.dtype)
     scale = (pred * target * w).sum() / (pred * pred * w).sum().clamp_min(1.0e-12)
     return pred * scale
@@ -97,7 +100,7 @@ def scores(x: torch.Tensor, unit: int, ratio: float, iterations: int, seed: int)
     pixels = mask.reshape(n, *grid).repeat_interleave(patch, 1).repeat_interleave(patch, 2)
     hidden = pixels.unsqueeze(1)
     fills = {
-        "zero": torch.where(hidden, torch.zeros_like(x), x),
+        "mean colour": torch.where(hidden, torch.zeros_like(x), x),
         "image mean": image_mean_fill(x, hidden),
         "diffusion": diffusion_fill(x, hidden, iterations),
     }
