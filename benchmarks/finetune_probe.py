@@ -25,6 +25,7 @@ No Ray: the images are decoded in this process.
 
 import argparse
 import dataclasses
+import functools
 import json
 import math
 import time
@@ -206,43 +207,38 @@ def with_drop_path(cfg: Config, rate: float) -> Config:
     return dataclasses.replace(cfg, backbone=dataclasses.replace(cfg.backbone, vit=vit))
 
 
+def fresh_encoder(cfg: Config, weights: dict | None = None) -> nn.Module:
+    """The exported encoder of the method ``cfg`` builds with seed ``train.seed`` (the weights
+    its run started from), or loaded with a checkpoint's method ``weights``."""
+    from pipelines.train.step import build_method
+
+    torch.manual_seed(cfg.train.seed)
+    method = build_method(cfg)
+    if weights is not None:
+        method.load_state_dict(weights)
+    return method.encoder
+
+
 def encoders(
     checkpoints: list[tuple[str, str]], baselines: bool, drop_path: float
-) -> tuple[Config, dict[str, object]]:
-    """{label: builder of a fresh encoder}; a builder so each seed starts from the same weights.
-    Returns the first checkpoint's config with them."""
+) -> tuple[Config, dict[str, functools.partial]]:
+    """{label: builder of a fresh encoder} (each seed starts from the same weights), and the
+    first checkpoint's config."""
     from benchmarks.baselines import plain_vit
     from pipelines.config import build_config
     from pipelines.train.checkpoint import load_state
-    from pipelines.train.step import build_method
-
-    def trained(state: dict, cfg: Config):
-        def build():
-            torch.manual_seed(cfg.train.seed)
-            method = build_method(cfg)
-            method.load_state_dict(state["model"])
-            return method.encoder
-
-        return build
-
-    def initial(cfg: Config):
-        def build():
-            torch.manual_seed(cfg.train.seed)
-            return build_method(cfg).encoder
-
-        return build
 
     builders, first = {}, None
     for label, path in checkpoints:
         state = load_state(path)
         cfg = with_drop_path(build_config(state["config"]), drop_path)
         first = first or cfg
-        builders[label] = trained(state, cfg)
+        builders[label] = functools.partial(fresh_encoder, cfg, state["model"])
     if baselines:
-        builders["initialisation"] = initial(first)
+        builders["initialisation"] = functools.partial(fresh_encoder, first)
         plain = plain_vit(first)
         if plain is not None:
-            builders["plain initialisation"] = initial(plain)
+            builders["plain initialisation"] = functools.partial(fresh_encoder, plain)
     return first, builders
 
 
@@ -292,10 +288,10 @@ def main(argv: list[str] | None = None) -> None:
         f"{classes} classes; {recipe}, drop path {args.drop_path}",
         flush=True,
     )
-    for label, build in builders.items():
-        if args.only and label not in args.only:
-            continue
-        for seed in range(args.seeds):
+    for seed in range(args.seeds):  # every encoder's seed 0 first
+        for label, build in builders.items():
+            if args.only and label not in args.only:
+                continue
             encoder = build()
             model = Classifier(encoder, encoder.out_dim, classes, cfg.views.mean, cfg.views.std)
             with locked(args.lock):
