@@ -253,6 +253,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     ap.add_argument("--baselines", action="store_true", help="also the random-init encoders")
     ap.add_argument("--seeds", type=int, default=1, help="fine-tuning seeds per encoder")
+    ap.add_argument("--first-seed", type=int, default=0, help="seeds first-seed … + seeds - 1")
     ap.add_argument("--epochs", type=int, default=Recipe.epochs)
     ap.add_argument("--batch-size", type=int, default=Recipe.batch_size)
     ap.add_argument("--lr", type=float, default=Recipe.lr)
@@ -288,7 +289,7 @@ def main(argv: list[str] | None = None) -> None:
         f"{classes} classes; {recipe}, drop path {args.drop_path}",
         flush=True,
     )
-    for seed in range(args.seeds):  # every encoder's seed 0 first
+    for seed in range(args.first_seed, args.first_seed + args.seeds):  # each seed for all first
         for label, build in builders.items():
             if args.only and label not in args.only:
                 continue
