@@ -2,19 +2,20 @@
 
     env PYTHONPATH=$PWD .venv/bin/python -m benchmarks.finetune_probe \\
         --checkpoint simmim=RUN/checkpoint_000001248 --checkpoint mae=RUN2/checkpoint_000000312 \\
-        --baselines --epochs 15 [--seeds 2] [--layer-decay 0.75] [--lock /tmp/sslpipe-heavy.lock]
+        --baselines --epochs 20 [--seeds 2] [--layer-decay 0.75] [--lock /tmp/sslpipe-heavy.lock]
 
 The kNN and the linear probe read an encoder's frozen features. Masked image modeling papers
 (SimMIM, MAE, BEiT) report fine-tuning instead: every weight trains on the labels, starting
 from the pretrained ones, and the question is whether that start beats a random one under the
-same recipe. This probe answers it on a run's own data: the bank (the training rows of
-``method_quality``'s CIFAR-10 subset) is the training set, the kNN queries are the test set,
-both whole images (no evaluation crop). Each encoder is the exported one of
-``checkpoint_methods`` (an EMA teacher's where the method has one) with a linear head on its
-pooled feature, trained for ``--epochs`` with one recipe for all: AdamW (weight decay 0.05, none
-on biases, norms and embeddings), linear warmup then cosine, label smoothing 0.1, stochastic
-depth ``--drop-path``, a random 4-pixel-padded crop and a horizontal flip per image, and
-``--layer-decay`` (MAE's layer-wise lr decay; 1 = none, the fair setting for a random start).
+same recipe. This probe answers it on the first checkpoint's run data (give it runs on the
+same data): the bank (the training rows of ``method_quality``'s CIFAR-10 subset) is the
+training set, the kNN queries are the test set, both whole images (no evaluation crop). Each
+encoder is the exported one of ``checkpoint_methods`` (an EMA teacher's where the method has
+one) with a linear head on its pooled feature, trained for ``--epochs`` with one recipe for
+all: AdamW (weight decay 0.05, none on biases, norms and embeddings), linear warmup then
+cosine, label smoothing 0.1, stochastic depth ``--drop-path``, a random 4-pixel-padded crop and
+a horizontal flip per image, and ``--layer-decay`` (MAE's layer-wise lr decay; 1 = none, the
+fair setting for a random start).
 
 ``--baselines`` adds the first checkpoint's architecture at random init: the initialisation
 the run started from (seed ``train.seed``) and, for a ViT whose recipe weakens its init, the
@@ -41,7 +42,7 @@ from pipelines.config import Config
 
 @dataclasses.dataclass(frozen=True)
 class Recipe:
-    epochs: int = 15
+    epochs: int = 20
     batch_size: int = 128
     lr: float = 1e-3
     weight_decay: float = 0.05
