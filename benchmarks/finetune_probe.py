@@ -28,7 +28,6 @@ import argparse
 import dataclasses
 import functools
 import json
-import math
 import time
 
 import numpy as np
@@ -38,6 +37,7 @@ from torch import nn
 
 from benchmarks.method_quality import locked
 from pipelines.config import Config
+from ssl_models.schedules import warmup_cosine
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,18 +142,15 @@ def finetune(
     torch.manual_seed(seed)  # drop path
     opt = torch.optim.AdamW(param_groups(model, recipe), lr=recipe.lr)
     steps_per_epoch = len(train_y) // recipe.batch_size  # the last partial batch is dropped
-    total, warmup = recipe.epochs * steps_per_epoch, recipe.warmup_epochs * steps_per_epoch
+    total = recipe.epochs * steps_per_epoch
+    warmup = round(recipe.warmup_epochs * steps_per_epoch)
     step, started, history = 0, time.time(), []
     for epoch in range(recipe.epochs):
         model.train()
         order, losses = torch.randperm(len(train_y), generator=gen), []
         for i in range(steps_per_epoch):
             idx = order[i * recipe.batch_size : (i + 1) * recipe.batch_size]
-            lr = recipe.lr * (
-                step / warmup
-                if step < warmup
-                else 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
-            )
+            lr = warmup_cosine(step, total, warmup, recipe.lr, 0.0)
             for group in opt.param_groups:
                 group["lr"] = lr * group["lr_scale"]
             logits = model(augment(train_x[idx], recipe.pad, gen))
