@@ -70,10 +70,11 @@ class Classifier(nn.Module):
 
 
 def layer_id(name: str, depth: int) -> int:
-    """MAE's layer numbering: embeddings 0, block i i + 1, the final norm and the head depth + 1."""
+    """MAE's layer numbering: embeddings 0, block i i + 1, the final norm and the head depth + 1;
+    a shared relative position bias with the last (SimMIM's ``get_vit_layer``)."""
     if name.startswith("encoder.blocks."):
         return int(name.split(".")[2]) + 1
-    if name.startswith("encoder.") and not name.startswith("encoder.norm"):
+    if name.startswith("encoder.") and not name.startswith(("encoder.norm", "encoder.rel_pos")):
         return 0
     return depth + 1
 

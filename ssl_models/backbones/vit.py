@@ -1,8 +1,10 @@
 """Vision Transformer (Dosovitskiy et al. 2021, arXiv:2010.11929) with token masking.
 
-Pre-norm blocks as in timm and MAE (LayerNorm eps 1e-6, GELU MLP, qkv bias), a CLS token, and a
-fixed 2-D sin-cos position embedding (MAE, He et al. 2022) or a learned one; the blocks, the
-sin-cos table and the initialisations are in ``vit_layers.py``. Two ways to mask patch tokens,
+Pre-norm blocks as in timm and MAE (LayerNorm eps 1e-6, GELU MLP, qkv bias), a CLS token, and
+positions from a fixed 2-D sin-cos embedding (MAE, He et al. 2022), a learned one, or no
+embedding and a learned relative position bias in the attention that all blocks share (BEiT and
+SimMIM: ``pos_embed="relative"``); the blocks, the sin-cos table, the bias and the
+initialisations are in ``vit_layers.py``. Two ways to mask patch tokens,
 for masked image modeling:
 
 - drop them: ``forward_tokens(x, keep=ids)`` encodes only the listed patches (MAE, CAE);
@@ -27,6 +29,7 @@ from ssl_models.backbones.vit_layers import (
     INIT_CUTS,
     INIT_STD,
     Block,
+    RelativePositionBias,
     init_weights,
     init_weights_normal,
     sincos_2d,
@@ -49,7 +52,8 @@ class ViTConfig:
     depth: int = 0  # transformer blocks (12 for every named size)
     heads: int = 0  # attention heads (3, 6, 12)
     mlp_ratio: float = 4.0  # MLP hidden width / dim
-    pos_embed: Literal["sincos", "learned"] = "sincos"  # fixed 2-D sin-cos as MAE, or learned
+    # fixed 2-D sin-cos as MAE, learned, or "relative": BEiT's shared relative position bias
+    pos_embed: Literal["sincos", "learned", "relative"] = "sincos"
     pool: Literal["cls", "mean", "cls_mean"] = "cls"  # backbone(x): CLS, patch mean, or both
     layer_scale: float = 0.0  # residual branch scale init (CaiT); BEiT and CAE use 0.1; 0: off
     drop_path: float = 0.0  # stochastic depth at the last block, linear from 0 at the first
@@ -78,11 +82,10 @@ class VisionTransformer(nn.Module):
             raise ValueError(
                 f"image_size {image_size} is not a multiple of patch_size {patch_size}"
             )
-        if pos_embed not in ("sincos", "learned") or pool not in ("cls", "mean", "cls_mean"):
-            raise ValueError(
-                f"pos_embed must be sincos|learned and pool cls|mean|cls_mean, got {pos_embed}, "
-                f"{pool}"
-            )
+        if pos_embed not in ("sincos", "learned", "relative"):
+            raise ValueError(f"pos_embed must be sincos, learned or relative, got {pos_embed!r}")
+        if pool not in ("cls", "mean", "cls_mean"):
+            raise ValueError(f"pool must be cls, mean or cls_mean, got {pool!r}")
         if init != "xavier" and init not in INIT_CUTS:
             raise ValueError(f"init must be xavier, beit or simmim, got {init!r}")
         self.patch_size = patch_size
@@ -96,10 +99,14 @@ class VisionTransformer(nn.Module):
 
         self.patch_embed = nn.Conv2d(3, dim, patch_size, stride=patch_size)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.rel_pos_bias = None
         if pos_embed == "sincos":
             # fixed, so recomputed rather than saved
             table = sincos_2d(dim, self.grid, self.grid).unsqueeze(0)
             self.register_buffer("pos_embed", table, persistent=False)
+        elif pos_embed == "relative":  # no absolute embedding (SimMIM's USE_APE: False)
+            self.pos_embed = None
+            self.rel_pos_bias = RelativePositionBias(self.grid, heads)
         else:
             self.pos_embed = nn.Parameter(torch.zeros(1, 1 + self.num_patches, dim))
             nn.init.trunc_normal_(self.pos_embed, std=0.02)
@@ -149,9 +156,11 @@ class VisionTransformer(nn.Module):
             )
         return h // self.patch_size, w // self.patch_size
 
-    def position_embedding(self, grid_h: int, grid_w: int) -> torch.Tensor:
+    def position_embedding(self, grid_h: int, grid_w: int) -> torch.Tensor | None:
         """``(1, 1 + grid_h * grid_w, dim)`` for any grid: recomputed (sin-cos) or bicubically
-        interpolated (learned, as DINO does for other resolutions)."""
+        interpolated (learned, as DINO does for other resolutions); None with a relative bias."""
+        if self.pos_embed is None:
+            return None
         if (grid_h, grid_w) == (self.grid, self.grid):
             return self.pos_embed
         if self.pos_kind == "sincos":
@@ -187,15 +196,17 @@ class VisionTransformer(nn.Module):
             w = mask.unsqueeze(-1).to(tokens.dtype)
             tokens = tokens * (1 - w) + self.mask_token.to(tokens.dtype) * w
         pos = self.position_embedding(grid_h, grid_w)
-        tokens = tokens + pos[:, 1:]
+        if pos is not None:
+            tokens = tokens + pos[:, 1:]
         if keep is not None:
             if keep.ndim != 2 or keep.shape[0] != b:
                 raise ValueError(f"keep must be (B, K) indices, got {tuple(keep.shape)}")
             tokens = torch.gather(tokens, 1, keep.unsqueeze(-1).expand(-1, -1, self.dim))
-        cls = (self.cls_token + pos[:, :1]).expand(b, -1, -1)
-        out = torch.cat([cls, tokens], dim=1)
+        cls = self.cls_token if pos is None else self.cls_token + pos[:, :1]
+        out = torch.cat([cls.expand(b, -1, -1), tokens], dim=1)
+        bias = None if self.rel_pos_bias is None else self.rel_pos_bias(grid_h, grid_w, keep)
         for block in self.blocks:
-            out = block(out)
+            out = block(out, bias)
         return self.norm(out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

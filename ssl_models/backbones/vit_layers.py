@@ -3,7 +3,8 @@
 
 Pre-norm blocks as in timm and MAE: LayerNorm eps 1e-6, multi-head attention with qkv bias, a
 GELU MLP, optional layer scale (CaiT; BEiT, CAE) and stochastic depth. The fixed 2-D sin-cos
-position embedding is MAE's. Two weight initialisations: MAE's Xavier-uniform
+position embedding is MAE's; the relative position bias shared by all blocks is BEiT's and
+SimMIM's (:class:`RelativePositionBias`). Two weight initialisations: MAE's Xavier-uniform
 (:func:`init_weights`) and BEiT's / SimMIM's cut normal of std 0.02 (:func:`init_weights_normal`).
 """
 
@@ -49,11 +50,14 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        """x: (B, N, dim); bias: added to the attention logits, broadcast to (B, heads, N, N)."""
         b, n, d = x.shape
         qkv = self.qkv(x).reshape(b, n, 3, self.heads, d // self.heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4)  # each (B, heads, N, head_dim)
-        out = F.scaled_dot_product_attention(q, k, v)  # (B, heads, N, head_dim)
+        if bias is not None:
+            bias = bias.to(q.dtype)  # bf16 under autocast
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)  # (B, heads, N, head_dim)
         return self.proj(out.transpose(1, 2).reshape(b, n, d))
 
 
@@ -86,8 +90,8 @@ class Block(nn.Module):
         else:
             self.gamma1 = self.gamma2 = None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        a = self.attn(self.norm1(x))
+    def forward(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        a = self.attn(self.norm1(x), bias)
         if self.gamma1 is not None:
             a = self.gamma1 * a
         x = x + drop_path(a, self.drop_path, self.training)
@@ -95,6 +99,59 @@ class Block(nn.Module):
         if self.gamma2 is not None:
             m = self.gamma2 * m
         return x + drop_path(m, self.drop_path, self.training)
+
+
+class RelativePositionBias(nn.Module):
+    """One learned attention-logit offset per head for each 2-D offset between two patches, and
+    three more for CLS -> patch, patch -> CLS and CLS -> CLS; one table for all blocks (BEiT's and
+    SimMIM's shared relative position bias), zero at initialisation.
+
+    ``bias(grid_h, grid_w)`` -> ``(1, heads, 1 + L, 1 + L)`` for the tokens [CLS, patches in
+    row-major order]; with ``keep`` (B, K) patch indices, ``(B, heads, 1 + K, 1 + K)`` for
+    [CLS, the kept patches in that order]. A grid up to the built one reads its offsets from the
+    table as they are; a larger one stretches the table's offset grid bicubically.
+    """
+
+    def __init__(self, grid: int, heads: int) -> None:
+        super().__init__()
+        self.grid = grid
+        self.table = nn.Parameter(torch.zeros((2 * grid - 1) ** 2 + 3, heads))
+        self.register_buffer("index", self._index(grid, grid, grid, grid), persistent=False)
+
+    @staticmethod
+    def _index(grid_h: int, grid_w: int, reach_h: int, reach_w: int) -> torch.Tensor:
+        """(1 + L, 1 + L) rows of a table whose offset grid spans ``±(reach - 1)`` per axis."""
+        ys, xs = torch.meshgrid(torch.arange(grid_h), torch.arange(grid_w), indexing="ij")
+        ys, xs = ys.flatten(), xs.flatten()
+        dy = ys[:, None] - ys[None, :] + reach_h - 1  # query row minus key row, from 0
+        dx = xs[:, None] - xs[None, :] + reach_w - 1
+        offsets = (2 * reach_h - 1) * (2 * reach_w - 1)
+        index = torch.empty(1 + len(ys), 1 + len(ys), dtype=torch.long)
+        index[1:, 1:] = dy * (2 * reach_w - 1) + dx
+        index[0, :] = offsets  # CLS attending to a patch
+        index[:, 0] = offsets + 1  # a patch attending to CLS
+        index[0, 0] = offsets + 2
+        return index
+
+    def forward(self, grid_h: int, grid_w: int, keep: torch.Tensor | None = None) -> torch.Tensor:
+        table = self.table
+        if (grid_h, grid_w) == (self.grid, self.grid):
+            index = self.index
+        elif grid_h <= self.grid and grid_w <= self.grid:
+            index = self._index(grid_h, grid_w, self.grid, self.grid).to(table.device)
+        else:
+            span, heads = 2 * self.grid - 1, table.shape[1]
+            offsets = table[: span * span].t().reshape(1, heads, span, span)
+            offsets = F.interpolate(
+                offsets, size=(2 * grid_h - 1, 2 * grid_w - 1), mode="bicubic", align_corners=True
+            )
+            table = torch.cat([offsets[0].flatten(1).t(), table[span * span :]])
+            index = self._index(grid_h, grid_w, grid_h, grid_w).to(table.device)
+        if keep is None:
+            return table[index].permute(2, 0, 1).unsqueeze(0)  # (1, heads, 1 + L, 1 + L)
+        rows = torch.cat([keep.new_zeros(keep.shape[0], 1), keep + 1], dim=1)  # (B, 1 + K)
+        index = index[rows[:, :, None], rows[:, None, :]]  # (B, 1 + K, 1 + K)
+        return table[index].permute(0, 3, 1, 2)  # (B, heads, 1 + K, 1 + K)
 
 
 def init_weights(module: nn.Module) -> None:

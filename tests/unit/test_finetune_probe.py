@@ -9,19 +9,27 @@ from benchmarks.finetune_probe import Classifier, Recipe, augment, finetune, par
 from ssl_models.backbones import build_backbone
 
 
-def tiny_vit(depth: int = 2) -> torch.nn.Module:
+def tiny_vit(depth: int = 2, pos_embed: str = "sincos") -> torch.nn.Module:
     torch.manual_seed(0)
     return build_backbone(
-        "vit_tiny", image_size=8, patch_size=4, dim=8, depth=depth, heads=2, pool="mean"
+        "vit_tiny",
+        image_size=8,
+        patch_size=4,
+        dim=8,
+        depth=depth,
+        heads=2,
+        pool="mean",
+        pos_embed=pos_embed,
     )
 
 
-def classifier(depth: int = 2) -> Classifier:
-    return Classifier(tiny_vit(depth), 8, 2, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+def classifier(depth: int = 2, pos_embed: str = "sincos") -> Classifier:
+    encoder = tiny_vit(depth, pos_embed)
+    return Classifier(encoder, 8, 2, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
 
 
 def test_layer_decay_scales_each_layer_and_spares_1d_parameters_from_weight_decay():
-    model = classifier(depth=2)
+    model = classifier(depth=2, pos_embed="relative")
     groups = param_groups(model, Recipe(layer_decay=0.5, weight_decay=0.05))
     scale_of = {id(p): g["lr_scale"] for g in groups for p in g["params"]}
     decay_of = {id(p): g["weight_decay"] for g in groups for p in g["params"]}
@@ -34,6 +42,7 @@ def test_layer_decay_scales_each_layer_and_spares_1d_parameters_from_weight_deca
         "encoder.blocks.0.attn.qkv.weight": 0.25,
         "encoder.blocks.1.mlp.0.weight": 0.5,
         "encoder.norm.weight": 1.0,
+        "encoder.rel_pos_bias.table": 1.0,  # with the last layer, as SimMIM's get_vit_layer
         "head.weight": 1.0,
     }
     for name, scale in expected.items():

@@ -39,11 +39,13 @@ PAIRS = {
 }
 
 
-def build(variant: str, seed: int = 0, **overrides):
+def build(variant: str, seed: int = 0, pos_embed: str = "sincos", **overrides):
     key, extra = VARIANTS[variant]
     torch.manual_seed(seed)
     entry = METHODS[key]
-    backbone = build_backbone("vit_tiny", image_size=16, patch_size=4, dim=16, depth=2, heads=2)
+    backbone = build_backbone(
+        "vit_tiny", image_size=16, patch_size=4, dim=16, depth=2, heads=2, pos_embed=pos_embed
+    )
     cfg = dataclasses.replace(entry.config(), **{**HEADS, **extra, **overrides})
     return entry.cls(backbone, cfg)
 
@@ -85,6 +87,17 @@ def test_forward_backward_reaches_every_trainable_parameter(variant):
             not p.requires_grad and p.grad is None for p in getattr(method, copy).parameters()
         )
     assert method.encoder is method.teacher_backbone  # both papers evaluate the teacher
+
+
+@pytest.mark.parametrize("variant", ["ibot", "dino_v2"])
+def test_relative_position_bias_serves_the_smaller_local_crops(variant):
+    # the 8-pixel local crops have a 2x2 grid: their bias is read from the 4x4 grid's table
+    method = build(variant, pos_embed="relative")
+    method.on_step_start(Progress(0, 10, 5))
+    method(batch())["loss"].backward()
+    missing = [n for n, p in method.named_parameters() if p.requires_grad and p.grad is None]
+    assert not missing
+    assert method.backbone.rel_pos_bias.table.grad.abs().sum() > 0
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))

@@ -31,18 +31,21 @@ def tokenizer() -> KMeansTokenizer:
     return tok
 
 
-def build(key: str, seed: int = 0, **overrides):
+def build(key: str, seed: int = 0, pos_embed: str = "sincos", **overrides):
     torch.manual_seed(seed)
     entry = METHODS[key]
-    backbone = build_backbone("vit_tiny", image_size=16, patch_size=4, dim=16, depth=2, heads=2)
+    backbone = build_backbone(
+        "vit_tiny", image_size=16, patch_size=4, dim=16, depth=2, heads=2, pos_embed=pos_embed
+    )
     cfg = dataclasses.replace(entry.config(), **{**SMALL[key], **overrides})
     extra = {"tokenizer": tokenizer()} if key in ("beit", "cae") else {}
     return entry.cls(backbone, cfg, **extra)
 
 
+@pytest.mark.parametrize("pos_embed", ["sincos", "relative"])
 @pytest.mark.parametrize("key", KEYS)
-def test_forward_backward_reaches_every_trainable_parameter(key):
-    method = build(key)
+def test_forward_backward_reaches_every_trainable_parameter(key, pos_embed):
+    method = build(key, pos_embed=pos_embed)
     out = method(batch())
     assert out["loss"].ndim == 0 and torch.isfinite(out["loss"])
     out["loss"].backward()
@@ -52,9 +55,10 @@ def test_forward_backward_reaches_every_trainable_parameter(key):
     assert method.encoder is method.backbone
 
 
+@pytest.mark.parametrize("pos_embed", ["sincos", "relative"])
 @pytest.mark.parametrize("key", KEYS)
-def test_loss_falls_on_a_fixed_batch(key):
-    method = build(key)
+def test_loss_falls_on_a_fixed_batch(key, pos_embed):
+    method = build(key, pos_embed=pos_embed)
     opt = torch.optim.AdamW(method.parameters(), lr=3e-3)
     x = batch()
     losses = []
