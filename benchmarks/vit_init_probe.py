@@ -24,9 +24,12 @@ from ssl_models.backbones import build_backbone
 
 VARIANTS = {  # label -> ViT options (init, position embedding), as each recipe sets them
     "xavier, sincos (MAE, CAE)": dict(init="xavier", pos_embed="sincos"),
-    "simmim init, sincos (SimMIM)": dict(init="simmim", pos_embed="sincos"),
+    "simmim init, sincos": dict(init="simmim", pos_embed="sincos"),
+    "simmim init, relative (SimMIM)": dict(init="simmim", pos_embed="relative"),
     "xavier, learned": dict(init="xavier", pos_embed="learned"),
-    "beit init, learned (BEiT)": dict(init="beit", pos_embed="learned"),
+    "beit init, learned": dict(init="beit", pos_embed="learned"),
+    "beit init, relative (BEiT)": dict(init="beit", pos_embed="relative"),
+    "xavier, relative": dict(init="xavier", pos_embed="relative"),
 }
 
 

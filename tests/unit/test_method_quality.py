@@ -207,7 +207,7 @@ def test_plain_init_baseline_only_for_vits_without_it(tmp_path: Path) -> None:
     assert plain_vit(plain) is None
     beit = method_config("beit", tmp_path / "e", "n", None, None)
     assert (beit.backbone.vit.init, plain_vit(beit).backbone.vit.init) == ("beit", "xavier")
-    assert plain_vit(beit).backbone.vit.pos_embed == beit.backbone.vit.pos_embed == "learned"
+    assert plain_vit(beit).backbone.vit.pos_embed == beit.backbone.vit.pos_embed == "relative"
     assert plain_changes(beit) == "layer scale 0.1 → 0, init beit → xavier"
     assert plain_vit(method_config("mae", tmp_path / "e", "n", None, None)) is None
     assert plain_vit(method_config("dino", tmp_path / "e", "n", None, None)) is None

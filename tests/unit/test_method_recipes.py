@@ -100,15 +100,21 @@ def test_simsiam_predictor_keeps_the_peak_lr():
 
 
 @pytest.mark.parametrize(
-    "key, layer_scale, init",
-    [("simmim", 0.1, "simmim"), ("beit", 0.1, "beit"), ("mae", 0.0, "xavier")],
+    "key, layer_scale, init, pos_embed",
+    [
+        ("simmim", 0.1, "simmim", "relative"),
+        ("beit", 0.1, "beit", "relative"),
+        ("mae", 0.0, "xavier", "sincos"),
+    ],
 )
-def test_mim_recipes_carry_their_references_vit(key, layer_scale, init):
+def test_mim_recipes_carry_their_references_vit(key, layer_scale, init, pos_embed):
     # SimMIM's config.py: MODEL.VIT.INIT_VALUES 0.1; SimMIM and BEiT initialise N(0, 0.02²) with
-    # fix_init_weight, MAE Xavier-uniform; the laptop profile keeps both
+    # fix_init_weight, MAE Xavier-uniform; SimMIM's ViT config (USE_APE False, USE_SHARED_RPB
+    # True) and BEiT's pretraining defaults (shared_rel_pos_bias, no abs_pos_emb) take the
+    # shared relative position bias, MAE the fixed sin-cos table; the laptop profile keeps all
     for overrides in ({"data": {"path": "/shards"}}, {}):
         vit = load_config(key, overrides=overrides).backbone.vit
-        assert (vit.layer_scale, vit.init) == (layer_scale, init), overrides
+        assert (vit.layer_scale, vit.init, vit.pos_embed) == (layer_scale, init, pos_embed)
 
 
 def test_dino_laptop_profile_takes_the_released_resnet50_head_and_optimizer():
