@@ -103,3 +103,13 @@ def test_avg_dist_known_answer():
     hidden[1] = False
     hidden[1, 0, 0] = True  # one hidden corner pixel, 1 from its neighbours: (10 + 1) / 10
     assert math.isclose(avg_dist(hidden), 11 / 10, rel_tol=1e-6)
+
+
+def test_vit_position_cost_times_every_scheme_against_sincos(capsys):
+    from benchmarks.vit_position_cost import main
+
+    toy = "--image 8 --dim 8 --depth 1 --heads 2 --batch 2 --rounds 2 --steps 1"
+    main(toy.split())
+    rows = capsys.readouterr().out.splitlines()
+    assert [r.split()[0] for r in rows] == ["sincos", "learned", "relative"]
+    assert rows[0].endswith("×1.00 sin-cos")  # its own rounds over themselves
