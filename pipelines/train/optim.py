@@ -11,7 +11,9 @@ Methods shape their groups in optional ways (see ARCHITECTURE.md, "Parameter gro
   ``method.named_parameters()`` starts with ``name_prefix`` (longest prefix wins) get ``options``;
 - ``method.fixed_lr_modules = ("predictor",)``: submodules whose parameters get
   ``{"fixed_lr": True}`` (the same as the prefix ``"predictor."``);
-- an attribute on a parameter, ``p.fixed_lr = True``.
+- an attribute on a parameter, ``p.fixed_lr = True``;
+- ``method.no_weight_decay = ("backbone.cls_token",)``: parameters, by full name, kept out of
+  weight decay besides biases and norms (the references' ``no_weight_decay()``).
 
 Options: ``fixed_lr`` (bool: the group keeps the scaled peak lr, no warmup or cosine, as
 SimSiam's predictor's ``fix_lr``), ``weight_decay`` (float, for the group's regular weights),
@@ -52,6 +54,14 @@ def _overrides(model: nn.Module) -> dict[str, dict[str, Any]]:
     for name in getattr(model, "fixed_lr_modules", ()):
         model.get_submodule(name)  # a clear error for a name that is not a submodule
         overrides.setdefault(f"{name}.", {}).setdefault("fixed_lr", True)
+    names = {n for n, _ in model.named_parameters()}
+    for name in getattr(model, "no_weight_decay", ()):
+        if name not in names:
+            raise ValueError(f"{type(model).__name__}.no_weight_decay: no parameter named '{name}'")
+        # the options of the prefix it falls under still apply (its lr_scale, fixed_lr)
+        outer = max((q for q in overrides if name.startswith(q)), key=len, default=None)
+        overrides[name] = {**overrides.get(outer, {}), **overrides.get(name, {})}
+        overrides[name]["weight_decay"] = 0.0
     for prefix, options in overrides.items():
         for key, value in options.items():
             if key not in OPTIONS:

@@ -38,6 +38,9 @@ class SSLMethod(nn.Module):
     #: submodules whose parameters keep the peak learning rate, outside the schedule (SimSiam's
     #: predictor); the optimizer puts them in their own param groups
     fixed_lr_modules: tuple[str, ...] = ()
+    #: parameters, by full name, that keep no weight decay besides biases and norms (the
+    #: references' ``no_weight_decay()``, e.g. SimMIM's [CLS] token and position tables)
+    no_weight_decay: tuple[str, ...] = ()
 
     @property
     def encoder(self) -> nn.Module:

@@ -13,7 +13,7 @@ from torch import nn
 from ssl_models.backbones.masking import block_masking, step_generator
 from ssl_models.losses import beit_loss
 from ssl_models.methods.base import Progress, SSLMethod
-from ssl_models.methods.single_view import require_vit, single_view
+from ssl_models.methods.single_view import require_vit, single_view, vit_no_weight_decay
 from ssl_models.tokenizer import KMeansTokenizer, TokenizerConfig, tokenizer_for
 
 
@@ -34,6 +34,9 @@ class BEiT(SSLMethod):
         super().__init__()
         self.cfg = cfg
         self.backbone = require_vit(backbone, "beit")
+        # the reference's no_weight_decay(): the [CLS] token and an absolute position table; the
+        # relative position bias table and the mask token decay
+        self.no_weight_decay = vit_no_weight_decay(self.backbone, relative_table=False)
         self.backbone.enable_mask_token()
         p = self.backbone.patch_size
         self.tokenizer = tokenizer or tokenizer_for(cfg.tokenizer, p, "beit")

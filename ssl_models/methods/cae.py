@@ -23,7 +23,7 @@ from ssl_models.backbones.masking import (
 from ssl_models.backbones.vit_layers import Block, Mlp, init_weights, sincos_2d
 from ssl_models.losses import beit_loss, cae_alignment_loss, cae_loss
 from ssl_models.methods.base import Progress, SSLMethod
-from ssl_models.methods.single_view import require_vit, single_view
+from ssl_models.methods.single_view import require_vit, single_view, vit_no_weight_decay
 from ssl_models.tokenizer import KMeansTokenizer, TokenizerConfig, tokenizer_for
 
 
@@ -90,6 +90,9 @@ class CAE(SSLMethod):
         super().__init__()
         self.cfg = cfg
         self.backbone = require_vit(backbone, "cae")
+        # the reference's no_weight_decay(): the [CLS] token and an absolute position table; the
+        # relative position bias table and the mask token decay
+        self.no_weight_decay = vit_no_weight_decay(self.backbone, relative_table=False)
         enc_dim = self.backbone.dim
         d = cfg.decoder_dim or enc_dim
         heads = cfg.decoder_heads or self.backbone.heads

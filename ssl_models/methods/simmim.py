@@ -10,7 +10,7 @@ from torch import nn
 from ssl_models.backbones.masking import patchify, step_generator, unit_masking, unpatchify
 from ssl_models.losses import mae_loss, simmim_loss
 from ssl_models.methods.base import Progress, SSLMethod
-from ssl_models.methods.single_view import require_vit, single_view
+from ssl_models.methods.single_view import require_vit, single_view, vit_no_weight_decay
 
 
 @dataclass(frozen=True)
@@ -36,6 +36,9 @@ class SimMIM(SSLMethod):
         if cfg.target not in ("l1", "norm_pix_mse"):
             raise ValueError(f"simmim: target must be 'l1' or 'norm_pix_mse', got {cfg.target!r}")
         self.backbone.enable_mask_token()
+        # the reference's no_weight_decay() and no_weight_decay_keywords(): the [CLS] token, an
+        # absolute position table and the relative position bias table (the mask token decays)
+        self.no_weight_decay = vit_no_weight_decay(self.backbone, relative_table=True)
         # the paper's 1x1 conv + pixel shuffle is this linear map applied to each patch token
         self.head = nn.Linear(self.backbone.dim, p * p * 3)
         self.seed = torch.initial_seed()

@@ -22,3 +22,15 @@ def require_vit(backbone: object, method: str) -> VisionTransformer:
             f"got {type(backbone).__name__}"
         )
     return backbone
+
+
+def vit_no_weight_decay(vit: VisionTransformer, relative_table: bool) -> tuple[str, ...]:
+    """Full names (under ``backbone.``) of the ViT's [CLS] token, its learned position embedding
+    if it has one, and with ``relative_table`` its relative position bias table: what SimMIM's
+    (all three), BEiT's and CAE's (the first two) ``no_weight_decay()`` keep out of decay."""
+    names = ["cls_token"]
+    if isinstance(vit.pos_embed, torch.nn.Parameter):
+        names.append("pos_embed")
+    if relative_table and vit.rel_pos_bias is not None:
+        names.append("rel_pos_bias.table")
+    return tuple(f"backbone.{n}" for n in names)

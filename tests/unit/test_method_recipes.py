@@ -12,8 +12,11 @@ from PIL import Image
 from pipelines.config import OptimConfig, load_config
 from pipelines.config_layers import parse_set
 from pipelines.data.views import ViewMaker
+from pipelines.train.backbone import backbone_from_config
 from pipelines.train.optim import build_optimizer, set_lr
 from pipelines.train.step import TrainStep, build_method, place
+from ssl_models.registry import get_method
+from ssl_models.tokenizer import KMeansTokenizer
 from tests.method_helpers import tiny_method
 
 KEYS = ["simclr_v2", "moco_v1", "moco_v2", "moco_v3", "byol", "simsiam", "dino"]
@@ -115,6 +118,42 @@ def test_mim_recipes_carry_their_references_vit(key, layer_scale, init, pos_embe
     for overrides in ({"data": {"path": "/shards"}}, {}):
         vit = load_config(key, overrides=overrides).backbone.vit
         assert (vit.layer_scale, vit.init, vit.pos_embed) == (layer_scale, init, pos_embed)
+
+
+TOKENS = ("beit", "cae")  # methods that predict the tokens of a tokenizer
+
+
+@pytest.mark.parametrize(
+    "key, pos_embed, undecayed",
+    [
+        # SimMIM's no_weight_decay() {pos_embed, cls_token} and no_weight_decay_keywords()
+        # {relative_position_bias_table}; BEiT's and CAE's no_weight_decay() {pos_embed,
+        # cls_token}; MAE's and iBOT's optimizers skip only biases and norms
+        ("simmim", "relative", {"cls_token", "rel_pos_bias.table"}),
+        ("simmim", "learned", {"cls_token", "pos_embed"}),
+        ("beit", "relative", {"cls_token"}),
+        ("beit", "learned", {"cls_token", "pos_embed"}),
+        ("cae", "sincos", {"cls_token"}),
+        ("mae", "sincos", set()),
+        ("ibot", "learned", set()),
+    ],
+)
+def test_vit_recipes_keep_their_references_tokens_out_of_weight_decay(key, pos_embed, undecayed):
+    sets = ["backbone.name=vit_tiny", "backbone.vit.depth=1", f"backbone.vit.pos_embed={pos_embed}"]
+    cfg = load_config(key, overrides=parse_set(sets))
+    torch.manual_seed(0)
+    backbone = backbone_from_config(cfg)
+    extra = {"tokenizer": KMeansTokenizer(16, backbone.patch_size)} if key in TOKENS else {}
+    method = get_method(key).cls(backbone, cfg.method_args, **extra)
+    opt = build_optimizer(method, cfg.optim, global_batch=256)
+    decay = {id(p): g["weight_decay"] for g in opt.param_groups for p in g["params"]}
+    backbone = dict(method.backbone.named_parameters())
+    for name in ("cls_token", "pos_embed", "rel_pos_bias.table", "mask_token"):
+        if name in backbone:
+            expected = 0.0 if name in undecayed else cfg.optim.weight_decay
+            assert decay[id(backbone[name])] == expected, name
+    assert cfg.optim.weight_decay > 0
+    assert decay[id(method.backbone.blocks[0].attn.qkv.weight)] == cfg.optim.weight_decay
 
 
 def test_dino_laptop_profile_takes_the_released_resnet50_head_and_optimizer():

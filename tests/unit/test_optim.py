@@ -140,3 +140,25 @@ def test_clip_grad_per_parameter_bounds_each_tensor_on_its_own():
     torch.testing.assert_close(a.grad, torch.tensor([1.8, 2.4]), rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(b.grad, torch.tensor([0.6, 0.8]))
     assert c.grad is None
+
+
+def test_no_weight_decay_names_keep_their_prefix_options():
+    model = Tiny()
+    model.no_weight_decay = ("fc.weight",)
+    model.param_group_overrides = lambda: {"fc.": {"lr_scale": 0.1}}
+    opt = build_optimizer(model, OptimConfig(name="adamw", weight_decay=0.3), 256)
+    set_lr(opt, 1.0)
+    group = group_of(opt, model.fc.weight)
+    assert (group["weight_decay"], group["initial_weight_decay"]) == (0.0, 0.0)
+    assert group["lr"] == pytest.approx(0.1)  # the prefix's lr_scale still applies
+    assert group_of(opt, model.predictor.weight)["weight_decay"] == 0.3
+    # the decay schedule leaves it at zero
+    set_weight_decay(opt, 50, 100, 0.3, 0.6)
+    assert group_of(opt, model.fc.weight)["weight_decay"] == 0.0
+
+
+def test_no_weight_decay_names_an_unknown_parameter():
+    model = Tiny()
+    model.no_weight_decay = ("fc.weights",)
+    with pytest.raises(ValueError, match=r"Tiny.no_weight_decay: no parameter named 'fc.weights'"):
+        param_groups(model, 0.1, True)
