@@ -167,7 +167,8 @@ def bar_chart(rows: list[dict[str, Any]], path: Path) -> None:
 def run_survey(opts: SurveyOptions) -> dict[str, Any]:
     from ray import tune
 
-    from tuning.sweep import child_runs, start_parent
+    from tuning.finish import child_runs
+    from tuning.sweep import start_parent
 
     spec = survey_spec(opts)
     spec["parent_run_id"] = start_parent(spec, "survey")

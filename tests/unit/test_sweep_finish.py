@@ -4,7 +4,7 @@ from types import SimpleNamespace
 
 from mlflow import MlflowClient
 
-from tuning.sweep import finish_sweep
+from tuning.finish import finish_sweep
 
 
 class Results(list):
