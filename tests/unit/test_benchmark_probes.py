@@ -113,3 +113,39 @@ def test_vit_position_cost_times_every_scheme_against_sincos(capsys):
     rows = capsys.readouterr().out.splitlines()
     assert [r.split()[0] for r in rows] == ["sincos", "learned", "relative"]
     assert rows[0].endswith("×1.00 sin-cos")  # its own rounds over themselves
+
+
+def test_shortcut_probe_labelings_and_a_colour_encoder():
+    from benchmarks.shortcut_probe import labelings, majority_share, pixels, scores
+    from pipelines.config import load_config
+
+    cfg = load_config("simclr")
+    mean = torch.tensor(cfg.views.mean).view(1, 3, 1, 1)
+    std = torch.tensor(cfg.views.std).view(1, 3, 1, 1)
+
+    def images(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        # image i: channel i % 3 at level 0.3, 0.6 or 0.9 (by i // 3 % 3), the others at 0.1
+        x = torch.full((n, 3, 4, 4), 0.1)
+        for i in range(n):
+            x[i, i % 3] = 0.3 * (1 + i // 3 % 3)
+        return (x - mean) / std, torch.arange(n) % 10
+
+    bank, query = images(90), images(45)
+    torch.testing.assert_close(pixels(cfg, bank[0])[4, :, 0, 0], torch.tensor([0.1, 0.6, 0.1]))
+    labels = labelings(cfg, bank, query)
+    assert torch.equal(labels["colour"][0], torch.arange(90) % 3)
+    # within each colour, the level orders the luma; across colours green's weight dominates
+    luma = torch.tensor([0.299, 0.587, 0.114])
+    level = 0.3 * (1 + torch.arange(90) // 3 % 3)
+    expected = 0.1 + (level - 0.1) * luma[torch.arange(90) % 3]
+    edges = torch.quantile(expected, torch.tensor([1 / 3, 2 / 3]))
+    assert torch.equal(labels["brightness"][0], torch.bucketize(expected, edges))
+    assert majority_share(labels["colour"][1]) == 1 / 3
+
+    class MeanColour(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return pixels(cfg, x).mean((2, 3)) - 0.1  # the lit channel's direction
+
+    s = scores(MeanColour(), bank, query, labels)
+    assert s["colour"] == 1.0
+    assert s["class"] < 0.5  # the class (i % 10) is independent of i % 3 and i // 3 % 3
