@@ -193,3 +193,52 @@ def test_simmim_target_known_answer_with_a_zero_head(target):
 def test_simmim_unknown_target_is_an_error():
     with pytest.raises(ValueError, match="simmim: target must be"):
         build("simmim", target="l2")
+
+
+def test_simmim_mae_head_is_maes_decoder_without_blocks():
+    """head="mae" computes what MAE's decoder with no blocks computes on the same tokens: with
+    MAE's weights copied in, the predictions agree for every patch, and MAE's [CLS] row (which
+    SimMIM's head never sees) does not change them."""
+    simmim = build("simmim", head="mae", head_dim=16)
+    mae = build("mae", seed=1, decoder_dim=16, decoder_depth=0, encoder_mask_tokens=True)
+    simmim.head.embed.load_state_dict(mae.decoder_embed.state_dict())
+    simmim.head.norm.load_state_dict(mae.decoder_norm.state_dict())
+    simmim.head.pred.load_state_dict(mae.decoder_pred.state_dict())
+    latent = torch.randn(3, 1 + 16, 16, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        expected = mae.forward_decoder(latent, None, (4, 4))
+        got = simmim.head(latent[:, 1:], (4, 4))
+    assert got.shape == (3, 16, 4 * 4 * 3)
+    torch.testing.assert_close(got, expected)
+    # the position table is what tells equal tokens apart
+    same = simmim.head(latent[:, 1:2].expand(3, 16, 16), (4, 4))
+    assert not torch.allclose(same[:, 0], same[:, 1])
+
+
+@pytest.mark.parametrize("pos_embed", ["sincos", "relative"])
+def test_simmim_mae_head_trains(pos_embed):
+    method = build("simmim", pos_embed=pos_embed, head="mae", head_dim=16)
+    opt = torch.optim.AdamW(method.parameters(), lr=3e-3)
+    x = batch()
+    losses = []
+    for _ in range(20):
+        method.on_step_start(Progress(0, 20, 20))
+        loss = method(x)["loss"]
+        opt.zero_grad()
+        loss.backward()
+        missing = [n for n, p in method.named_parameters() if p.requires_grad and p.grad is None]
+        assert not missing
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.9 * losses[0], losses
+    restored = build("simmim", seed=3, pos_embed=pos_embed, head="mae", head_dim=16)
+    restored.load_state_dict(method.state_dict())
+    restored.seed = method.seed  # the mask seed is torch's seed at construction, as in training
+    method.on_step_start(Progress(5, 20, 20))
+    restored.on_step_start(Progress(5, 20, 20))
+    assert restored(x)["loss"].item() == pytest.approx(method(x)["loss"].item(), rel=1e-6)
+
+
+def test_simmim_unknown_head_is_an_error():
+    with pytest.raises(ValueError, match="simmim: head must be 'linear' or 'mae', got 'conv'"):
+        build("simmim", head="conv")
