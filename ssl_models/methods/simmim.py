@@ -20,11 +20,11 @@ class SimMIMConfig:
     mask_unit: int = 32  # side of a mask unit in pixels, a multiple of the patch size
     # "l1": the paper's L1 on the masked pixels of the (normalised) input image; "norm_pix_mse":
     # MAE's MSE on per-patch normalised masked patches instead (not the paper: an ablation of
-    # the target, the one difference left between SimMIM and MAE with mask tokens in its encoder)
+    # the target, one of the differences between SimMIM and MAE with mask tokens in its encoder)
     target: Literal["l1", "norm_pix_mse"] = "l1"
     # "linear": the paper's one-layer head. "mae": MAE's decoder without blocks (a linear map to
     # head_dim, the sin-cos position table added again, LayerNorm, a linear output); not the
-    # paper: an ablation of the head, the one difference left from MAE with mask tokens
+    # paper: an ablation of the head, another difference from MAE with mask tokens
     head: Literal["linear", "mae"] = "linear"
     head_dim: int = 512  # the "mae" head's width (MAE's decoder_dim)
 
