@@ -11,7 +11,8 @@ first epoch. The exported encoder is the teacher's backbone, the one DINO evalua
 codes over the global batch (ε = the teacher temperature, 3 iterations), DINOv2's replacement
 for the centre (Oquab et al. 2024, §4): the codes share the batch over the prototypes. At
 laptop size it does not stop the head's collapse (BENCHMARKS.md): balanced codes of nearly
-equal scores are nearly uniform.
+equal scores are nearly uniform. ``koleo_weight`` (not DINO's recipe either) adds DINOv2's KoLeo
+regulariser on the student's backbone features of each global crop, as iBOT's option does.
 
 As the reference's ``MultiCropWrapper``, crops of one resolution go through the backbone together
 (global crops in one batch, local crops in another), then the head sees all crops at once.
@@ -28,6 +29,7 @@ from ssl_models.losses import (
     DINOCenter,
     dino_loss,
     dino_loss_from_targets,
+    koleo_loss,
     sinkhorn,
     teacher_temperature_per_epoch,
 )
@@ -55,12 +57,13 @@ class DINOConfig:
     centering: Literal["centre", "sinkhorn_knopp"] = "centre"  # the teacher's targets
     sinkhorn_iterations: int = 3  # with centering: sinkhorn_knopp
     gather_distributed: bool = True  # Sinkhorn over the global batch, as DINOv2
+    koleo_weight: float = 0.0  # DINOv2: 0.1, on the student's backbone features per global crop
 
 
 class DINO(SSLMethod):
     """batch["global"]: (B, 2, 3, S, S); batch["local"] (optional): (B, L, 3, s, s)
-    -> {loss, teacher_output}; ``teacher_output`` (2B, K) feeds the centre update
-    in :meth:`on_step_end`."""
+    -> {loss, [koleo_loss,] teacher_output}; ``teacher_output`` (2B, K) feeds the centre update
+    in :meth:`on_step_end`; koleo_loss only with ``koleo_weight``."""
 
     encoder_name = "teacher_backbone"
 
@@ -101,7 +104,8 @@ class DINO(SSLMethod):
 
         with torch.no_grad():
             teacher_out = self.teacher_head(self.teacher_backbone(crops[0]))  # (2B, K)
-        features = torch.cat([self.backbone(x) for x in crops])  # ((2 + L)B, D)
+        global_features = self.backbone(crops[0])  # (2B, D)
+        features = torch.cat([global_features] + [self.backbone(x) for x in crops[1:]])
         student_out = self.head(features)  # ((2 + L)B, K)
 
         students = student_out.chunk(n_global + n_local)
@@ -121,7 +125,14 @@ class DINO(SSLMethod):
                 self.cfg.student_temp,
                 self.teacher_temp,
             )
-        return {"loss": loss, "teacher_output": teacher_out}
+        out = {"teacher_output": teacher_out}
+        if self.cfg.koleo_weight:
+            # per global crop: never between the two crops of one image
+            first, second = global_features.chunk(2)
+            koleo = koleo_loss(first) + koleo_loss(second)
+            loss = loss + self.cfg.koleo_weight * koleo
+            out["koleo_loss"] = koleo.detach()
+        return {"loss": loss, **out}
 
     def momentum(self, progress: Progress) -> float:
         return cosine_momentum(progress.fraction, self.cfg.momentum, self.cfg.momentum_final)
