@@ -6,14 +6,7 @@ import torch
 
 from ssl_models.methods.base import Progress
 from tests.method_helpers import tiny_batch, tiny_method
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+from tests.unit.one_thread import one_thread  # noqa: F401
 
 
 def test_dino_sinkhorn_centering_uses_balanced_codes_of_the_teacher_as_targets():
