@@ -16,7 +16,7 @@ from ssl_models.losses.dino import (
 )
 from ssl_models.losses.distillation import byol_loss, simsiam_loss
 from ssl_models.losses.ibot import ibot_loss, masked_patch_loss
-from ssl_models.losses.koleo import koleo_loss
+from ssl_models.losses.koleo import koleo_loss, koleo_loss_per_crop
 from ssl_models.losses.mim import (
     beit_loss,
     cae_alignment_loss,
@@ -40,6 +40,7 @@ __all__ = [
     "info_nce_loss",
     "jigsaw_loss",
     "koleo_loss",
+    "koleo_loss_per_crop",
     "mae_loss",
     "masked_patch_loss",
     "moco_v3_loss",

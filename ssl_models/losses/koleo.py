@@ -27,3 +27,17 @@ def koleo_loss(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
             nearest = dots.argmax(dim=1)
         distances = F.pairwise_distance(x, x[nearest], p=2, eps=eps)  # (N,)
         return -torch.log(distances + eps).mean()
+
+
+def koleo_loss_per_crop(x: torch.Tensor, n_crops: int) -> torch.Tensor:
+    """KoLeo summed over crops, as DINOv2 applies it to its global crops.
+
+    x: (n_crops·N, D), crop-major (the first N rows are every image's first crop). Each crop's N
+    rows get their own :func:`koleo_loss`: across crops an image's other view would be its
+    nearest neighbour, and the term would push the two views of one image apart.
+    """
+    if x.ndim != 2 or n_crops < 1 or x.shape[0] % n_crops:
+        raise ValueError(
+            f"koleo_loss_per_crop: expected ({n_crops}·N, D) crop-major, got {tuple(x.shape)}"
+        )
+    return torch.stack([koleo_loss(crop) for crop in x.chunk(n_crops)]).sum()

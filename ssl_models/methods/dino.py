@@ -29,7 +29,7 @@ from ssl_models.losses import (
     DINOCenter,
     dino_loss,
     dino_loss_from_targets,
-    koleo_loss,
+    koleo_loss_per_crop,
     sinkhorn,
     teacher_temperature_per_epoch,
 )
@@ -127,9 +127,7 @@ class DINO(SSLMethod):
             )
         out = {"teacher_output": teacher_out}
         if self.cfg.koleo_weight:
-            # per global crop: never between the two crops of one image
-            first, second = global_features.chunk(2)
-            koleo = koleo_loss(first) + koleo_loss(second)
+            koleo = koleo_loss_per_crop(global_features, n_global)
             loss = loss + self.cfg.koleo_weight * koleo
             out["koleo_loss"] = koleo.detach()
         return {"loss": loss, **out}

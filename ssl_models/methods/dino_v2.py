@@ -30,7 +30,7 @@ from ssl_models.backbones.masking import (
 from ssl_models.heads import DINOHead
 from ssl_models.losses import (
     dino_loss_from_targets,
-    koleo_loss,
+    koleo_loss_per_crop,
     masked_patch_loss,
     sinkhorn,
     teacher_temperature,
@@ -141,9 +141,7 @@ class DINOv2(SSLMethod):
         patch_loss = masked_patch_loss(
             patch_head(tokens[:, 1:][masks]), patch_targets, masks, self.cfg.student_temp
         )
-        # per global crop: never between the two crops of one image
-        first, second = cls_tokens.chunk(2)
-        koleo = koleo_loss(first) + koleo_loss(second)
+        koleo = koleo_loss_per_crop(cls_tokens, 2)
         loss = image_loss + self.cfg.ibot_weight * patch_loss + self.cfg.koleo_weight * koleo
         return {
             "loss": loss,

@@ -32,7 +32,7 @@ from ssl_models.losses import (
     dino_loss,
     dino_loss_from_targets,
     ibot_loss,
-    koleo_loss,
+    koleo_loss_per_crop,
     masked_patch_loss,
     sinkhorn,
     teacher_temperature_per_epoch,
@@ -197,9 +197,7 @@ class IBOT(SSLMethod):
         loss = c.lambda_cls * cls_loss + c.lambda_patch * patch_loss
         extra = {}
         if c.koleo_weight:
-            # per global crop, never between the two crops of one image, as DINOv2
-            first, second = tokens[:, 0].chunk(2)
-            koleo = koleo_loss(first) + koleo_loss(second)
+            koleo = koleo_loss_per_crop(tokens[:, 0], 2)  # the student's [CLS]
             loss = loss + c.koleo_weight * koleo
             extra["koleo_loss"] = koleo.detach()
         return {

@@ -5,7 +5,8 @@ Follows ``facebookresearch/swav`` ``main_swav.py``: prototypes L2-normalised bef
 their gradient cancelled during the first iterations, and a queue of past embeddings joining
 the Sinkhorn batch once it is full. Here the queue is one buffer, the same on every worker,
 filled with all workers' embeddings (the reference keeps one per GPU): it travels in the
-checkpoint whole, whichever rank writes it.
+checkpoint whole, whichever rank writes it. ``koleo_weight`` (not the paper) adds DINOv2's KoLeo
+on the backbone features of each global crop, as DINO's and iBOT's option.
 """
 
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ from torch import nn
 
 from ssl_models import distributed
 from ssl_models.heads import Prototypes, mlp
-from ssl_models.losses import swav_loss
+from ssl_models.losses import koleo_loss_per_crop, swav_loss
 from ssl_models.methods.base import Progress, SSLMethod
 
 
@@ -41,11 +42,13 @@ class SwAVConfig:
     queue_length: int = 3840  # past embeddings per coded crop, over all workers; 0 disables
     queue_start_epoch: int = 15  # the queue starts filling here (reference epoch_queue_starts)
     gather_distributed: bool = True  # Sinkhorn on the global batch, as the reference
+    koleo_weight: float = 0.0  # DINOv2: 0.1, on the backbone features per global crop
 
 
 class SwAV(SSLMethod):
     """batch["global"]: (B, Vg, 3, H, W) and optionally batch["local"]: (B, Vl, 3, h, w),
-    normalised -> {loss, queue_used, embeddings (n_assign, B, proj_dim) for the queue hook}."""
+    normalised -> {loss, [koleo_loss,] queue_used, embeddings (n_assign, B, proj_dim) for the
+    queue hook}; koleo_loss only with ``koleo_weight``."""
 
     def __init__(self, backbone: nn.Module, cfg: SwAVConfig) -> None:
         super().__init__()
@@ -101,9 +104,15 @@ class SwAV(SSLMethod):
             self.cfg.gather_distributed,
             self.cfg.hard_assignment,
         )
+        out = {}
+        if self.cfg.koleo_weight:
+            koleo = koleo_loss_per_crop(h[: n_global * b], n_global)
+            loss = loss + self.cfg.koleo_weight * koleo
+            out["koleo_loss"] = koleo.detach()
         embeddings = z[: self.cfg.crops_for_assign * b].detach().view(-1, b, z.shape[1])
         return {
             "loss": loss,
+            **out,
             "queue_used": torch.tensor(float(queue_scores is not None)),
             "embeddings": embeddings,
         }

@@ -166,3 +166,31 @@ def test_prototypes_head_shapes(b):
     assert head(torch.randn(b, 16)).shape == (b, 10) and head.bias is None
     head.normalize_()
     torch.testing.assert_close(head.weight.norm(dim=1), torch.ones(10))
+
+
+def test_swav_koleo_adds_its_weighted_term_on_each_global_crop():
+    from ssl_models.losses import koleo_loss, koleo_loss_per_crop
+
+    plain, with_koleo = make("swav"), make("swav", koleo_weight=0.5)
+    data = batch()
+    a, b = plain(data), with_koleo(data)
+    assert "koleo_loss" not in a
+    # same weights (same seed): SwAV's term is unchanged and KoLeo is added with its weight
+    torch.testing.assert_close(b["loss"], a["loss"] + 0.5 * b["koleo_loss"])
+    # on the backbone features of each global crop, never across the two crops of an image
+    # and never on the local crops
+    crops = data["global"].transpose(0, 1).flatten(0, 1)  # (2B, 3, S, S), view-major
+    features = with_koleo.backbone(crops)
+    expected = koleo_loss_per_crop(features, 2)
+    torch.testing.assert_close(b["koleo_loss"], expected.detach())
+    assert not torch.allclose(b["koleo_loss"], koleo_loss(features))
+    # the two losses' backbone gradients differ by exactly the weighted KoLeo gradient
+    a["loss"].backward()
+    b["loss"].backward()
+    expected_grad = torch.autograd.grad(0.5 * expected, list(with_koleo.backbone.parameters()))
+    pairs = zip(
+        plain.backbone.parameters(), with_koleo.backbone.parameters(), expected_grad, strict=True
+    )
+    for p, q, g in pairs:
+        torch.testing.assert_close(q.grad - p.grad, g, atol=1e-5, rtol=1e-4)
+    assert any(g.abs().sum() > 0 for g in expected_grad)

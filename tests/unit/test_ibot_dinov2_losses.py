@@ -16,6 +16,7 @@ from ssl_models.losses import (
     dino_loss_from_targets,
     ibot_loss,
     koleo_loss,
+    koleo_loss_per_crop,
     masked_patch_loss,
     sinkhorn,
 )
@@ -133,6 +134,23 @@ def test_koleo_pushes_neighbours_apart_and_names_bad_input():
         koleo_loss(torch.randn(1, 4))
     with pytest.raises(ValueError, match=r"expected \(N, D\)"):
         koleo_loss(torch.randn(4))
+
+
+def test_koleo_per_crop_never_pairs_the_crops_of_one_image():
+    # crop 2 is crop 1 turned by 1 degree: each crop alone has the known answer above, while
+    # over all rows every point's nearest neighbour would be its own other crop
+    def unit(degrees):
+        angles = torch.tensor(degrees) * math.pi / 180
+        return torch.stack([angles.cos(), angles.sin()], dim=1)
+
+    x = torch.cat([unit([0.0, 30.0, 180.0]), unit([1.0, 31.0, 181.0])])
+    d_near, d_far = 2 * math.sin(math.radians(15)), 2 * math.sin(math.radians(75))
+    per_crop = -(2 * math.log(d_near) + math.log(d_far)) / 3
+    assert koleo_loss_per_crop(x, 2).item() == pytest.approx(2 * per_crop, rel=1e-5)
+    across = -math.log(2 * math.sin(math.radians(0.5)))  # every neighbour 1 degree away
+    assert koleo_loss(x).item() == pytest.approx(across, rel=1e-3)  # float32 on a short chord
+    with pytest.raises(ValueError, match=r"expected \(2·N, D\) crop-major, got \(5, 2\)"):
+        koleo_loss_per_crop(x[:5], 2)
 
 
 def test_ibot_mask_counts_mask_each_image_independently():
