@@ -156,14 +156,17 @@ def test_vit_recipes_keep_their_references_tokens_out_of_weight_decay(key, pos_e
     assert decay[id(method.backbone.blocks[0].attn.qkv.weight)] == cfg.optim.weight_decay
 
 
-def test_dino_laptop_profile_takes_the_released_resnet50_head_and_optimizer():
+def test_dino_laptop_profile_takes_the_released_resnet50_head_and_optimizer_and_koleo():
     # the paper's recipe on user data; on the laptop profile (a ResNet) the released ResNet-50
     # checkpoint's BatchNorm head and LARS (BENCHMARKS.md: dino.yaml's head collapses there)
     paper = load_config("dino", overrides={"data": {"path": "/shards"}})
     assert not paper.method_args.use_bn_in_head
     assert (paper.optim.name, paper.optim.clip_grad) == ("sgd", 3.0)
+    assert paper.method_args.koleo_weight == 0.0
     laptop = load_config("dino")
     assert laptop.method_args.use_bn_in_head
+    # and DINOv2's KoLeo, without which DINO's features contract onto colour at this size
+    assert laptop.method_args.koleo_weight == 0.1
     assert (laptop.optim.name, laptop.optim.base_lr, laptop.optim.weight_decay) == (
         "lars",
         0.3,
