@@ -91,6 +91,19 @@ def train(
     return losses
 
 
+def assert_backbone_grads_differ_by(
+    plain: SSLMethod, changed: SSLMethod, term: torch.Tensor, atol: float = 1e-5
+) -> None:
+    """After ``backward`` on both losses: the backbone gradients of ``changed`` (the same weights
+    as ``plain`` plus an added loss term) differ from ``plain``'s by exactly ``term``'s gradient,
+    and that gradient is not zero."""
+    expected = torch.autograd.grad(term, list(changed.backbone.parameters()))
+    pairs = zip(plain.backbone.parameters(), changed.backbone.parameters(), expected, strict=True)
+    for p, q, g in pairs:
+        torch.testing.assert_close(q.grad - p.grad, g, atol=atol, rtol=1e-4)
+    assert any(g.abs().sum() > 0 for g in expected)
+
+
 # (online module, momentum copy) pairs of each method with a momentum network
 MOMENTUM_PAIRS = {
     "moco_v1": [("backbone", "backbone_momentum"), ("projector", "projector_momentum")],
