@@ -11,6 +11,7 @@ from ssl_models.methods.swav import SwAV, SwAVConfig
 from ssl_models.methods.vicreg import VICReg, VICRegConfig
 from tests.distributed_helpers import run_distributed
 from tests.method_helpers import assert_backbone_grads_differ_by
+from tests.unit.one_thread import one_thread  # noqa: F401
 
 SMALL_SWAV = SwAVConfig(
     num_prototypes=8,
@@ -20,15 +21,6 @@ SMALL_SWAV = SwAVConfig(
     queue_length=0,
     gather_distributed=False,
 )
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine a second one makes these 10× slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def tiny_backbone() -> torch.nn.Module:

@@ -12,17 +12,9 @@ from ssl_models.methods.base import Progress
 from ssl_models.methods.moco import MemoryQueue
 from tests.distributed_helpers import run_distributed
 from tests.method_helpers import MOMENTUM_PAIRS, TINY, tiny_batch, tiny_method, train
+from tests.unit.one_thread import one_thread  # noqa: F401
 
 KEYS = list(TINY)
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    # tiny convolutions: threads only add contention on a shared 2-core machine
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _params(module: torch.nn.Module) -> list[torch.Tensor]:

@@ -4,15 +4,7 @@ from torch import nn
 
 from ssl_models.losses import barlow_twins_loss, vicreg_loss, vicreg_terms
 from tests.distributed_helpers import run_distributed
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine a second one makes these 10× slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+from tests.unit.one_thread import one_thread  # noqa: F401
 
 
 def reference_barlow(z1: torch.Tensor, z2: torch.Tensor, lambd: float) -> torch.Tensor:

@@ -12,15 +12,7 @@ from PIL import Image
 from pipelines.config import load_config
 from pipelines.data.views import view_maker
 from pipelines.train.step import TrainStep, build_method, place
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine a second one makes these 10× slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+from tests.unit.one_thread import one_thread  # noqa: F401
 
 
 def jpeg(seed: int) -> bytes:

@@ -18,16 +18,9 @@ from pipelines.train.step import TrainStep, build_method, place
 from ssl_models.registry import get_method
 from ssl_models.tokenizer import KMeansTokenizer
 from tests.method_helpers import tiny_method
+from tests.unit.one_thread import one_thread  # noqa: F401
 
 KEYS = ["simclr_v2", "moco_v1", "moco_v2", "moco_v3", "byol", "simsiam", "dino"]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _jpeg(seed: int) -> bytes:

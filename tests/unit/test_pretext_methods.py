@@ -5,15 +5,7 @@ from ssl_models.backbones import build_backbone
 from ssl_models.methods.jigsaw import Jigsaw, JigsawConfig, standardise_tiles
 from ssl_models.methods.relative_loc import RelativeLoc, RelativeLocConfig
 from ssl_models.methods.rotnet import RotNet, RotNetConfig
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine a second one makes these 10× slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+from tests.unit.one_thread import one_thread  # noqa: F401
 
 
 def make(key: str) -> torch.nn.Module:

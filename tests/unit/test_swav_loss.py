@@ -6,15 +6,7 @@ import torch.nn.functional as F
 
 from ssl_models.losses import sinkhorn, swav_loss
 from tests.distributed_helpers import run_distributed
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine a second one makes these 10× slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+from tests.unit.one_thread import one_thread  # noqa: F401
 
 
 def reference_sinkhorn(out: torch.Tensor, epsilon: float, iterations: int) -> torch.Tensor:
