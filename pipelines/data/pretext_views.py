@@ -30,7 +30,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from pipelines.config import RECIPE_GROUPS, ViewsConfig
+from pipelines.config import ViewsConfig
+from pipelines.config_checks import RECIPE_GROUPS
 from pipelines.data.decode import BadImageError, decode_rgb, open_image, oriented_size
 from pipelines.data.jigsaw_permutations import permutation_set
 from pipelines.data.views import apply_photometric, random_resized_crop_box
