@@ -1,8 +1,9 @@
-"""benchmarks/method_quality.py: the configs it trains and the table it writes (no training)."""
+"""benchmarks/method_quality.py: its configs, and the table of quality_table.py (no training)."""
 
 from pathlib import Path
 
-from benchmarks.method_quality import method_config, table
+from benchmarks.method_quality import method_config
+from benchmarks.quality_table import table
 from pipelines.config import load_config
 from pipelines.config_layers import parse_set
 from pipelines.typed import to_dict
