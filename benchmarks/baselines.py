@@ -7,15 +7,15 @@ import dataclasses
 
 import torch
 
-from pipelines.config import Config
+from pipelines.config.schema import Config
 
 
 def random_init_encoders(cfg: Config, seeds: int) -> dict[str, torch.nn.Module]:
     """The configured backbone at random initialisation, seeded ``train.seed + i`` for i <
     ``seeds``, keyed ``seed<i>``. Every method builds its backbone first (``build_method``), so
     ``seed0`` holds the weights the run started from (``eval.knn_random_init``'s encoder)."""
-    from pipelines.encoders import eval_image_size
-    from pipelines.train.backbone import backbone_from_config
+    from pipelines.eval.encoders import eval_image_size
+    from pipelines.train.model import backbone_from_config
     from ssl_models.export import Encoder
 
     size = eval_image_size(cfg)
@@ -39,7 +39,7 @@ def run_data_knn(cfg: Config, encoders: dict[str, torch.nn.Module]) -> dict[str,
 def run_data_linear(cfg: Config, encoders: dict[str, torch.nn.Module]) -> dict[str, float]:
     """Linear-probe top-1 of each encoder, trained on the run's bank features and scored on its
     queries, with ``sslpipe eval linear``'s settings (``eval.linear_*``)."""
-    from pipelines.evaluate import linear_probe_top1
+    from pipelines.eval.probes import linear_probe_top1
     from pipelines.train.finish import embed_eval_split
 
     split, classes = run_split(cfg)

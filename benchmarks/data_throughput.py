@@ -42,8 +42,8 @@ def build(workdir: Path, images: int, sample: Path, seed: int = 0) -> tuple[Path
     """ImageFolder (classes: the photos' wnids) and shards of ``images`` photos."""
     from PIL import Image
 
-    from pipelines.data.shard import ShardOptions
-    from pipelines.data.shard_job import shard
+    from pipelines.data.shard.job import shard
+    from pipelines.data.shard.writer import ShardOptions
 
     folder, shards = workdir / f"folder-{images}", workdir / f"shards-{images}"
     if (shards / "_manifest.json").exists():
@@ -152,9 +152,8 @@ def decode_rate(folder: Path, cores: int) -> float:
 def ray_rate(shards: Path, cores: int, augment_device: str) -> float:
     import torch
 
-    from pipelines.config import load_config
-    from pipelines.config_layers import parse_set
-    from pipelines.data.source import training_dataset
+    from pipelines.config.layers import load_config, parse_set
+    from pipelines.data.stream.source import training_dataset
     from pipelines.train.step import prepare_views
 
     cfg = load_config(

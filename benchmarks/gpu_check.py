@@ -22,8 +22,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from pipelines.config import Config, load_config
-from pipelines.train.step import TrainStep, build_method, place
+from pipelines.config.layers import load_config
+from pipelines.config.schema import Config
+from pipelines.train.model import build_method
+from pipelines.train.step import TrainStep, place
 from ssl_models.registry import METHODS
 
 
@@ -58,7 +60,7 @@ def with_tokenizer(cfg: Config) -> Config:
     tcfg = getattr(cfg.method_args, "tokenizer", None)
     if tcfg is None or tcfg.path:
         return cfg
-    from pipelines.tokenizer import fit_tokenizer
+    from pipelines.train.tokenizer import fit_tokenizer
     from ssl_models.tokenizer import save_tokenizer
 
     side = next(iter(cfg.views.groups.values())).size
@@ -87,7 +89,7 @@ def synthetic_jpegs(n: int, side: int, seed: int = 0) -> list[bytes]:
 
 def make_batch(cfg: Config, batch: int, device: torch.device) -> dict[str, torch.Tensor]:
     """A training batch as the loop receives it: the view maker's output, tiled to ``batch``."""
-    from pipelines.data.views import view_maker
+    from pipelines.data.stream.views import view_maker
 
     n = min(batch, 8)
     side = max(g.size for g in cfg.views.groups.values()) + 32

@@ -15,8 +15,9 @@ scale or BEiT's/SimMIM's small-normal init it also scores seed ``train.seed`` wi
 (Xavier, no layer scale), whose random features are the stronger baseline (:func:`plain_vit`).
 Datasets:
 
-  embedded  the built-in 32-pixel dataset with the laptop profile (pipelines/configs/embedded.yaml,
-            the default of ``sslpipe pretrain``: 8 epochs, batch 256)
+  embedded  the built-in 32-pixel dataset with the laptop profile
+            (pipelines/config/recipes/embedded.yaml), the default of ``sslpipe pretrain``: 8
+            epochs, batch 256
   embedded-gray  the embedded set's images in grayscale (3 equal channels; the same shapes,
             positions and brightness, no hue), sharded once under <out>/cache and trained with
             the laptop profile: whether a method's features follow the set's random colours
@@ -52,8 +53,8 @@ from benchmarks.baselines import (
 )
 from benchmarks.quality_data import CIFAR_CANDIDATES, prepare_cifar, prepare_embedded_gray
 from benchmarks.quality_table import table
-from pipelines.config import Config, build_config
-from pipelines.config_layers import deep_merge, embedded_profile, parse_set, recipe
+from pipelines.config.layers import build_config, deep_merge, embedded_profile, parse_set, recipe
+from pipelines.config.schema import Config
 from ssl_models.registry import METHODS
 
 
@@ -222,7 +223,7 @@ def main() -> None:
                 f"test (queries); laptop profile, {args.epochs or 8} epochs"
             )
         elif dataset == "embedded-gray":
-            from pipelines.config import DataConfig
+            from pipelines.config.schema import DataConfig
 
             sizes = DataConfig().embedded_train_per_class, DataConfig().embedded_test_per_class
             with locked(args.lock):

@@ -16,8 +16,8 @@ def prepare_cifar(tarball: Path, cache: Path, train_per_class: int, test_per_cla
 
     The tarball is gzip-compressed: members are read in stream order (two passes: the names,
     then the chosen files), since reading them in another order re-decompresses from the start."""
-    from pipelines.data.shard import ShardOptions
-    from pipelines.data.shard_job import shard
+    from pipelines.data.shard.job import shard
+    from pipelines.data.shard.writer import ShardOptions
 
     root = cache / f"cifar10-{train_per_class}-{test_per_class}"
     splits = {"train": train_per_class, "test": test_per_class}
@@ -55,7 +55,7 @@ def prepare_embedded_gray(cache: Path, train_per_class: int, test_per_class: int
     from PIL import Image
 
     from pipelines.data.manifest import MANIFEST_NAME
-    from pipelines.data.shard import Row, write_shards
+    from pipelines.data.shard.writer import Row, write_shards
     from pipelines.data.synthetic import CLASSES, FILES_PER_SPLIT, VERSION, generate_rows
 
     def gray(rows: Iterator[Row]) -> Iterator[Row]:

@@ -25,11 +25,12 @@ import time
 import numpy as np
 import torch
 
-from pipelines.config import Config, load_config
-from pipelines.config_layers import parse_set
+from pipelines.config.layers import load_config, parse_set
+from pipelines.config.schema import Config
+from pipelines.config.typed import to_dict
+from pipelines.train.model import build_method
 from pipelines.train.optim import build_optimizer
-from pipelines.train.step import build_method, place
-from pipelines.typed import to_dict
+from pipelines.train.step import place
 
 
 def config(batch: int, epochs: int, storage: str, tracking_uri: str) -> Config:
@@ -109,7 +110,7 @@ def ray_path(cfg: Config, data: dict[str, np.ndarray], name: str) -> tuple[list,
     import ray
     from mlflow import MlflowClient
 
-    from pipelines import tracking
+    from pipelines.tracking import runs as tracking
     from pipelines.train.trainer import build_trainer
 
     if not ray.is_initialized():

@@ -30,9 +30,8 @@ def main(path: str, store_mib: int) -> None:
         log_to_driver=False,
     )
     ray.data.DataContext.get_current().enable_progress_bars = False
-    from pipelines.config import load_config
-    from pipelines.config_layers import parse_set
-    from pipelines.data.source import training_dataset
+    from pipelines.config.layers import load_config, parse_set
+    from pipelines.data.stream.source import training_dataset
 
     cfg = load_config(
         overrides=parse_set(

@@ -6,19 +6,16 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pipelines.config import ConfigError
-from pipelines.config_layers import deep_merge, parse_set, read_yaml
-from ssl_models.registry import METHODS
+from pipelines.cli import flags
+from pipelines.cluster.jobs import add_cluster_arguments
+from pipelines.config.layers import read_yaml, recipe_names
+from pipelines.config.typed import ConfigError
 
 
-def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", help="YAML file overriding the method's recipe")
-    p.add_argument("--data", help="shard directory (default: the embedded dataset)")
-    p.add_argument("--eval-data", help="labeled held-out shards for kNN")
-    p.add_argument("--storage", help="root of sweeps and checkpoints: local path or s3://")
-    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///mlflow.db)")
-    p.add_argument("--workers", type=int, help="Ray Train workers per trial")
-    p.add_argument("--batch-size", type=int, help="global batch size per trial")
+def _common(p: argparse.ArgumentParser, epochs: bool = True) -> None:
+    flags.add_config(p)
+    flags.add_data(p)
+    flags.add_training(p, epochs)
     p.add_argument(
         "--max-concurrent",
         type=int,
@@ -27,14 +24,8 @@ def _common(p: argparse.ArgumentParser) -> None:
         "(see tuning/README.md)",
     )
     p.add_argument("--name", help="sweep name (default: tune-<method>-<time> / survey-<time>)")
-    p.add_argument(
-        "--set", action="append", default=[], metavar="KEY=VALUE", help="config override"
-    )
-    p.add_argument(
-        "--address",
-        help="Ray cluster to join: auto or ray://HOST:10001 (default: a local Ray on this machine)",
-    )
-    p.add_argument("--summary-json", help="also write the summary to this file")
+    add_cluster_arguments(p)
+    flags.add_summary(p)
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -45,13 +36,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "tracked as an MLflow child run of the sweep's parent run; the best trial's encoder is "
         "registered. Spaces: tuning/spaces/*.yaml.",
     )
-    t.add_argument("--method", choices=sorted(METHODS), help="method key (default: the config's)")
+    t.add_argument("--method", choices=recipe_names(), help="method key (default: the config's)")
     t.add_argument("--space", help="search space YAML (choice, uniform, loguniform, grid)")
     t.add_argument("--num-samples", type=int, default=1, help="samples (× each grid point)")
     t.add_argument("--scheduler", choices=["fifo", "asha", "pbt"], default="fifo")
     t.add_argument("--metric", default="knn_top1", help="knn_top1 (default), loss, images_per_sec")
     t.add_argument("--mode", choices=["max", "min"], default="max")
-    t.add_argument("--epochs", type=int, help="epochs per trial (ASHA's and PBT's horizon)")
     t.add_argument("--grace-epochs", type=int, default=1, help="ASHA: epochs before a stop")
     t.add_argument("--reduction-factor", type=int, default=2, help="ASHA: keep 1/rf per rung")
     t.add_argument("--pbt-interval", type=int, default=1, help="PBT: epochs between exploits")
@@ -63,6 +53,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         help="continue an interrupted sweep (its directory; bare: the newest under --storage)",
     )
     _common(t)
+    t.set_defaults(run=cmd_tune)
     s = sub.add_parser(
         "survey",
         help="run methods side by side at one budget; kNN + linear probe report",
@@ -73,24 +64,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--methods", default="all", help="all, or KEY,KEY,... (see sslpipe methods)")
     s.add_argument("--budget", type=int, required=True, help="epochs per method")
     s.add_argument("--out", default="survey", help="output folder (default: ./survey)")
-    _common(s)
-
-
-def overrides_of(args: argparse.Namespace) -> dict[str, Any]:
-    flags = {
-        "data": {"path": args.data, "eval_path": args.eval_data},
-        "train": {
-            "storage": args.storage,
-            "workers": args.workers,
-            "batch_size": args.batch_size,
-            "epochs": getattr(args, "epochs", None),
-        },
-        "tracking": {"uri": args.tracking_uri},
-    }
-    flags = {s: {k: v for k, v in d.items() if v is not None} for s, d in flags.items()}
-    flags = {s: d for s, d in flags.items() if d}
-    base = read_yaml(args.config) if args.config else {}
-    return deep_merge(deep_merge(base, parse_set(args.set)), flags)
+    _common(s, epochs=False)
+    s.set_defaults(run=cmd_survey)
 
 
 def start_ray(address: str | None, overrides: dict[str, Any], max_concurrent: int) -> None:
@@ -104,7 +79,7 @@ def start_ray(address: str | None, overrides: dict[str, Any], max_concurrent: in
         # submit_or_connect has joined the cluster already; reached only if it could not
         raise ConfigError(f"--address {address}: could not join this cluster")
     else:
-        from pipelines.config import load_config
+        from pipelines.config.layers import load_config
 
         cfg = load_config(overrides.get("method"), None, overrides)
         # workers, decode tasks, quarter-CPU read tasks (see tuning/README.md)
@@ -118,7 +93,7 @@ def start_ray(address: str | None, overrides: dict[str, Any], max_concurrent: in
 def on_cluster(args: argparse.Namespace) -> int | None:
     """``--address http://...``: submit this command as a Ray job and return its exit code;
     ``auto`` / ``ray://`` (or running as a job's entrypoint): join that cluster, return None."""
-    from pipelines.jobs import PROJECT_ROOT, submit_or_connect
+    from pipelines.cluster.jobs import PROJECT_ROOT, submit_or_connect
 
     address = args.address or ""
     space = getattr(args, "space", None)
@@ -132,9 +107,9 @@ def on_cluster(args: argparse.Namespace) -> int | None:
     outputs = None
     if address.startswith(("http://", "https://")):
         # a sweep writes its trials' checkpoints and MLflow runs where a pretrain run would
-        from pipelines.config import load_config
+        from pipelines.config.layers import load_config
 
-        cfg = load_config(getattr(args, "method", None), None, overrides_of(args))
+        cfg = load_config(getattr(args, "method", None), None, flags.overrides(args))
         outputs = {"--storage": cfg.train.storage, "--tracking-uri": cfg.tracking.uri}
         if getattr(args, "out", None):  # survey's report folder
             outputs["--out"] = args.out
@@ -142,7 +117,7 @@ def on_cluster(args: argparse.Namespace) -> int | None:
 
 
 def _emit(summary: dict[str, Any], path: str | None) -> None:
-    from pipelines.jobs import emit_summary
+    from pipelines.cluster.jobs import emit_summary
 
     emit_summary(summary)
     text = json.dumps(summary, indent=2, default=str)
@@ -157,9 +132,9 @@ def cmd_tune(args: argparse.Namespace) -> int:
     exit_code = on_cluster(args)
     if exit_code is not None:
         return exit_code
-    overrides = overrides_of(args)
+    overrides = flags.overrides(args)
     if args.resume:
-        from pipelines.config import load_config
+        from pipelines.config.layers import load_config
         from pipelines.train.trainer import storage_root
 
         sweep_dir = args.resume
@@ -204,7 +179,7 @@ def cmd_survey(args: argparse.Namespace) -> int:
     opts = SurveyOptions(
         methods=args.methods,
         budget=args.budget,
-        overrides=overrides_of(args),
+        overrides=flags.overrides(args),
         out=args.out,
         max_concurrent=args.max_concurrent,
         name=args.name or "",
@@ -213,7 +188,7 @@ def cmd_survey(args: argparse.Namespace) -> int:
     start_ray(args.address, opts.overrides, args.max_concurrent)
     summary = run_survey(opts)
     print(Path(summary["table"]).read_text(), flush=True)
-    from pipelines.jobs import emit_summary
+    from pipelines.cluster.jobs import emit_summary
 
     emit_summary(summary)
     if args.summary_json:

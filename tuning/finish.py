@@ -3,8 +3,8 @@ encoder logged and registered, the parent run ended with a summary."""
 
 from typing import Any
 
-from pipelines import tracking
-from pipelines.config import load_config
+from pipelines.config.layers import load_config
+from pipelines.tracking import runs as tracking
 
 
 def child_runs(spec: dict[str, Any]) -> dict[str, Any]:
@@ -91,7 +91,7 @@ def register_best(spec: dict[str, Any], best: dict[str, Any]) -> str:
     """The best trial's encoder logged to its child run and registered with its config."""
     import torch
 
-    from pipelines.encoders import encoders_from_state, eval_image_size
+    from pipelines.eval.encoders import encoders_from_state, eval_image_size
     from tuning.trial import state_config
 
     state, cfg = state_config(best["checkpoint_path"])

@@ -18,9 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipelines.config import ConfigError, load_config
-from pipelines.config_layers import deep_merge, read_yaml
-from pipelines.typed import flatten, to_dict
+from pipelines.config.layers import deep_merge, load_config, read_yaml
+from pipelines.config.typed import ConfigError, flatten, to_dict
 
 FAMILIES = ("choice", "uniform", "loguniform", "grid")
 

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipelines import tracking
-from pipelines.config import ConfigError, load_config
-from pipelines.config_layers import deep_merge
+from pipelines.config.layers import deep_merge, load_config
+from pipelines.config.typed import ConfigError
+from pipelines.tracking import runs as tracking
 from pipelines.train.trainer import storage_root
 from ssl_models.registry import METHODS, get_method
 from tuning.sweep import tuner_of, write_spec
@@ -86,9 +86,9 @@ def survey_spec(opts: SurveyOptions) -> dict[str, Any]:
 def evaluate_trial(checkpoint_path: str) -> dict[str, float]:
     """kNN and linear-probe top-1 of a trial's final encoder (the run's ``eval.*`` settings)."""
     from pipelines.data.manifest import read_manifest
-    from pipelines.encoders import encoders_from_state, eval_image_size
-    from pipelines.eval_sets import split_views
-    from pipelines.evaluate import embed, knn_top1, linear_probe_top1
+    from pipelines.eval.encoders import encoders_from_state, eval_image_size
+    from pipelines.eval.probes import embed, knn_top1, linear_probe_top1
+    from pipelines.eval.sets import split_views
     from pipelines.train.trainer import resolve_data
     from tuning.trial import state_config
 

@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipelines import tracking
-from pipelines.config import ConfigError, load_config
-from pipelines.config_layers import deep_merge
+from pipelines.config.layers import deep_merge, load_config
+from pipelines.config.typed import ConfigError
+from pipelines.tracking import runs as tracking
 from pipelines.train.trainer import storage_root
 from ssl_models.registry import get_method
 from tuning.finish import finish_sweep

@@ -25,13 +25,13 @@ from typing import Any
 from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 
-from pipelines import tracking
-from pipelines.config import Config, load_config
-from pipelines.config_layers import deep_merge, dump_yaml
-from pipelines.data.source import training_dataset
+from pipelines.config.layers import deep_merge, dump_yaml, load_config
+from pipelines.config.schema import Config
+from pipelines.config.typed import to_dict
+from pipelines.data.stream.source import training_dataset
+from pipelines.tracking import runs as tracking
 from pipelines.train.checkpoint import load_state_uri
 from pipelines.train.trainer import build_trainer, monitor_datasets, resolve_data
-from pipelines.typed import to_dict
 from ssl_models.registry import get_method
 from tuning.space import unflatten
 
@@ -94,7 +94,7 @@ def child_run(cfg: Config, spec: dict[str, Any], trial_id: str, trial_name: str)
 
 def _setup(config: dict[str, Any], spec: dict[str, Any]):
     """Config, data, MLflow run and loop config of this trial (the part shared with pretrain)."""
-    from pipelines.assets import prepare_assets
+    from pipelines.train.assets import prepare_assets
 
     ctx = tune.get_context()
     trial_id, trial_name = ctx.get_trial_id(), ctx.get_trial_name()
@@ -193,7 +193,7 @@ def run_pbt_trial(config: dict[str, Any], spec: dict[str, Any]) -> None:
 
 def state_config(checkpoint_path: str) -> tuple[dict, Config]:
     """A trial checkpoint's state and the exact config it trained with."""
-    from pipelines.config import build_config
+    from pipelines.config.layers import build_config
 
     state = load_state_uri(checkpoint_path)
     return state, build_config(state["config"])

@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from pipelines.data.manifest import MANIFEST_NAME
-from pipelines.data.shard import Row, write_shards
+from pipelines.data.shard.writer import Row, write_shards
 
 CLASSES = [
     "disc",

@@ -7,13 +7,13 @@ from typing import Any
 
 import torch
 
-from pipelines import tracking
-from pipelines.config import Config
+from pipelines.config.schema import Config
 from pipelines.data.manifest import Manifest
-from pipelines.encoders import eval_image_size
-from pipelines.eval_sets import EvalSplit, split_views
-from pipelines.evaluate import embed, knn_top1
-from pipelines.metric_logger import MetricLogger
+from pipelines.eval.encoders import eval_image_size
+from pipelines.eval.probes import embed, knn_top1
+from pipelines.eval.sets import EvalSplit, split_views
+from pipelines.tracking import runs as tracking
+from pipelines.tracking.metric_logger import MetricLogger
 from ssl_models.export import Encoder
 
 
@@ -86,7 +86,7 @@ def finish(
     started: float,
 ) -> dict[str, Any]:
     """Curves, the encoder as a model, the registry, the summary; the run ends FINISHED."""
-    from pipelines.curves import plot_curves
+    from pipelines.tracking.curves import plot_curves
 
     uri = cfg.tracking.uri
     size = eval_image_size(cfg)

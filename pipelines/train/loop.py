@@ -21,12 +21,14 @@ import ray.train
 import ray.train.torch
 import torch
 
-from pipelines.config import Config, build_config
-from pipelines.data.bad_images import bad_image_count
+from pipelines.config.layers import build_config
+from pipelines.config.schema import Config
+from pipelines.data.stream.bad_images import bad_image_count
+from pipelines.eval.monitors import KnnMonitor
 from pipelines.train.checkpoint import capture_rng, gather_rng, load_state, save_state
 from pipelines.train.faults import FaultInjector
-from pipelines.train.monitors import KnnMonitor
-from pipelines.train.step import NonFiniteLossError, Throughput, TrainStep, build_method, place
+from pipelines.train.model import build_method
+from pipelines.train.step import NonFiniteLossError, Throughput, TrainStep, place
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +40,7 @@ def _logger(cfg: Config, loop_config: dict[str, Any], rank: int):
     # exponential sleeps would hold a batch for minutes after the server is back
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
-    from pipelines.metric_logger import MetricLogger
+    from pipelines.tracking.metric_logger import MetricLogger
 
     return MetricLogger(
         loop_config["tracking_uri"], loop_config["run_id"], cfg.tracking.flush_seconds, True
@@ -238,7 +240,7 @@ def record(
     metrics_log, cfg: Config, loop_config: dict[str, Any], d: str, uri: str, step: int, epoch: int
 ) -> None:
     """Note a persisted checkpoint in the MLflow run; copy its files when the config asks."""
-    from pipelines.tracking import checkpoint_tags, log_artifacts
+    from pipelines.tracking.runs import checkpoint_tags, log_artifacts
 
     metrics_log.set_tags(checkpoint_tags(uri, step, epoch))
     if cfg.tracking.log_checkpoint_artifacts:

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from pipelines.config import OptimConfig
+from pipelines.config.schema import OptimConfig
 from ssl_models.schedules import cosine, warmup_cosine
 
 __all__ = [

@@ -16,11 +16,10 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from pipelines.config import Config
-from pipelines.data.views import augment_views
-from pipelines.train.backbone import backbone_from_config
+from pipelines.config.schema import Config
+from pipelines.data.stream.views import augment_views
+from pipelines.eval.monitors import OnlineProbe, probe_features
 from pipelines.train.checkpoint import capture_rng, restore_rng
-from pipelines.train.monitors import OnlineProbe, probe_features
 from pipelines.train.optim import (
     build_optimizer,
     clip_grad_per_parameter_,
@@ -30,7 +29,6 @@ from pipelines.train.optim import (
 )
 from ssl_models import distributed
 from ssl_models.methods.base import Progress, SSLMethod
-from ssl_models.registry import get_method
 from ssl_models.schedules import warmup_cosine
 
 log = logging.getLogger(__name__)
@@ -38,11 +36,6 @@ log = logging.getLogger(__name__)
 
 class NonFiniteLossError(FloatingPointError):
     """The loss became NaN or infinite; training stops rather than corrupt the weights."""
-
-
-def build_method(cfg: Config) -> SSLMethod:
-    backbone = backbone_from_config(cfg)
-    return get_method(cfg.method).cls(backbone, cfg.method_args)
 
 
 def place(method: nn.Module, cfg: Config, device: torch.device) -> nn.Module:

@@ -14,20 +14,20 @@ from mlflow import MlflowClient
 from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
-from pipelines import tracking
-from pipelines.assets import log_assets, prepare_assets
-from pipelines.config import Config
-from pipelines.config_layers import dump_yaml
-from pipelines.data.bad_images import bad_image_report, create_counter
+from pipelines.config.layers import dump_yaml
+from pipelines.config.schema import Config
+from pipelines.config.typed import to_dict
 from pipelines.data.manifest import Manifest
-from pipelines.data.source import training_dataset
+from pipelines.data.stream.bad_images import bad_image_report, create_counter
+from pipelines.data.stream.source import training_dataset
 from pipelines.data.synthetic import ensure_embedded
-from pipelines.encoders import encoders_from_state, eval_image_size
-from pipelines.eval_sets import HOLDOUT, EvalSplit, split_views
+from pipelines.eval.encoders import encoders_from_state, eval_image_size
+from pipelines.eval.sets import HOLDOUT, EvalSplit, split_views
+from pipelines.tracking import runs as tracking
+from pipelines.train.assets import log_assets, prepare_assets
 from pipelines.train.checkpoint import load_state
 from pipelines.train.finish import evaluate_and_log, finish
 from pipelines.train.loop import train_loop_per_worker
-from pipelines.typed import to_dict
 from ssl_models.registry import get_method
 
 log = logging.getLogger(__name__)

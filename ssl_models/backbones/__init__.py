@@ -8,7 +8,7 @@ from torch import nn
 
 from ssl_models.backbones.resnet import ResNet, resnet
 from ssl_models.backbones.vit import SIZES as VIT_SIZES
-from ssl_models.backbones.vit import VisionTransformer, ViTConfig, vit
+from ssl_models.backbones.vit import VisionTransformer, vit
 
 BACKBONES = {
     "resnet18": lambda **kw: resnet("resnet18", **kw),
@@ -30,4 +30,4 @@ def build_backbone(name: str, **kwargs) -> nn.Module:
     return BACKBONES[name](**kwargs)
 
 
-__all__ = ["BACKBONES", "ResNet", "ViTConfig", "VisionTransformer", "build_backbone", "is_vit"]
+__all__ = ["BACKBONES", "ResNet", "VisionTransformer", "build_backbone", "is_vit"]

@@ -18,8 +18,6 @@ pretrained weights are loaded.
 """
 
 import math
-from dataclasses import dataclass
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -40,24 +38,6 @@ SIZES: dict[str, tuple[int, int, int]] = {  # name -> (dim, depth, heads), mlp r
     "vit_small": (384, 12, 6),
     "vit_base": (768, 12, 12),
 }
-
-
-@dataclass(frozen=True)
-class ViTConfig:
-    """ViT options; ``0`` means the named size's default (tiny/small/base)."""
-
-    patch_size: int = 16  # patch side in pixels: 16 at 224 px (196 tokens), 4 at 32 px (64)
-    image_size: int = 0  # side the position embedding is built for; 0: the global views' size
-    dim: int = 0  # token width (tiny 192, small 384, base 768)
-    depth: int = 0  # transformer blocks (12 for every named size)
-    heads: int = 0  # attention heads (3, 6, 12)
-    mlp_ratio: float = 4.0  # MLP hidden width / dim
-    # fixed 2-D sin-cos as MAE, learned, or "relative": BEiT's shared relative position bias
-    pos_embed: Literal["sincos", "learned", "relative"] = "sincos"
-    pool: Literal["cls", "mean", "cls_mean"] = "cls"  # backbone(x): CLS, patch mean, or both
-    layer_scale: float = 0.0  # residual branch scale init (CaiT); BEiT and CAE use 0.1; 0: off
-    drop_path: float = 0.0  # stochastic depth at the last block, linear from 0 at the first
-    init: Literal["xavier", "beit", "simmim"] = "xavier"  # weight init; see vit_layers.py
 
 
 class VisionTransformer(nn.Module):

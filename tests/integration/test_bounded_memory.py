@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.data.shard import Row, write_shards
+from pipelines.data.shard.writer import Row, write_shards
 from tests.images import jpeg
 
 pytestmark = pytest.mark.integration

@@ -11,14 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipelines.config import load_config
-from pipelines.config_layers import parse_set
-from pipelines.data.bad_images import bad_image_report, create_counter
+from pipelines.config.layers import load_config, parse_set
 from pipelines.data.manifest import read_manifest, resolve
-from pipelines.data.shard import Row, ShardOptions, write_shards
-from pipelines.data.shard_job import shard
-from pipelines.data.source import read_shards, training_dataset
-from pipelines.data.verify import verify
+from pipelines.data.shard.job import shard
+from pipelines.data.shard.verify import verify
+from pipelines.data.shard.writer import Row, ShardOptions, write_shards
+from pipelines.data.stream.bad_images import bad_image_report, create_counter
+from pipelines.data.stream.source import read_shards, training_dataset
 from tests.images import all_bad_records, jpeg, write_imagefolder
 
 pytestmark = pytest.mark.integration
@@ -95,9 +94,9 @@ def test_bad_rows_are_counted_once_under_skip_and_stop_the_run_under_strict(ray_
 def test_bad_images_metric_reaches_mlflow_from_the_training_loop(ray_local, tmp_path):
     from mlflow import MlflowClient
 
-    from pipelines import tracking
+    from pipelines.config.typed import to_dict
+    from pipelines.tracking import runs as tracking
     from pipelines.train.trainer import build_trainer
-    from pipelines.typed import to_dict
 
     good, bad_keys = shards_with_bad_rows(tmp_path / "shards")
     cfg = load_config(
@@ -180,7 +179,7 @@ def test_an_interrupted_shard_run_resumes_without_duplicates_or_gaps(ray_local, 
 
 
 def test_in_process_evaluation_views_equal_those_of_ray_tasks(ray_local, tmp_path):
-    from pipelines.eval_sets import EvalSplit, LocalViews, split_views
+    from pipelines.eval.sets import EvalSplit, LocalViews, split_views
 
     good, _ = shards_with_bad_rows(tmp_path / "shards")
     split = EvalSplit(str(tmp_path / "shards"), "")

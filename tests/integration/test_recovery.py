@@ -6,15 +6,14 @@ import collections
 import pytest
 from mlflow import MlflowClient
 
-from pipelines import tracking
-from pipelines.config import load_config
-from pipelines.config_layers import parse_set
-from pipelines.data.source import training_dataset
+from pipelines.config.layers import load_config, parse_set
+from pipelines.config.typed import to_dict
+from pipelines.data.stream.source import training_dataset
 from pipelines.data.synthetic import ensure_embedded
-from pipelines.metric_logger import MetricLogger
+from pipelines.tracking import runs as tracking
+from pipelines.tracking.metric_logger import MetricLogger
 from pipelines.train.checkpoint import load_state
 from pipelines.train.trainer import build_trainer
-from pipelines.typed import to_dict
 
 pytestmark = pytest.mark.integration
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from pipelines.config_layers import parse_set
+from pipelines.config.layers import parse_set
 
 pytestmark = pytest.mark.integration
 

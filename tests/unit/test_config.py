@@ -1,7 +1,7 @@
 import pytest
 
-from pipelines.config import ConfigError, load_config
-from pipelines.config_layers import parse_set
+from pipelines.config.layers import load_config, parse_set
+from pipelines.config.typed import ConfigError
 from ssl_models.methods.simclr import SimCLRConfig
 
 

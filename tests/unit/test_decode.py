@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipelines.config import ViewGroupConfig, ViewsConfig
 from pipelines.data.decode import (
     BadImageError,
     check_image,
@@ -13,7 +12,8 @@ from pipelines.data.decode import (
     open_image,
     oriented_size,
 )
-from pipelines.data.views import EvalViewMaker, ViewMaker
+from pipelines.data.stream.view_config import ViewGroupConfig, ViewsConfig
+from pipelines.data.stream.views import EvalViewMaker, ViewMaker
 from tests.images import all_bad_records, encode, photo
 
 RED = (200, 30, 40)

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipelines.eval_sets import HOLDOUT, key_fraction
-from pipelines.evaluate import knn_top1, linear_probe_top1, weighted_knn_predict
+from pipelines.eval.probes import knn_top1, linear_probe_top1, weighted_knn_predict
+from pipelines.eval.sets import HOLDOUT, key_fraction
 
 torch.set_num_threads(1)
 
@@ -50,7 +50,7 @@ def test_key_hash_split_is_stable_and_about_the_holdout():
 def small_shards(dest, n: int = 40):
     """n decodable rows (label = index mod 3, one unknown -1) plus the undecodable kinds,
     spread over several files and row groups."""
-    from pipelines.data.shard import Row, write_shards
+    from pipelines.data.shard.writer import Row, write_shards
     from tests.images import bad_records, jpeg
 
     rows = [
@@ -62,7 +62,7 @@ def small_shards(dest, n: int = 40):
 
 
 def test_in_process_views_hold_the_selected_labeled_rows_in_full_batches(tmp_path):
-    from pipelines.eval_sets import EvalSplit, LocalViews, split_views
+    from pipelines.eval.sets import EvalSplit, LocalViews, split_views
 
     labels = small_shards(tmp_path / "s")
     bank, queries = split_views(
@@ -84,7 +84,7 @@ def test_in_process_views_hold_the_selected_labeled_rows_in_full_batches(tmp_pat
 
 
 def test_sets_over_the_in_process_limit_stay_ray_datasets(tmp_path):
-    from pipelines.eval_sets import LocalViews, eval_views
+    from pipelines.eval.sets import LocalViews, eval_views
 
     small_shards(tmp_path / "s", n=10)
     ds, manifest = eval_views(

@@ -1,4 +1,4 @@
-"""Fault injection fires once per run; the step function imports without ray, mlflow or yaml;
+"""Fault injection fires once per run; the step function imports without ray or mlflow;
 config rules of the training sections."""
 
 import signal
@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.config import ConfigError, load_config
-from pipelines.config_layers import parse_set
+from pipelines.config.layers import load_config, parse_set
+from pipelines.config.typed import ConfigError
 from pipelines.train import faults
 from pipelines.train.faults import FaultInjector
 
@@ -37,17 +37,18 @@ BLOCK = """
 import sys
 class Block:
     def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in ("ray", "mlflow", "yaml"):
+        if name.split(".")[0] in ("ray", "mlflow"):
             raise ImportError(f"{name} is blocked")
 sys.meta_path.insert(0, Block())
 """
 
 
-def test_step_imports_and_runs_without_ray_mlflow_or_yaml():
+def test_step_imports_and_runs_without_ray_or_mlflow():
     code = BLOCK + (
         "import torch\n"
-        "from pipelines.config import build_config\n"
-        "from pipelines.train.step import TrainStep, build_method, place\n"
+        "from pipelines.config.layers import build_config\n"
+        "from pipelines.train.model import build_method\n"
+        "from pipelines.train.step import TrainStep, place\n"
         "cfg = build_config({'method': 'simclr', 'backbone': {'name': 'resnet18', 'width': 0.125},"
         " 'views': {'groups': {'global': {'size': 16}}}, 'train': {'batch_size': 2, 'workers': 1},"
         " 'method_args': {'proj_hidden_dim': 8, 'proj_dim': 4}})\n"

@@ -268,7 +268,7 @@ def test_ibot_shared_head_needs_one_output_size():
     ],
 )
 def test_papers_recipe_and_the_embedded_profile(key, expected):
-    from pipelines.config import load_config
+    from pipelines.config.layers import load_config
 
     paper = load_config(key, overrides={"data": {"path": "/shards"}})
     assert {k: getattr(paper.method_args, k) for k in expected} == expected

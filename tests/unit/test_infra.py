@@ -8,8 +8,7 @@ from pathlib import Path
 import yaml
 
 from pipelines.cli import build_parser
-from pipelines.config import build_config
-from pipelines.config_layers import deep_merge, recipe
+from pipelines.config.layers import build_config, deep_merge, recipe
 
 INFRA = Path(__file__).resolve().parents[2] / "infra"
 IMAGE = "sslpipe:0.1.0"

@@ -4,11 +4,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines.data.inputs import detect_format, plan_source
-from pipelines.data.inputs.webdataset import expand_braces, split_name
 from pipelines.data.manifest import read_manifest
-from pipelines.data.shard import ShardOptions
-from pipelines.data.shard_job import shard
+from pipelines.data.shard.inputs import detect_format, plan_source
+from pipelines.data.shard.inputs.webdataset import expand_braces, split_name
+from pipelines.data.shard.job import shard
+from pipelines.data.shard.writer import ShardOptions
 from tests.images import bad_records, jpeg, tar_bytes, write_imagefolder
 
 

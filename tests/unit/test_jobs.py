@@ -5,11 +5,12 @@ import time
 
 import pytest
 
-from pipelines import cluster_checks, jobs
-from pipelines.cluster_checks import ClusterError, Demand, capacity, check_fits, demands_of
-from pipelines.config import ConfigError, load_config
-from pipelines.config_layers import parse_set
-from pipelines.jobs import job_argv
+from pipelines.cluster import checks as cluster_checks
+from pipelines.cluster import jobs
+from pipelines.cluster.checks import ClusterError, Demand, capacity, check_fits, demands_of
+from pipelines.cluster.jobs import job_argv
+from pipelines.config.layers import load_config, parse_set
+from pipelines.config.typed import ConfigError
 from tests.conftest import free_port
 
 

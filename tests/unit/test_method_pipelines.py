@@ -9,9 +9,10 @@ import pytest
 import torch
 from PIL import Image
 
-from pipelines.config import load_config
-from pipelines.data.views import view_maker
-from pipelines.train.step import TrainStep, build_method, place
+from pipelines.config.layers import load_config
+from pipelines.data.stream.views import view_maker
+from pipelines.train.model import build_method
+from pipelines.train.step import TrainStep, place
 from tests.unit.one_thread import one_thread  # noqa: F401
 
 

@@ -4,9 +4,8 @@ from pathlib import Path
 
 from benchmarks.method_quality import method_config
 from benchmarks.quality_table import table
-from pipelines.config import load_config
-from pipelines.config_layers import parse_set
-from pipelines.typed import to_dict
+from pipelines.config.layers import load_config, parse_set
+from pipelines.config.typed import to_dict
 
 
 def test_cifar_config_is_the_laptop_profile_with_a_data_path(tmp_path: Path) -> None:
@@ -135,7 +134,7 @@ def test_random_init_seed_zero_is_the_runs_own_baseline(tmp_path: Path) -> None:
     import torch
 
     from benchmarks.baselines import random_init_encoders
-    from pipelines.encoders import encoders_from_state
+    from pipelines.eval.encoders import encoders_from_state
 
     x = torch.rand(2, 3, 32, 32)
     for method in ("simmim", "dino", "moco_v2"):

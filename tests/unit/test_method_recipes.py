@@ -9,12 +9,12 @@ import pytest
 import torch
 from PIL import Image
 
-from pipelines.config import OptimConfig, load_config
-from pipelines.config_layers import parse_set
-from pipelines.data.views import ViewMaker
-from pipelines.train.backbone import backbone_from_config
+from pipelines.config.layers import load_config, parse_set
+from pipelines.config.schema import OptimConfig
+from pipelines.data.stream.views import ViewMaker
+from pipelines.train.model import backbone_from_config, build_method
 from pipelines.train.optim import build_optimizer, set_lr
-from pipelines.train.step import TrainStep, build_method, place
+from pipelines.train.step import TrainStep, place
 from ssl_models.registry import get_method
 from ssl_models.tokenizer import KMeansTokenizer
 from tests.method_helpers import tiny_method

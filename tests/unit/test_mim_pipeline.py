@@ -10,13 +10,13 @@ import pytest
 import torch
 from PIL import Image
 
-from pipelines import tokenizer as pipeline_tokenizer
-from pipelines.assets import prepare_assets
-from pipelines.config import load_config
-from pipelines.config_layers import deep_merge
+from pipelines.config.layers import deep_merge, load_config
+from pipelines.data.stream.views import ViewMaker
 from pipelines.data.synthetic import ensure_embedded
-from pipelines.data.views import ViewMaker
-from pipelines.train.step import TrainStep, build_method, place, prepare_views
+from pipelines.train import tokenizer as pipeline_tokenizer
+from pipelines.train.assets import prepare_assets
+from pipelines.train.model import build_method
+from pipelines.train.step import TrainStep, place, prepare_views
 from ssl_models.tokenizer import save_tokenizer
 from tests.unit.one_thread import one_thread  # noqa: F401
 

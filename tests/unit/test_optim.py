@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from pipelines.config import OptimConfig
+from pipelines.config.schema import OptimConfig
 from pipelines.train.optim import (
     LARS,
     build_optimizer,

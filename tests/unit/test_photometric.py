@@ -14,9 +14,10 @@ import torch
 import torchvision.transforms as T
 import torchvision.transforms.v2.functional as TF
 
-from pipelines.config import Config, PhotometricConfig, ViewGroupConfig, ViewsConfig
+from pipelines.config.schema import Config
 from pipelines.data import photometric as P
-from pipelines.data.views import ViewMaker
+from pipelines.data.stream.view_config import PhotometricConfig, ViewGroupConfig, ViewsConfig
+from pipelines.data.stream.views import ViewMaker
 from pipelines.train.step import prepare_views
 from tests.images import encode, photo
 from tests.stats import compare, ks_2samp

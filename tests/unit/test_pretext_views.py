@@ -5,19 +5,18 @@ import pytest
 import torch
 from PIL import Image
 
-from pipelines.config import (
-    ConfigError,
+from pipelines.config.layers import load_config, parse_set
+from pipelines.config.typed import ConfigError
+from pipelines.data.stream.jigsaw_permutations import hamming_distances, permutation_set
+from pipelines.data.stream.pretext_views import NEIGHBOURS
+from pipelines.data.stream.view_config import (
     JigsawViewsConfig,
     PhotometricConfig,
     RelativeLocViewsConfig,
     ViewGroupConfig,
     ViewsConfig,
-    load_config,
 )
-from pipelines.config_layers import parse_set
-from pipelines.data.jigsaw_permutations import hamming_distances, permutation_set
-from pipelines.data.pretext_views import NEIGHBOURS
-from pipelines.data.views import view_maker
+from pipelines.data.stream.views import view_maker
 
 NO_COLOUR = (PhotometricConfig(jitter_p=0, grayscale_p=0, blur_p=0, solarize_p=0),)
 

@@ -5,9 +5,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipelines.data.manifest import read_manifest, resolve
-from pipelines.data.shard import ShardOptions
-from pipelines.data.shard_job import shard
-from pipelines.data.verify import verify
+from pipelines.data.shard.job import shard
+from pipelines.data.shard.verify import verify
+from pipelines.data.shard.writer import ShardOptions
 from tests.images import tar_bytes, write_imagefolder
 
 

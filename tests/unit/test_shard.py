@@ -7,8 +7,8 @@ from PIL import Image
 
 from pipelines.data.decode import BadImageError
 from pipelines.data.manifest import MANIFEST_NAME, read_manifest
-from pipelines.data.shard import ShardOptions, write_shards
-from pipelines.data.shard_job import shard
+from pipelines.data.shard.job import shard
+from pipelines.data.shard.writer import ShardOptions, write_shards
 from tests.images import bad_records, encode, photo, write_imagefolder
 
 
@@ -126,10 +126,10 @@ def test_resume_skips_finished_units_and_replaces_partial_files(tmp_path):
     full = shard(str(tmp_path / "src"), str(tmp_path / "ref"), options)
     assert full.units >= 3
     # an interrupted run: the plan claimed, unit 0 finished, unit 1 half-written, no manifest
-    from pipelines.data.inputs import plan_source
     from pipelines.data.manifest import resolve
-    from pipelines.data.shard import run_unit
-    from pipelines.data.shard_job import _claim_plan, fingerprint
+    from pipelines.data.shard.inputs import plan_source
+    from pipelines.data.shard.job import _claim_plan, fingerprint
+    from pipelines.data.shard.writer import run_unit
 
     dest = str(tmp_path / "out")
     plan = plan_source(str(tmp_path / "src"), target_bytes=options.target_bytes)
@@ -150,7 +150,7 @@ def test_resume_skips_finished_units_and_replaces_partial_files(tmp_path):
 
 
 def test_write_shards_keeps_the_embedded_dataset_path(tmp_path):
-    from pipelines.data.shard import Row
+    from pipelines.data.shard.writer import Row
 
     rows = [Row(f"k{i}", encode(photo(8, 8), "PNG"), i % 2, 8, 8) for i in range(5)]
     manifest = write_shards(rows, str(tmp_path / "out"), ["a", "b"], max_rows=2)

@@ -2,7 +2,7 @@
 
 import pytest
 
-from pipelines.config import ConfigError
+from pipelines.config.typed import ConfigError
 from tuning.survey import bar_chart, markdown_table, method_list
 
 
@@ -39,8 +39,9 @@ def test_table_has_one_row_per_method_with_percentages(tmp_path):
 def test_tune_and_survey_go_through_the_cluster_entry_point(command, monkeypatch, tmp_path):
     """An unreachable Jobs address fails in the probe, naming it, before anything starts; before
     that, relative outputs (the defaults) are refused: the job would write them into its copy."""
-    from pipelines import cluster_checks, jobs
     from pipelines.cli import build_parser
+    from pipelines.cluster import checks as cluster_checks
+    from pipelines.cluster import jobs
     from tuning.commands import on_cluster
 
     monkeypatch.setattr(cluster_checks, "PROBE_SECONDS", 1.0)

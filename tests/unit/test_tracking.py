@@ -8,11 +8,10 @@ import pytest
 from mlflow import MlflowClient
 from mlflow.entities import Metric
 
-from pipelines import tracking
-from pipelines.config import load_config
-from pipelines.config_layers import parse_set
-from pipelines.metric_logger import MetricLogger
-from pipelines.tracking import (
+from pipelines.config.layers import load_config, parse_set
+from pipelines.tracking import runs as tracking
+from pipelines.tracking.metric_logger import MetricLogger
+from pipelines.tracking.runs import (
     checkpoint_tags,
     checkpoints_of,
     latest_per_step,

@@ -5,10 +5,10 @@ import pytest
 import torch
 from torch import nn
 
-from pipelines.config import load_config
-from pipelines.config_layers import parse_set
+from pipelines.config.layers import load_config, parse_set
 from pipelines.train.checkpoint import capture_rng, load_state, restore_rng, save_state
-from pipelines.train.step import NonFiniteLossError, TrainStep, build_method, place
+from pipelines.train.model import build_method
+from pipelines.train.step import NonFiniteLossError, TrainStep, place
 from ssl_models.methods.base import SSLMethod
 from tests.distributed_helpers import run_distributed
 

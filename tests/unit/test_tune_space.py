@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.config import ConfigError
+from pipelines.config.typed import ConfigError
 from tuning.space import load_space, parse_space, unflatten, validate
 from tuning.sweep import check_metric
 

@@ -1,5 +1,5 @@
-from pipelines.data.shard_job import shard
-from pipelines.data.verify import verify
+from pipelines.data.shard.job import shard
+from pipelines.data.shard.verify import verify
 from tests.images import write_imagefolder
 
 

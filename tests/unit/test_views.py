@@ -5,8 +5,8 @@ import pytest
 import torch
 from PIL import Image
 
-from pipelines.config import PhotometricConfig, ViewGroupConfig, ViewsConfig
-from pipelines.data.views import EvalViewMaker, ViewMaker, random_resized_crop_box
+from pipelines.data.stream.view_config import PhotometricConfig, ViewGroupConfig, ViewsConfig
+from pipelines.data.stream.views import EvalViewMaker, ViewMaker, random_resized_crop_box
 
 
 def jpeg(width: int, height: int, seed: int = 0) -> bytes:
@@ -101,7 +101,7 @@ def test_eval_view_is_a_centre_crop():
 
 
 def test_photometric_keeps_range_and_identity_when_disabled():
-    from pipelines.data.photometric import photometric
+    from pipelines.data.stream.photometric import photometric
 
     x = torch.rand(6, 3, 16, 16)
     off = PhotometricConfig(jitter_p=0, grayscale_p=0, blur_p=0, solarize_p=0)

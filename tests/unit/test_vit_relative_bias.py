@@ -5,7 +5,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pipelines.config import ConfigError, build_config
+from pipelines.config.layers import build_config
+from pipelines.config.typed import ConfigError
 from ssl_models.backbones.vit import VisionTransformer
 from ssl_models.backbones.vit_layers import Attention, RelativePositionBias
 from tests.unit.one_thread import one_thread  # noqa: F401

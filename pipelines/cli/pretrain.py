@@ -1,0 +1,109 @@
+"""``sslpipe pretrain``: train an encoder on Ray, track it in MLflow, register it."""
+
+import argparse
+import json
+from pathlib import Path
+
+from pipelines.cli import flags
+from pipelines.cluster.jobs import add_cluster_arguments, submit_or_connect
+from pipelines.config.layers import recipe_names
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "pretrain",
+        help="pretrain an encoder (no arguments: SimCLR on the embedded dataset)",
+        description="Pretrain an encoder on Ray, track it in MLflow, register it.",
+    )
+    p.add_argument("--method", choices=recipe_names(), help="method key (default: simclr)")
+    flags.add_data(p)
+    flags.add_training(p)
+    flags.add_config(p)
+    flags.add_summary(p)
+    p.add_argument("--print-config", action="store_true", help="print the resolved config, exit")
+    add_cluster_arguments(p)
+    p.add_argument(
+        "--resume",
+        metavar="RUN",
+        help="continue a stopped run (MLflow run id or run name) from its latest checkpoint; "
+        "its own config applies, flags and --set override it (e.g. --epochs to extend)",
+    )
+    p.set_defaults(run=run)
+
+
+def resume_config(args: argparse.Namespace, overrides: dict):
+    """The stopped run's resolved config (its ``config.yaml`` artifact) under the overrides."""
+    import tempfile
+
+    import mlflow
+
+    from pipelines.config.layers import build_config, deep_merge, read_yaml
+    from pipelines.config.schema import Config, TrackingConfig
+    from pipelines.config.typed import ConfigError
+    from pipelines.tracking.runs import absolute_uri, find_run
+
+    tracking = overrides.get("tracking", {})
+    uri = absolute_uri(tracking.get("uri", TrackingConfig.uri))
+    experiment = tracking.get("experiment", TrackingConfig.experiment)
+    run = find_run(uri, experiment, args.resume)
+    with tempfile.TemporaryDirectory() as d:
+        path = mlflow.artifacts.download_artifacts(
+            run_id=run.info.run_id, artifact_path="config.yaml", dst_path=d, tracking_uri=uri
+        )
+        data = read_yaml(path)
+    if args.method and args.method != data.get("method", Config.method):
+        raise ConfigError(f"--method {args.method}: run {args.resume} trained {data['method']}")
+    return build_config(deep_merge(data, overrides)), run.info.run_id
+
+
+def run(args: argparse.Namespace) -> int:
+    from pipelines.cluster.checks import demands_of
+    from pipelines.config.layers import dump_yaml, load_config
+
+    overrides = flags.overrides(args)
+    run_id = None
+    if args.resume and args.address and args.address.startswith("http") and not args.print_config:
+        # the stopped run's config lives in its MLflow run, which the cluster reaches
+        return submit_or_connect(args, args.argv)
+    if args.resume:
+        cfg, run_id = resume_config(args, overrides)
+    else:
+        cfg = load_config(args.method, None, overrides)
+    if args.print_config:
+        print(dump_yaml(cfg), end="")
+        return 0
+    outputs = {"--storage": cfg.train.storage, "--tracking-uri": cfg.tracking.uri}
+    exit_code = submit_or_connect(args, args.argv, demands_of(cfg), outputs)
+    if exit_code is not None:  # ran as a Ray job
+        return exit_code
+
+    from pipelines.cluster.jobs import emit_summary
+    from pipelines.train.trainer import pretrain
+
+    summary = pretrain(cfg, resume_run_id=run_id)
+    print(summary_text(summary), flush=True)
+    emit_summary(summary)
+    if args.summary_json:
+        Path(args.summary_json).write_text(json.dumps(summary, indent=2))
+    return 0
+
+
+def summary_text(summary: dict) -> str:
+    m = summary["metrics"]
+    lines = [
+        "",
+        "sslpipe pretrain: done",
+        f"  run id            {summary['run_id']}  ({summary['run_name']})",
+    ]
+    if "knn_top1" in m:
+        random = m.get("knn_top1_random_init")
+        vs = f"  vs {random:.3f} at random init" if random is not None else ""
+        lines.append(f"  kNN top-1         {m['knn_top1']:.3f}{vs}  ({summary['knn_eval']})")
+    lines += [
+        f"  registered model  {summary['registered_model_uri'] or '(not registered)'}",
+        f"  model             {summary['model_uri']}",
+        f"  checkpoint        {summary['checkpoint']}",
+        f"  time              {summary['wall_seconds']:.0f} s",
+        f"  MLflow UI         {summary['mlflow_ui']}",
+    ]
+    return "\n".join(lines)

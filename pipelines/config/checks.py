@@ -1,0 +1,86 @@
+"""Cross-field rules of a run configuration, checked once the sections are typed.
+
+Each error names the dotted key at fault and what it must agree with, so a bad config fails at
+``sslpipe pretrain`` instead of deep inside a Ray task.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from pipelines.config.typed import ConfigError
+from pipelines.data.stream.view_config import RECIPE_GROUPS
+
+if TYPE_CHECKING:
+    from pipelines.config.schema import Config
+
+
+def check_training(cfg: Config) -> None:
+    """Cross-field rules of the train/optim/tracking sections, named by key."""
+    t = cfg.train
+    for key, value in (
+        ("train.epochs", t.epochs),
+        ("train.batch_size", t.batch_size),
+        ("train.accumulate_steps", t.accumulate_steps),
+        ("train.workers", t.workers),
+        ("train.log_every_steps", t.log_every_steps),
+        ("train.checkpoint_every_epochs", t.checkpoint_every_epochs),
+        ("train.keep_checkpoints", t.keep_checkpoints),
+    ):
+        if value < 1:
+            raise ConfigError(f"config key '{key}': must be at least 1, got {value}")
+    if t.batch_size % (t.workers * t.accumulate_steps):
+        raise ConfigError(
+            f"config key 'train.batch_size': {t.batch_size} must divide evenly into "
+            f"train.workers={t.workers} × train.accumulate_steps={t.accumulate_steps} micro-batches"
+        )
+    for key, custom in (
+        ("data.task_resources", cfg.data.task_resources),
+        ("train.worker_resources", t.worker_resources),
+    ):
+        for name, amount in custom.items():
+            if name in ("CPU", "GPU", "memory"):
+                raise ConfigError(
+                    f"config key '{key}.{name}': CPUs and GPUs come from train.cpus_per_worker "
+                    "and train.use_gpu (data tasks take 1 CPU); list custom resources here"
+                )
+            if amount <= 0:
+                raise ConfigError(f"config key '{key}.{name}': must be positive, got {amount}")
+    for alias in cfg.tracking.aliases:
+        if alias in ("latest", "best"):
+            raise ConfigError(
+                f"config key 'tracking.aliases': '{alias}' is not settable; 'best' is set by kNN "
+                "top-1 and MLflow reserves 'latest' (use models:/NAME/latest for the newest)"
+            )
+
+
+def check_recipe(cfg: Config) -> None:
+    """A pretext recipe's view group must exist with its fixed view count, and its settings
+    must agree with the method's (a mismatch would otherwise fail deep inside a Ray task)."""
+    views = cfg.views
+    if views.recipe not in RECIPE_GROUPS:
+        return
+    name, count = RECIPE_GROUPS[views.recipe]
+    group = views.groups.get(name)
+    if group is None or group.count != count:
+        raise ConfigError(
+            f"config key 'views.groups.{name}.count': the {views.recipe} recipe writes {count} "
+            f"views to group '{name}', got {'no such group' if group is None else group.count}"
+        )
+    if views.recipe == "jigsaw":
+        jig = views.jigsaw
+        if jig.cell < group.size + 2 * jig.channel_jitter:
+            raise ConfigError(
+                f"config key 'views.jigsaw.cell': {jig.cell} cannot hold a tile of "
+                f"{group.size} plus a channel jitter of {jig.channel_jitter} on each side"
+            )
+        if not 2 <= jig.permutations <= 362880:
+            raise ConfigError(
+                f"config key 'views.jigsaw.permutations': {jig.permutations} is not in [2, 9!]"
+            )
+        classes = getattr(cfg.method_args, "num_permutations", jig.permutations)
+        if classes != jig.permutations:
+            raise ConfigError(
+                f"config key 'method_args.num_permutations': {classes} must equal "
+                f"views.jigsaw.permutations = {jig.permutations}"
+            )

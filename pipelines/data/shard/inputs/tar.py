@@ -1,0 +1,200 @@
+"""Tar inputs: a tar of class folders, ImageNet's train tar of per-class tars, WebDataset shards.
+
+A :class:`TarUnit` is a byte range of one tar object read as a stream, so a task never needs
+more than its own range: a span of members of a large flat tar, one inner per-class tar inside
+ImageNet's 140 GB train tar, or one whole WebDataset shard. Ranges are read with positional
+reads, which on S3 become ranged GETs.
+"""
+
+import io
+import itertools
+import tarfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+from pipelines.data.manifest import resolve
+from pipelines.data.shard.inputs.records import Record, SourcePlan, is_image_name
+
+_BLOCK = 512
+_COMPRESSIONS = {".tar.gz": "gz", ".tgz": "gz", ".tar.bz2": "bz2", ".tar.xz": "xz"}
+
+
+class _Window(io.RawIOBase):
+    """A seekable, read-only view of ``[offset, offset + size)`` of a random-access file."""
+
+    def __init__(self, f: pa.NativeFile, offset: int, size: int) -> None:
+        self.f, self.offset, self.size, self.pos = f, offset, size, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.pos
+
+    def seek(self, pos: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self.pos, io.SEEK_END: self.size}[whence]
+        self.pos = max(0, base + pos)
+        return self.pos
+
+    def readinto(self, buffer) -> int:
+        n = max(0, min(len(buffer), self.size - self.pos))
+        if n == 0:
+            return 0
+        data = self.f.read_at(n, self.offset + self.pos)
+        buffer[: len(data)] = data
+        self.pos += len(data)
+        return len(data)
+
+
+def compression_of(name: str) -> str:
+    lower = name.lower()
+    return next((c for ext, c in _COMPRESSIONS.items() if lower.endswith(ext)), "")
+
+
+def is_tar_name(name: str) -> bool:
+    return name.lower().endswith(".tar") or bool(compression_of(name))
+
+
+@dataclass(frozen=True)
+class TarUnit:
+    """A byte range of a tar object and how its members become records.
+
+    ``layout``: ``folders`` (label from the first path component under ``strip``, looked up in
+    ``classes``), ``fixed`` (every image gets ``label``), ``webdataset`` (members grouped into
+    samples by key; the label from a ``.cls`` or ``.json`` member).
+    """
+
+    uri: str
+    offset: int = 0
+    size: int = -1  # -1: to the end of the object
+    compression: str = ""  # gz | bz2 | xz: then the whole object, streamed
+    layout: str = "folders"
+    key_prefix: str = ""
+    label: int = -1
+    classes: tuple[str, ...] = ()
+    strip: str = ""
+
+    def members(self, endpoint: str = "") -> Iterator[tuple[str, bytes]]:
+        """(name, bytes) of the regular files in the range, in tar order."""
+        fs, path = resolve(self.uri, endpoint)
+        with fs.open_input_file(path) as f:
+            size = f.size() - self.offset if self.size < 0 else self.size
+            stream = io.BufferedReader(_Window(f, self.offset, size), buffer_size=8 * 2**20)
+            mode = f"r|{self.compression}" if self.compression else "r|"
+            with tarfile.open(fileobj=stream, mode=mode) as tar:
+                for member in tar:
+                    if member.isfile():
+                        data = tar.extractfile(member)
+                        yield member.name, data.read() if data else b""
+
+    def records(self, endpoint: str = "") -> Iterator[Record]:
+        if self.layout == "webdataset":
+            from pipelines.data.shard.inputs.webdataset import samples
+
+            yield from samples(self.members(endpoint), self.key_prefix)
+            return
+        index = {name: i for i, name in enumerate(self.classes)}
+        for name, data in self.members(endpoint):
+            if not is_image_name(name) or not name.startswith(self.strip):
+                continue
+            label = self.label
+            if self.layout == "folders":
+                first, sep, _ = name[len(self.strip) :].partition("/")
+                if not sep or first not in index:
+                    continue  # a file beside the class folders, not an image of a class
+                label = index[first]
+            yield Record(self.key_prefix + name, data, label)
+
+
+def _open_for_scan(uri: str, endpoint: str):
+    """Open a tar for a header scan: small reads, since members are skipped by seeking."""
+    fs, path = resolve(uri, endpoint)
+    f = fs.open_input_file(path)
+    compression = compression_of(uri)
+    stream = io.BufferedReader(_Window(f, 0, f.size()), buffer_size=64 * 2**10)
+    mode = f"r|{compression}" if compression else "r:"
+    return f, tarfile.open(fileobj=stream, mode=mode), compression
+
+
+def _padded_end(member: tarfile.TarInfo) -> int:
+    return member.offset_data + -(-member.size // _BLOCK) * _BLOCK
+
+
+def plan_tar(uri: str, endpoint: str, target_bytes: int) -> SourcePlan:
+    """A tar whose members are ``<class>/.../<image>``, optionally all under one top folder.
+    An uncompressed tar is cut into spans of about ``target_bytes``, read in parallel."""
+    f, tar, compression = _open_for_scan(uri, endpoint)
+    with f, tar:
+        members = [m for m in tar if m.isfile()]
+    images = [m for m in members if is_image_name(m.name)]
+    if not images:
+        raise ValueError(f"{uri}: no image files in the archive")
+    tops = {m.name.split("/", 1)[0] for m in images}
+    strip = f"{next(iter(tops))}/" if len(tops) == 1 and "/" in images[0].name else ""
+    rest = [m.name[len(strip) :] for m in images]
+    classes = sorted({r.split("/", 1)[0] for r in rest if "/" in r})
+    if not classes:
+        raise ValueError(f"{uri}: no class folders in the archive (expected <class>/<image>)")
+    common = {"layout": "folders", "classes": tuple(classes), "strip": strip}
+    if compression:  # a compressed stream cannot be entered in the middle
+        return SourcePlan("tar", classes, [TarUnit(uri, compression=compression, **common)])
+    units, start, size = [], None, 0
+    for i, m in enumerate(members):
+        start = m.offset if start is None else start
+        size += m.size
+        if size >= target_bytes or i == len(members) - 1:
+            end = members[i + 1].offset if i + 1 < len(members) else _padded_end(m)
+            units.append(TarUnit(uri, offset=start, size=end - start, **common))
+            start, size = None, 0
+    return SourcePlan("tar", classes, units)
+
+
+def plan_imagenet_tar(uri: str, endpoint: str) -> SourcePlan:
+    """ImageNet's ``ILSVRC2012_img_train.tar``: one ``<wnid>.tar`` per class inside. Each inner
+    tar becomes one unit; classes are the sorted wnids."""
+    f, tar, compression = _open_for_scan(uri, endpoint)
+    if compression:
+        raise ValueError(f"{uri}: a tar of per-class tars must be uncompressed")
+    with f, tar:
+        inner = [m for m in tar if m.isfile() and m.name.lower().endswith(".tar")]
+    if not inner:
+        raise ValueError(f"{uri}: no per-class .tar members")
+    stems = sorted(m.name.rsplit("/", 1)[-1][: -len(".tar")] for m in inner)
+    label = {s: i for i, s in enumerate(stems)}
+    units = []
+    for m in sorted(inner, key=lambda m: m.name):
+        stem = m.name.rsplit("/", 1)[-1][: -len(".tar")]
+        units.append(
+            TarUnit(
+                uri,
+                offset=m.offset_data,
+                size=m.size,
+                layout="fixed",
+                label=label[stem],
+                key_prefix=f"{stem}/",
+            )
+        )
+    return SourcePlan("imagenet-tar", stems, units)
+
+
+def tar_kind(uri: str, endpoint: str) -> str:
+    """Guess a tar's layout from its first members: imagenet-tar, webdataset or tar."""
+    f, tar, _ = _open_for_scan(uri, endpoint)
+    names = []
+    with f, tar:
+        for m in tar:
+            if m.isfile():
+                names.append(m.name)
+            if len(names) >= 64:
+                break
+    if names and all(n.lower().endswith(".tar") for n in names):
+        return "imagenet-tar"
+    # WebDataset: consecutive members sharing a key (000123.jpg, 000123.cls) make one sample
+    keys = [n.rsplit("/", 1)[-1].split(".", 1)[0] for n in names]
+    grouped = any(a == b for a, b in itertools.pairwise(keys))
+    return "webdataset" if grouped else "tar"

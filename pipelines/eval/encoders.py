@@ -1,0 +1,95 @@
+"""Encoders in and out of checkpoints and the registry.
+
+``sslpipe register RUN_ID --step N`` turns any checkpoint the run recorded into a registered
+model; ``load_registered`` reads any registered encoder back for ``sslpipe eval`` / ``embed``.
+"""
+
+from typing import Any
+
+import torch
+
+from pipelines.config.layers import build_config
+from pipelines.config.schema import Config
+from pipelines.train.checkpoint import load_state_uri
+from pipelines.train.model import build_method
+from ssl_models.export import Encoder
+
+
+def eval_image_size(cfg: Config) -> int:
+    """``eval.image_size``, else the global (or first) view group's side."""
+    if cfg.eval.image_size:
+        return cfg.eval.image_size
+    groups = cfg.views.groups
+    return (groups.get("global") or next(iter(groups.values()))).size
+
+
+def encoders_from_state(
+    cfg: Config, state: dict[str, Any] | None, random_init: bool | None = None
+) -> dict[str, Encoder]:
+    """The trained encoder from a checkpoint state and, when ``random_init`` (default:
+    ``eval.knn_random_init``), the same architecture at its random initialisation, seeded
+    exactly as the training run started."""
+    size = eval_image_size(cfg)
+    out = {}
+    if state is not None:
+        method = build_method(cfg)
+        method.load_state_dict(state["model"])
+        out["trained"] = Encoder(method.encoder, cfg.views.mean, cfg.views.std, size)
+    if cfg.eval.knn_random_init if random_init is None else random_init:
+        torch.manual_seed(cfg.train.seed)
+        out["random_init"] = Encoder(build_method(cfg).encoder, cfg.views.mean, cfg.views.std, size)
+    return out
+
+
+def register_checkpoint(
+    run_ref: str, step: int, tracking_uri: str, experiment: str, model_name: str = ""
+) -> dict[str, Any]:
+    """Register the encoder of the checkpoint a run recorded at ``step``: it is logged into the
+    same run as ``encoder-step-N`` and registered (default name ``sslpipe-<method>``)."""
+    from pipelines.tracking import runs as tracking
+
+    run = tracking.find_run(tracking_uri, experiment, run_ref)
+    records = tracking.checkpoints_of(run)
+    match = [r for r in records if r["step"] == step]
+    if not match:
+        steps = ", ".join(str(r["step"]) for r in records) or "none"
+        raise LookupError(
+            f"run {run.info.run_id} recorded no checkpoint at step {step}; it has: {steps}"
+        )
+    uri = match[0]["uri"]
+    try:
+        state = load_state_uri(uri)
+    except FileNotFoundError as e:
+        raise FileNotFoundError(
+            f"checkpoint of step {step} is gone from {uri} (only the last train.keep_checkpoints "
+            f"are kept); recorded steps: {[r['step'] for r in records]}"
+        ) from e
+    cfg = build_config(state["config"])
+    encoder = encoders_from_state(cfg, state, random_init=False)["trained"]
+    size = eval_image_size(cfg)
+    example = torch.rand(2, 3, size, size).numpy()
+    model_uri = tracking.log_encoder(
+        run.info.run_id, tracking_uri, encoder, example, name=f"encoder-step-{step}"
+    )
+    name = model_name or cfg.tracking.registered_model or f"sslpipe-{cfg.method}"
+    registered, _ = tracking.register(model_uri, tracking_uri, name)
+    return {
+        "run_id": run.info.run_id,
+        "checkpoint": uri,
+        "model_uri": model_uri,
+        "registered": registered,
+    }
+
+
+def load_registered(model_uri: str, tracking_uri: str) -> Encoder:
+    """Any encoder logged by sslpipe, by ``models:/NAME@ALIAS``, ``models:/NAME/VERSION`` or
+    ``runs:/ID/encoder``."""
+    import mlflow
+
+    from pipelines.tracking.runs import absolute_uri
+
+    mlflow.set_tracking_uri(absolute_uri(tracking_uri))
+    encoder = mlflow.pytorch.load_model(model_uri, map_location="cpu")
+    if not hasattr(encoder, "image_size"):
+        raise TypeError(f"{model_uri} is not an sslpipe encoder (ssl_models.export.Encoder)")
+    return encoder.eval()

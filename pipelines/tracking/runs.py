@@ -1,0 +1,207 @@
+"""MLflow: runs, redacted params and tags, checkpoint records, the encoder as a model, the
+registry. Metrics from rank 0 go through :class:`pipelines.tracking.metric_logger.MetricLogger`.
+"""
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow import MlflowClient
+from mlflow.entities import Param
+
+from pipelines.config.schema import Config
+from pipelines.config.typed import flatten, to_dict
+
+CHECKPOINT_TAG = "sslpipe.checkpoint."  # + zero-padded step -> JSON {uri, step, epoch}
+REDACTED = "***"
+# key fragments that mark a credential: aws_secret_access_key, api_token, db_password, …
+_SECRET_KEY = re.compile(
+    r"secret|token|passw(or)?d|pwd|credential|access[_.-]?key|api[_.-]?key|private[_.-]?key"
+    r"|authorization|session[_.-]?key",
+    re.IGNORECASE,
+)
+_URL_USERINFO = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^/@:\s]*):[^/@\s]*@")
+
+
+def redact(values: dict[str, Any]) -> dict[str, str]:
+    """Stringified values with credentials removed: the value of any key that looks like a
+    secret, token, password or access key, and the password of any ``scheme://user:pw@host``."""
+    out = {}
+    for key, value in values.items():
+        text = str(value)
+        if _SECRET_KEY.search(key) and text:
+            out[key] = REDACTED
+        else:
+            out[key] = _URL_USERINFO.sub(rf"\g<scheme>\g<user>:{REDACTED}@", text)
+    return out
+
+
+def is_local_store(uri: str) -> bool:
+    return uri.startswith("sqlite:") or uri.startswith("file:") or "://" not in uri
+
+
+def absolute_uri(uri: str) -> str:
+    """Make a relative SQLite URI absolute, so Ray workers in other directories find it."""
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
+        return prefix + str(Path(uri[len(prefix) :]).resolve())
+    return uri
+
+
+def experiment_id(client: MlflowClient, uri: str, name: str) -> str:
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    location = None
+    if uri.startswith("sqlite:///"):
+        # artifacts beside the database file, not wherever the process happens to run
+        location = (Path(uri[len("sqlite:///") :]).parent / "mlartifacts" / name).as_uri()
+    return client.create_experiment(name, artifact_location=location)
+
+
+def params_of(cfg: Config) -> dict[str, str]:
+    """The flattened config as MLflow params: redacted, long values truncated."""
+    return {k: v[:6000] for k, v in redact(flatten(to_dict(cfg))).items()}
+
+
+def start_run(cfg: Config, run_name: str, tags: dict[str, str] | None = None) -> str:
+    """Create the run of one pretraining, log its params; return the run id."""
+    uri = absolute_uri(cfg.tracking.uri)
+    client = MlflowClient(uri)
+    exp = experiment_id(client, uri, cfg.tracking.experiment)
+    run = client.create_run(exp, run_name=run_name, tags=redact(tags or {}))
+    params = [Param(k, v) for k, v in params_of(cfg).items()]
+    for i in range(0, len(params), 100):
+        client.log_batch(run.info.run_id, params=params[i : i + 100])
+    return run.info.run_id
+
+
+def find_run(tracking_uri: str, experiment: str, run: str):
+    """The MLflow run named by id, or by run name within ``experiment`` (the newest if several)."""
+    client = MlflowClient(absolute_uri(tracking_uri))
+    if re.fullmatch(r"[0-9a-f]{32}", run):
+        try:
+            return client.get_run(run)
+        except mlflow.exceptions.MlflowException:
+            pass
+    exp = client.get_experiment_by_name(experiment)
+    found = []
+    if exp is not None:
+        found = client.search_runs(
+            [exp.experiment_id],
+            filter_string=f"attributes.run_name = '{run}'",
+            order_by=["attributes.start_time DESC"],
+            max_results=1,
+        )
+    if not found:
+        raise LookupError(
+            f"no MLflow run with id or name {run!r} in experiment {experiment!r} at {tracking_uri}"
+        )
+    return found[0]
+
+
+def checkpoint_tags(uri: str, step: int, epoch: int) -> dict[str, str]:
+    """The run's record of one persisted checkpoint (see :func:`checkpoints_of`)."""
+    return {f"{CHECKPOINT_TAG}{step:09d}": json.dumps({"uri": uri, "step": step, "epoch": epoch})}
+
+
+def checkpoints_of(run) -> list[dict[str, Any]]:
+    """Every checkpoint recorded in an MLflow run, by step (older ones may since be deleted)."""
+    records = [json.loads(v) for k, v in run.data.tags.items() if k.startswith(CHECKPOINT_TAG)]
+    return sorted(records, key=lambda r: r["step"])
+
+
+def latest_per_step(history) -> list:
+    """A metric history with one value per step, the last logged: a run resumed from a
+    checkpoint re-logs the steps it rolled back, and the later value is the surviving run's."""
+    by_step = {}
+    for m in sorted(history, key=lambda m: (m.step, m.timestamp)):
+        by_step[m.step] = m
+    return [by_step[s] for s in sorted(by_step)]
+
+
+def log_dict(run_id: str, tracking_uri: str, data: dict[str, Any], name: str) -> None:
+    MlflowClient(absolute_uri(tracking_uri)).log_dict(run_id, data, name)
+
+
+def log_text(run_id: str, tracking_uri: str, text: str, name: str) -> None:
+    MlflowClient(absolute_uri(tracking_uri)).log_text(run_id, text, name)
+
+
+def log_artifacts(run_id: str, tracking_uri: str, local_dir: str, path: str) -> None:
+    MlflowClient(absolute_uri(tracking_uri)).log_artifacts(run_id, local_dir, path)
+
+
+def log_encoder(
+    run_id: str, tracking_uri: str, encoder, input_example, name: str = "encoder"
+) -> str:
+    """Log the encoder as an MLflow PyTorch model with its signature (float32 images
+    ``(-1, 3, S, S)`` in [0, 1] -> features ``(-1, D)``) and input example; return its URI."""
+    import torch
+    from mlflow.models import infer_signature
+
+    with torch.no_grad():
+        features = encoder.eval()(torch.as_tensor(input_example)).numpy()
+    signature = infer_signature(input_example, features)
+    mlflow.set_tracking_uri(absolute_uri(tracking_uri))
+    with mlflow.start_run(run_id=run_id):
+        info = mlflow.pytorch.log_model(
+            encoder,
+            name=name,
+            serialization_format="pickle",  # loads back as our own class, not a GraphModule
+            signature=signature,
+            input_example=input_example,
+            pip_requirements=[f"torch=={_version('torch')}", f"sslpipe=={_version('sslpipe')}"],
+        )
+    return info.model_uri
+
+
+def register(
+    model_uri: str,
+    tracking_uri: str,
+    name: str,
+    aliases: tuple[str, ...] | list[str] = (),
+    knn_top1: float | None = None,
+) -> tuple[str, bool]:
+    """Register ``model_uri`` under ``name``, set ``aliases``, and move ``best`` here when its
+    kNN top-1 beats the version holding it (or none does). Returns (``models:/name/version``,
+    whether it became ``best``). ``latest`` is MLflow's own: ``models:/name/latest``."""
+    mlflow.set_tracking_uri(absolute_uri(tracking_uri))
+    version = mlflow.register_model(model_uri, name).version
+    client = MlflowClient(absolute_uri(tracking_uri))
+    for alias in aliases:
+        client.set_registered_model_alias(name, alias, version)
+    is_best = False
+    if knn_top1 is not None:
+        client.set_model_version_tag(name, version, "knn_top1", f"{knn_top1:.6f}")
+        try:
+            holder = client.get_model_version_by_alias(name, "best")
+            held = float(holder.tags.get("knn_top1", "nan"))
+        except mlflow.exceptions.MlflowException:
+            held = float("nan")
+        if not held >= knn_top1:  # no holder, an untagged one, or a worse one
+            client.set_registered_model_alias(name, "best", version)
+            is_best = True
+    return f"models:/{name}/{version}", is_best
+
+
+def end_run(run_id: str, tracking_uri: str, status: str = "FINISHED") -> None:
+    MlflowClient(absolute_uri(tracking_uri)).set_terminated(run_id, status)
+
+
+def ui_command(tracking_uri: str) -> str:
+    uri = absolute_uri(tracking_uri)
+    if is_local_store(uri):
+        return f"mlflow ui --backend-store-uri {uri}"
+    return f"open {redact({'uri': uri})['uri']}"
+
+
+def _version(package: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return "0+unknown"
