@@ -1,11 +1,11 @@
 """Fit the visual tokenizer BEiT and CAE predict, on a sample of the run's own training shards.
 
-Runs on the driver before training (through ``pipelines.train.assets``): reads row groups of
-the shards in a seeded order, cuts one training view per image with the run's own view recipe,
-normalises it as the training step does, and fits ``ssl_models.tokenizer.KMeansTokenizer`` on
-a subsample of the patches. The file goes to ``<run dir>/tokenizer.pt`` (local or s3://) and its path into
-``method_args.tokenizer.path``, so the workers, the evaluation and a resumed run load the same one;
-a run that finds that file already there (a relaunch) reuses it.
+Runs on the driver before training (through ``pipelines.train.assets``): reads row groups of the
+shards in a seeded order, cuts one training view per image with the run's own view recipe,
+normalises it as the training step does, and fits ``ssl_models.tokenizer.KMeansTokenizer`` on a
+subsample of the patches. The file goes to ``<run dir>/tokenizer.pt`` (local or s3://) and its path
+into ``method_args.tokenizer.path``, so the workers, the evaluation and a resumed run load the same
+one; a run that finds that file already there (a relaunch) reuses it.
 """
 
 import dataclasses
