@@ -154,7 +154,7 @@ def ray_rate(shards: Path, cores: int, augment_device: str) -> float:
 
     from pipelines.config.layers import load_config, parse_set
     from pipelines.data.stream.source import training_dataset
-    from pipelines.train.step import prepare_views
+    from pipelines.data.stream.views import prepare_views
 
     cfg = load_config(
         "simclr",
@@ -172,7 +172,7 @@ def ray_rate(shards: Path, cores: int, augment_device: str) -> float:
 
     def consume(batch) -> int:
         if augment_device == "train":  # what TrainStep does on its device before the model
-            prepare_views(batch, cfg, device, g)
+            prepare_views(batch, cfg.views, device, g)
         return len(batch["label"])
 
     ds.iter_torch_batches(batch_size=BATCH)

@@ -1,6 +1,6 @@
 """GPU check: one bf16 training step of every registered method at its recipe's resolution (224
-for the papers' recipes), then ResNet-50 SimCLR images/s. Needs only PyTorch, Pillow and numpy:
-no Ray, no MLflow, no PyYAML (``pipelines/mini_yaml.py`` reads the recipes then).
+for the papers' recipes), then ResNet-50 SimCLR images/s. Needs PyTorch, Pillow, numpy and
+PyYAML, not Ray or MLflow (the GPU machine has neither).
 
     benchmarks/gpu_check.sh                 # on a GPU: the full check, under 5 minutes
     python -m benchmarks.gpu_check --tiny --device cpu   # the same code at toy sizes (a test)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# GPU check (issue 5): one bf16 training step of every registered method at its recipe's size
+# GPU check: one bf16 training step of every registered method at its recipe's size
 # (224 for the papers' recipes) and ResNet-50 SimCLR images/s, as a compact table. Needs only
-# PyTorch, Pillow and numpy: no Ray, MLflow or PyYAML. Under 5 minutes on one GPU.
+# PyTorch, Pillow, numpy and PyYAML, not Ray or MLflow. Under 5 minutes on one GPU.
 #   benchmarks/gpu_check.sh                      # full check on the first GPU
 #   benchmarks/gpu_check.sh --methods simclr     # a subset
 #   PYTHON=.venv/bin/python benchmarks/gpu_check.sh --tiny --device cpu   # toy sizes, no GPU

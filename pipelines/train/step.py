@@ -17,7 +17,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from pipelines.config.schema import Config
-from pipelines.data.stream.views import augment_views
+from pipelines.data.stream.views import prepare_views
 from pipelines.eval.monitors import OnlineProbe, probe_features
 from pipelines.train.checkpoint import capture_rng, restore_rng
 from pipelines.train.optim import (
@@ -71,34 +71,6 @@ def autocast_dtype(cfg: Config, device: torch.device) -> torch.dtype | None:
     if cfg.train.precision == "bf16" or (cfg.train.precision == "auto" and device.type == "cuda"):
         return torch.bfloat16
     return None
-
-
-def prepare_views(
-    batch: dict[str, torch.Tensor],
-    cfg: Config,
-    device: torch.device,
-    generator: torch.Generator | None = None,
-) -> dict[str, torch.Tensor]:
-    """uint8 views -> normalised float views on ``device``, augmented here when
-    ``views.augment_device`` is ``train``. Other keys pass through, moved to ``device``."""
-    mean = torch.tensor(cfg.views.mean, device=device).view(1, 1, 3, 1, 1)
-    std = torch.tensor(cfg.views.std, device=device).view(1, 1, 3, 1, 1)
-    out: dict[str, torch.Tensor] = {}
-    for key, value in batch.items():
-        value = value.to(device, non_blocking=True)
-        group = cfg.views.groups.get(key)
-        if group is not None:
-            if value.dtype != torch.uint8 or value.ndim != 5:
-                raise ValueError(
-                    f"views '{key}' must be uint8 (B, V, 3, H, W), got {value.dtype} "
-                    f"{tuple(value.shape)}"
-                )
-            x = value.float().div_(255)
-            if cfg.views.augment_device == "train":
-                x = augment_views(x, group, generator)
-            value = (x - mean) / std
-        out[key] = value
-    return out
 
 
 def split_batch(batch: dict[str, torch.Tensor], parts: int) -> list[dict[str, torch.Tensor]]:
@@ -199,7 +171,7 @@ class TrainStep:
         self.optimizer.zero_grad(set_to_none=True)
         outputs, probe_feats = [], []
         for i, part in enumerate(micro):
-            views = prepare_views(part, self.cfg, self.device, self.generator)
+            views = prepare_views(part, self.cfg.views, self.device, self.generator)
             # DDP all-reduces gradients once per optimizer step: after the last micro-batch
             accumulate = i < parts - 1 and self.model is not self.method
             with self.model.no_sync() if accumulate else contextlib.nullcontext():

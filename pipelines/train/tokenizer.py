@@ -22,8 +22,7 @@ import torch
 
 from pipelines.config.schema import Config
 from pipelines.data.manifest import join, read_manifest
-from pipelines.data.stream.views import ViewMaker
-from pipelines.train.step import prepare_views
+from pipelines.data.stream.views import ViewMaker, prepare_views
 from ssl_models.tokenizer import (
     KMeansTokenizer,
     build_tokenizer,
@@ -69,7 +68,7 @@ def training_views(cfg: Config, train_path: str, count: int, seed: int) -> Itera
         }
         views = torch.from_numpy(maker(batch)[group][:, :1])  # (b, 1, 3, S, S) uint8
         taken += views.shape[0]
-        yield prepare_views({group: views}, cfg, torch.device("cpu"), generator)[group][:, 0]
+        yield prepare_views({group: views}, cfg.views, torch.device("cpu"), generator)[group][:, 0]
 
 
 def fit_tokenizer(

@@ -76,3 +76,20 @@ def test_reserved_aliases_are_refused():
         load_config(overrides=parse_set(["tracking.aliases=[latest]"]))
     cfg = load_config(overrides=parse_set(["tracking.aliases=[candidate]"]))
     assert cfg.tracking.aliases == ("candidate",)
+
+
+def test_decode_and_view_code_loads_no_model_code():
+    """A Ray Data decode task imports the stream modules: they must not pull in the model zoo
+    (ssl_models), MLflow or the training code."""
+    code = (
+        "import sys\n"
+        "import pipelines.data.decode, pipelines.data.stream.views\n"
+        "import pipelines.data.stream.pretext_views, pipelines.data.stream.source\n"
+        "import pipelines.config.schema\n"
+        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('ssl_models', 'mlflow')\n"
+        "               or m.startswith('pipelines.train'))\n"
+        "print(heavy)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip() == "[]"

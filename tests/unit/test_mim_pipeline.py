@@ -11,12 +11,12 @@ import torch
 from PIL import Image
 
 from pipelines.config.layers import deep_merge, load_config
-from pipelines.data.stream.views import ViewMaker
+from pipelines.data.stream.views import ViewMaker, prepare_views
 from pipelines.data.synthetic import ensure_embedded
 from pipelines.train import tokenizer as pipeline_tokenizer
 from pipelines.train.assets import prepare_assets
 from pipelines.train.model import build_method
-from pipelines.train.step import TrainStep, place, prepare_views
+from pipelines.train.step import TrainStep, place
 from ssl_models.tokenizer import save_tokenizer
 from tests.unit.one_thread import one_thread  # noqa: F401
 
@@ -55,7 +55,7 @@ def configured(key: str, tmp_path, overrides: dict | None = None):
     assert set(views) == {"global", "label"} and views["global"].shape == (8, 1, 3, 32, 32)
     batch = {"global": torch.from_numpy(views["global"])}
     if tokenized:
-        normalised = prepare_views(batch, cfg, CPU)["global"][:, 0]
+        normalised = prepare_views(batch, cfg.views, CPU)["global"][:, 0]
         tok, stats = pipeline_tokenizer.fit_tokenizer(cfg, [normalised])
         assert stats["images"] == 8 and stats["patches"] == 8 * 64
         path = str(tmp_path / "tokenizer.pt")

@@ -14,11 +14,9 @@ import torch
 import torchvision.transforms as T
 import torchvision.transforms.v2.functional as TF
 
-from pipelines.config.schema import Config
 from pipelines.data import photometric as P
 from pipelines.data.stream.view_config import PhotometricConfig, ViewGroupConfig, ViewsConfig
-from pipelines.data.stream.views import ViewMaker
-from pipelines.train.step import prepare_views
+from pipelines.data.stream.views import ViewMaker, prepare_views
 from tests.images import encode, photo
 from tests.stats import compare, ks_2samp
 
@@ -99,8 +97,7 @@ def simclr_views(augment_device: str, cfg: PhotometricConfig, seed: int) -> torc
     if augment_device == "cpu":
         return torch.from_numpy(out).flatten(0, 1).float() / 255
     g = torch.Generator().manual_seed(seed)
-    cfg_all = Config(views=views)
-    x = prepare_views({"global": torch.from_numpy(out)}, cfg_all, torch.device("cpu"), g)
+    x = prepare_views({"global": torch.from_numpy(out)}, views, torch.device("cpu"), g)
     mean = torch.tensor(views.mean).view(1, 1, 3, 1, 1)
     std = torch.tensor(views.std).view(1, 1, 3, 1, 1)
     x = (x["global"] * std + mean).flatten(0, 1)

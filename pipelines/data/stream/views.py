@@ -145,6 +145,34 @@ def augment_views(
     return out
 
 
+def prepare_views(
+    batch: dict[str, torch.Tensor],
+    views: ViewsConfig,
+    device: torch.device,
+    generator: torch.Generator | None = None,
+) -> dict[str, torch.Tensor]:
+    """uint8 views -> normalised float views on ``device``, augmented here when
+    ``views.augment_device`` is ``train``. Other keys pass through, moved to ``device``."""
+    mean = torch.tensor(views.mean, device=device).view(1, 1, 3, 1, 1)
+    std = torch.tensor(views.std, device=device).view(1, 1, 3, 1, 1)
+    out: dict[str, torch.Tensor] = {}
+    for key, value in batch.items():
+        value = value.to(device, non_blocking=True)
+        group = views.groups.get(key)
+        if group is not None:
+            if value.dtype != torch.uint8 or value.ndim != 5:
+                raise ValueError(
+                    f"views '{key}' must be uint8 (B, V, 3, H, W), got {value.dtype} "
+                    f"{tuple(value.shape)}"
+                )
+            x = value.float().div_(255)
+            if views.augment_device == "train":
+                x = augment_views(x, group, generator)
+            value = (x - mean) / std
+        out[key] = value
+    return out
+
+
 def apply_photometric(
     views: np.ndarray, group: ViewGroupConfig, g: torch.Generator | None = None
 ) -> np.ndarray:
