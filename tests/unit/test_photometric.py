@@ -14,7 +14,7 @@ import torch
 import torchvision.transforms as T
 import torchvision.transforms.v2.functional as TF
 
-from pipelines.data import photometric as P
+from pipelines.data.stream import photometric as P
 from pipelines.data.stream.view_config import PhotometricConfig, ViewGroupConfig, ViewsConfig
 from pipelines.data.stream.views import ViewMaker, prepare_views
 from tests.images import encode, photo
