@@ -1,1 +1,1 @@
-"""Ray Tune sweeps and the equal-budget survey (issue 6)."""
+"""Ray Tune sweeps and the equal-budget method survey, built on pipelines."""
