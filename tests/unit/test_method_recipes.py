@@ -167,7 +167,7 @@ def test_dino_laptop_profile_takes_the_released_resnet50_head_and_optimizer():
 
 def test_laptop_profile_adds_koleo_to_dino_and_ibot_but_not_to_their_recipes_or_swav():
     # DINOv2's KoLeo keeps the features of a batch apart once the head goes uniform at this size
-    # (BENCHMARKS.md, thirteenth and fourteenth passes); on SwAV it measured no gain
+    # (BENCHMARKS.md, "What we learned"); on SwAV it measured no gain
     for key in ("dino", "ibot"):
         paper = load_config(key, overrides={"data": {"path": "/shards"}})
         assert paper.method_args.koleo_weight == 0.0, key
