@@ -39,9 +39,20 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--method", choices=recipe_names(), help="method key (default: the config's)")
     t.add_argument("--space", help="search space YAML (choice, uniform, loguniform, grid)")
     t.add_argument("--num-samples", type=int, default=1, help="samples (× each grid point)")
-    t.add_argument("--scheduler", choices=["fifo", "asha", "pbt"], default="fifo")
+    t.add_argument(
+        "--scheduler",
+        choices=["fifo", "asha", "pbt"],
+        default="fifo",
+        help="fifo: every trial runs to the end; asha: stop weak trials early; "
+        "pbt: population-based training",
+    )
     t.add_argument("--metric", default="knn_top1", help="knn_top1 (default), loss, images_per_sec")
-    t.add_argument("--mode", choices=["max", "min"], default="max")
+    t.add_argument(
+        "--mode",
+        choices=["max", "min"],
+        default="max",
+        help="whether --metric is better high or low",
+    )
     t.add_argument("--grace-epochs", type=int, default=1, help="ASHA: epochs before a stop")
     t.add_argument("--reduction-factor", type=int, default=2, help="ASHA: keep 1/rf per rung")
     t.add_argument("--pbt-interval", type=int, default=1, help="PBT: epochs between exploits")

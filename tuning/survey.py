@@ -70,8 +70,8 @@ def survey_spec(opts: SurveyOptions) -> dict[str, Any]:
         "overrides": overrides,
         "space": {},
         "sweep": name,
-        "storage": f"{first.train.storage}/{name}",
-        "tracking_uri": first.tracking.uri,
+        "storage": f"{storage_root(first)}/{name}",  # absolute: Tune and pyarrow need it
+        "tracking_uri": tracking.absolute_uri(first.tracking.uri),
         "experiment": first.tracking.experiment,
         "options": {
             "scheduler": "fifo",

@@ -149,7 +149,9 @@ def write_spec(spec: dict[str, Any]) -> None:
     import pyarrow.fs as pafs
 
     fs, path = pafs.FileSystem.from_uri(
-        spec["storage"] if "://" in spec["storage"] else f"file://{spec['storage']}"
+        spec["storage"]
+        if "://" in spec["storage"]
+        else f"file://{os.path.abspath(spec['storage'])}"
     )
     fs.create_dir(path, recursive=True)
     with fs.open_output_stream(f"{path}/{SPEC_FILE}") as f:

@@ -8,7 +8,7 @@ package never imports them. Parsers import nothing heavy: ``sslpipe --help`` sta
 import argparse
 import os
 import sys
-from importlib.metadata import entry_points
+from importlib.metadata import entry_points, version
 
 from pipelines.cli import embed, eval, methods, pretrain, register, shard
 
@@ -19,6 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sslpipe", description="Self-supervised pretraining of image encoders on Ray."
     )
+    parser.add_argument("--version", action="version", version=f"sslpipe {version('sslpipe')}")
     sub = parser.add_subparsers(dest="command", required=True)
     for module in BUILT_IN:
         module.add_parser(sub)
@@ -42,11 +43,24 @@ def main(argv: list[str] | None = None) -> int:
     except ClusterError as e:
         print(f"sslpipe: {e}", file=sys.stderr)
         return 1
-    except (LookupError, FileNotFoundError) as e:
+    except KeyboardInterrupt:
+        print("sslpipe: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:
         if os.environ.get("SSLPIPE_TRACEBACK") == "1":
-            raise  # where an unexpected KeyError came from
-        print(f"sslpipe: {e.args[0] if e.args else e}", file=sys.stderr)
+            raise
+        print(f"sslpipe {args.command}: {describe(e)}", file=sys.stderr)
+        print("  (SSLPIPE_TRACEBACK=1 shows the traceback)", file=sys.stderr)
         return 1
+
+
+def describe(e: BaseException) -> str:
+    """One line for an error: its message, with the type where the message alone is unclear."""
+    if isinstance(e, OSError) and e.filename:
+        return f"{e.filename}: {e.strerror or e}"
+    text = str(e.args[0]) if isinstance(e, LookupError) and e.args else str(e)
+    plain = isinstance(e, (LookupError, FileNotFoundError, ValueError, RuntimeError))
+    return text if plain and text else f"{type(e).__name__}: {text}"
 
 
 if __name__ == "__main__":

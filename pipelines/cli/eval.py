@@ -15,10 +15,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "eval",
         help="kNN or linear-probe top-1 of a registered encoder on labeled shards",
         description="Evaluate a registered encoder. With --eval-data, --data is the bank / "
-        "training set and --eval-data the queries / test set; without, a fixed 10%% of --data's "
+        "training set and --eval-data the queries / test set; without, a fixed 10% of --data's "
         "rows (by key hash) are the queries.",
     )
-    p.add_argument("kind", choices=["knn", "linear"])
+    p.add_argument("kind", choices=["knn", "linear"], help="weighted kNN, or a linear probe")
     p.add_argument("--model", required=True, help=MODEL_HELP)
     flags.add_data(p, required=True)
     flags.add_tracking(p)

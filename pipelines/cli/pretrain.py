@@ -56,6 +56,19 @@ def resume_config(args: argparse.Namespace, overrides: dict):
     return build_config(deep_merge(data, overrides)), run.info.run_id
 
 
+def check_shards(cfg) -> None:
+    """``--data`` / ``--eval-data`` must be shard sets, checked before Ray or MLflow start."""
+    from pipelines.config.typed import ConfigError
+    from pipelines.data.manifest import read_manifest
+
+    for flag, path in (("--data", cfg.data.path), ("--eval-data", cfg.data.eval_path)):
+        if path:
+            try:
+                read_manifest(path, cfg.data.s3_endpoint or None)
+            except (OSError, ValueError) as e:
+                raise ConfigError(f"{flag} {path}: {e}") from None
+
+
 def run(args: argparse.Namespace) -> int:
     from pipelines.cluster.checks import demands_of
     from pipelines.config.layers import dump_yaml, load_config
@@ -69,6 +82,8 @@ def run(args: argparse.Namespace) -> int:
         cfg, run_id = resume_config(args, overrides)
     else:
         cfg = load_config(args.method, None, overrides)
+    if not (args.address or "").startswith("http"):  # a job's paths are the cluster's to read
+        check_shards(cfg)
     if args.print_config:
         print(dump_yaml(cfg), end="")
         return 0

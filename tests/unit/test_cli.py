@@ -1,0 +1,82 @@
+"""The command line: help is light, errors are one line with exit code 2 (usage) or 1, never a
+traceback unless SSLPIPE_TRACEBACK=1."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipelines.cli import build_parser, main
+
+REPO = Path(__file__).resolve().parents[2]
+COMMANDS = ["pretrain", "shard", "eval", "embed", "register", "methods", "tune", "survey"]
+
+
+def test_help_of_every_command_imports_neither_torch_nor_ray():
+    code = (
+        "import sys\n"
+        "from pipelines.cli import main\n"
+        f"for cmd in [[]] + [[c] for c in {COMMANDS!r}]:\n"
+        "    try:\n"
+        "        main(cmd + ['--help'])\n"
+        "    except SystemExit as e:\n"
+        "        assert e.code == 0, (cmd, e.code)\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'ray', 'mlflow'}))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_every_option_has_help_and_renders():
+    parser = build_parser()
+    (sub,) = [a for a in parser._actions if a.dest == "command"]
+    assert sorted(sub.choices) == sorted(COMMANDS)
+    for name, p in sub.choices.items():
+        text = p.format_help()
+        assert "%%" not in text, name
+        for action in p._actions:
+            assert action.help, f"sslpipe {name} {action.option_strings or action.dest}: no help"
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0
+    assert capsys.readouterr().out.startswith("sslpipe ")
+
+
+def test_missing_config_file_names_it(tmp_path, capsys):
+    missing = tmp_path / "nope.yaml"
+    assert main(["pretrain", "--config", str(missing), "--print-config"]) == 2
+    err = capsys.readouterr().err
+    assert f"{missing}: No such file or directory" in err and "Traceback" not in err
+
+
+def test_data_that_is_not_a_shard_set_fails_before_anything_starts(tmp_path, capsys):
+    assert main(["pretrain", "--data", str(tmp_path / "none"), "--print-config"]) == 2
+    err = capsys.readouterr().err
+    assert f"--data {tmp_path / 'none'}: no _manifest.json" in err
+    assert "sslpipe shard SRC" in err  # says how to make one
+
+
+def test_unexpected_errors_are_one_line_unless_asked(tmp_path, monkeypatch, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [unclosed\n")
+    assert main(["pretrain", "--config", str(bad), "--print-config"]) == 2
+    assert "not valid YAML" in capsys.readouterr().err
+
+    def boom(args):
+        raise RuntimeError("the worker group died")
+
+    monkeypatch.setattr("pipelines.cli.methods.run", boom)
+    assert main(["methods"]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert err == [
+        "sslpipe methods: the worker group died",
+        "  (SSLPIPE_TRACEBACK=1 shows the traceback)",
+    ]
+    monkeypatch.setenv("SSLPIPE_TRACEBACK", "1")
+    with pytest.raises(RuntimeError, match="worker group died"):
+        main(["methods"])
