@@ -27,53 +27,25 @@ def random_init_encoders(cfg: Config, seeds: int) -> dict[str, torch.nn.Module]:
     return encoders
 
 
-def run_data_knn(cfg: Config, encoders: dict[str, torch.nn.Module]) -> dict[str, float]:
-    """kNN top-1 of each encoder on the run's own bank and queries (the product's
-    ``evaluate_knn``, as the run scores itself)."""
-    from pipelines.train.finish import evaluate_knn
-
-    split, classes = run_split(cfg)
-    return evaluate_knn(cfg, split, encoders, classes)
-
-
-def run_data_linear(cfg: Config, encoders: dict[str, torch.nn.Module]) -> dict[str, float]:
-    """Linear-probe top-1 of each encoder, trained on the run's bank features and scored on its
-    queries, with ``sslpipe eval linear``'s settings (``eval.linear_*``)."""
-    from pipelines.eval.probes import linear_probe_top1
-    from pipelines.train.finish import embed_eval_split
-
-    split, classes = run_split(cfg)
-    bank, bank_labels, queries, query_labels = embed_eval_split(cfg, split, encoders)
-    e = cfg.eval
-    return {
-        name: linear_probe_top1(
-            bank[name],
-            bank_labels,
-            queries[name],
-            query_labels,
-            classes,
-            e.linear_epochs,
-            e.linear_lr,
-            e.linear_weight_decay,
-            e.linear_batch_size,
-        )
-        for name in encoders
-    }
-
-
-def run_split(cfg: Config):
-    """The run's bank/query split and its number of classes."""
-    from pipelines.data.manifest import read_manifest
+def run_data_scores(
+    cfg: Config, encoders: dict[str, torch.nn.Module], linear: bool = False
+) -> dict[str, dict[str, float]]:
+    """Each encoder's kNN (and with ``linear`` linear-probe) top-1 on the run's own bank and
+    queries, scored as the run scores itself: ``evaluate_encoders`` with its ``eval.*``."""
+    from pipelines.eval.frozen import evaluate_encoders
     from pipelines.train.trainer import resolve_data
 
     split, _ = resolve_data(cfg)
-    return split, len(read_manifest(split.train)[0].class_names)
+    res = cfg.data.task_resources
+    return evaluate_encoders(encoders, split, cfg.eval, linear=linear, resources=res).top1
 
 
 def random_init_knn(cfg: Config, seeds: int) -> list[float]:
     """kNN top-1 of :func:`random_init_encoders` on the run's own bank and queries."""
-    accuracy = run_data_knn(cfg, random_init_encoders(cfg, seeds))
-    return [round(accuracy[f"seed{i}"], 4) for i in range(seeds)]
+    from pipelines.eval.frozen import KNN
+
+    top1 = run_data_scores(cfg, random_init_encoders(cfg, seeds))
+    return [round(top1[f"seed{i}"][KNN], 4) for i in range(seeds)]
 
 
 def plain_vit(cfg: Config) -> Config | None:

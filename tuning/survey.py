@@ -85,41 +85,15 @@ def survey_spec(opts: SurveyOptions) -> dict[str, Any]:
 
 def evaluate_trial(checkpoint_path: str) -> dict[str, float]:
     """kNN and linear-probe top-1 of a trial's final encoder (the run's ``eval.*`` settings)."""
-    from pipelines.data.manifest import read_manifest
-    from pipelines.eval.encoders import encoders_from_state, eval_image_size
-    from pipelines.eval.probes import embed, knn_top1, linear_probe_top1
-    from pipelines.eval.sets import split_views
+    from pipelines.eval.encoders import encoders_from_state
+    from pipelines.eval.frozen import evaluate_encoders
     from pipelines.train.trainer import resolve_data
     from tuning.trial import state_config
 
     state, cfg = state_config(checkpoint_path)
     split, _ = resolve_data(cfg)
-    classes = len(read_manifest(split.train)[0].class_names)
     encoders = encoders_from_state(cfg, state, random_init=False)
-    bank_ds, query_ds = split_views(
-        split,
-        eval_image_size(cfg),
-        cfg.eval.crop_fraction,
-        in_process_rows=cfg.eval.in_process_rows,
-    )
-    bank, bank_y = embed(encoders, bank_ds, cfg.eval.batch_size)
-    query, query_y = embed(encoders, query_ds, cfg.eval.batch_size)
-    e = cfg.eval
-    b, q = bank["trained"], query["trained"]
-    return {
-        "knn_top1": knn_top1(b, bank_y, q, query_y, classes, e.knn_k, e.knn_temperature),
-        "linear_top1": linear_probe_top1(
-            b,
-            bank_y,
-            q,
-            query_y,
-            classes,
-            e.linear_epochs,
-            e.linear_lr,
-            e.linear_weight_decay,
-            e.linear_batch_size,
-        ),
-    }
+    return evaluate_encoders(encoders, split, cfg.eval, linear=True).top1["trained"]
 
 
 def markdown_table(rows: list[dict[str, Any]], budget: int) -> str:

@@ -8,8 +8,8 @@ import pyarrow.parquet as pq
 
 from pipelines.config.schema import EvalConfig
 from pipelines.eval.encoders import load_registered
-from pipelines.eval.probes import embed, knn_top1, linear_probe_top1
-from pipelines.eval.sets import EvalSplit, split_views
+from pipelines.eval.frozen import KNN, LINEAR, embed, evaluate_encoders
+from pipelines.eval.sets import EvalSplit
 
 
 def _ray() -> None:
@@ -31,55 +31,24 @@ def evaluate_registered(
     kind: str, model_uri: str, tracking_uri: str, split: EvalSplit, cfg: EvalConfig
 ) -> dict[str, Any]:
     """kNN (k, T from ``cfg``) or linear-probe top-1 of a registered encoder."""
-    from pipelines.data.manifest import read_manifest
-
     if kind not in ("knn", "linear"):
         raise ValueError(f"evaluation {kind!r} is not one of ['knn', 'linear']")
     encoder = load_registered(model_uri, tracking_uri)
-    manifest, _, _ = read_manifest(split.train)
-    num_classes = len(manifest.class_names)
-    if num_classes < 2:
-        raise ValueError(f"{split.train}: evaluation needs labeled shards (2+ classes)")
-    local = cfg.in_process_rows
-    if max(manifest.total_rows, _rows(split.eval)) > local:
+    if max(_rows(split.train), _rows(split.eval)) > cfg.in_process_rows:
         _ray()
-    bank_ds, query_ds = split_views(
-        split, encoder.image_size, cfg.crop_fraction, in_process_rows=local
-    )
-    bank, bank_labels = embed({"e": encoder}, bank_ds, cfg.batch_size)
-    queries, query_labels = embed({"e": encoder}, query_ds, cfg.batch_size)
+    scores = evaluate_encoders({"e": encoder}, split, cfg, knn=kind == "knn", linear=kind != "knn")
     if kind == "knn":
-        top1 = knn_top1(
-            bank["e"],
-            bank_labels,
-            queries["e"],
-            query_labels,
-            num_classes,
-            cfg.knn_k,
-            cfg.knn_temperature,
-        )
         detail = f"weighted kNN, k={cfg.knn_k}, T={cfg.knn_temperature}"
     else:
-        top1 = linear_probe_top1(
-            bank["e"],
-            bank_labels,
-            queries["e"],
-            query_labels,
-            num_classes,
-            cfg.linear_epochs,
-            cfg.linear_lr,
-            cfg.linear_weight_decay,
-            cfg.linear_batch_size,
-        )
         detail = f"linear probe, {cfg.linear_epochs} epochs, lr {cfg.linear_lr}"
     return {
         "model": model_uri,
         "eval": kind,
-        "top1": top1,
+        "top1": scores.top1["e"][KNN if kind == "knn" else LINEAR],
         "detail": detail,
         "split": split.note,
-        "train_rows": len(bank_labels),
-        "test_rows": len(query_labels),
+        "train_rows": scores.bank_rows,
+        "test_rows": scores.query_rows,
     }
 
 

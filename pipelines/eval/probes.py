@@ -1,16 +1,14 @@
-"""Frozen-feature evaluation: weighted kNN, the linear probe, and the embedding pass.
+"""Frozen-feature evaluation maths: weighted kNN and the linear probe, on feature tensors.
 
 The kNN classifier is DINO's ``eval_knn`` (Wu et al. 2018): cosine similarity of L2-normalised
 features, the k nearest training features vote for their class with weight ``exp(sim / T)``.
 The linear probe is MAE's (He et al. 2022, arXiv:2111.06377, appendix A.2): a batch norm without
 affine parameters then a linear layer, trained with SGD on features computed once (no
-augmentation). The math needs only torch; the dataset pass iterates what it is handed.
+augmentation). Only torch: the embedding pass that feeds them is ``frozen.py``.
 """
 
 import math
-from collections.abc import Mapping
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -109,35 +107,3 @@ def linear_probe_top1(
     with torch.no_grad():
         preds = head(test_features.float()).argmax(1)
     return float((preds == test_labels).float().mean())
-
-
-@torch.no_grad()
-def embed(
-    encoders: Mapping[str, nn.Module],
-    ds,
-    batch_size: int = 256,
-    device: str = "cpu",
-    with_keys: bool = False,
-):
-    """Features of every image in ``ds`` (rows ``image`` uint8 (3, S, S), ``label``, optionally
-    ``key``) under each encoder, in one pass over the data.
-
-    Encoders take float images in [0, 1] (see ``ssl_models.export.Encoder``).
-    Returns ({name: (N, D)}, labels (N,)), plus the keys (N,) when ``with_keys``.
-    """
-    feats: dict[str, list[torch.Tensor]] = {name: [] for name in encoders}
-    labels, keys = [], []
-    for enc in encoders.values():
-        enc.eval().to(device, memory_format=torch.channels_last)
-    for batch in ds.iter_batches(batch_size=batch_size, batch_format="numpy"):
-        images = torch.tensor(batch["image"], device=device)  # a copy: Ray hands read-only arrays
-        images = images.float().div_(255).contiguous(memory_format=torch.channels_last)
-        for name, enc in encoders.items():
-            feats[name].append(enc(images).float().cpu())
-        labels.append(torch.from_numpy(np.asarray(batch["label"], dtype=np.int64)))
-        if with_keys:
-            keys.extend(str(k) for k in batch["key"])
-    if not labels:
-        raise ValueError("no images to embed (all rows filtered out or undecodable)")
-    out = ({n: torch.cat(f) for n, f in feats.items()}, torch.cat(labels))
-    return (*out, keys) if with_keys else out

@@ -10,40 +10,11 @@ import torch
 from pipelines.config.schema import Config
 from pipelines.data.manifest import Manifest
 from pipelines.eval.encoders import eval_image_size
-from pipelines.eval.probes import embed, knn_top1
-from pipelines.eval.sets import EvalSplit, split_views
+from pipelines.eval.frozen import KNN, evaluate_encoders
+from pipelines.eval.sets import EvalSplit
 from pipelines.tracking import runs as tracking
 from pipelines.tracking.metric_logger import MetricLogger
 from ssl_models.export import Encoder
-
-
-def embed_eval_split(
-    cfg: Config, split: EvalSplit, encoders: dict[str, Encoder]
-) -> tuple[dict[str, torch.Tensor], torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
-    """Each encoder's features of the bank (training rows) and of the queries (the eval split),
-    with their labels: ``(bank, bank_labels, queries, query_labels)``."""
-    bank_ds, query_ds = split_views(
-        split,
-        eval_image_size(cfg),
-        cfg.eval.crop_fraction,
-        resources=cfg.data.task_resources,
-        in_process_rows=cfg.eval.in_process_rows,
-    )
-    bank, bank_labels = embed(encoders, bank_ds, cfg.eval.batch_size)
-    queries, query_labels = embed(encoders, query_ds, cfg.eval.batch_size)
-    return bank, bank_labels, queries, query_labels
-
-
-def evaluate_knn(
-    cfg: Config, split: EvalSplit, encoders: dict[str, Encoder], num_classes: int
-) -> dict[str, float]:
-    """kNN top-1 of each encoder: bank from the training rows, queries from the eval split."""
-    bank, bank_labels, queries, query_labels = embed_eval_split(cfg, split, encoders)
-    k, t = cfg.eval.knn_k, cfg.eval.knn_temperature
-    return {
-        name: knn_top1(bank[name], bank_labels, queries[name], query_labels, num_classes, k, t)
-        for name in encoders
-    }
 
 
 def evaluate_and_log(
@@ -59,11 +30,12 @@ def evaluate_and_log(
     """Final kNN of the trained and random-init encoders; send every metric still pending
     (rank 0's unsent ones travel in the checkpoint) with the summary metrics."""
     summary_metrics: dict[str, float] = {"train_seconds": round(seconds, 1), **(extra or {})}
-    if manifest.class_names:
-        accuracy = evaluate_knn(cfg, split, encoders, len(manifest.class_names))
-        summary_metrics["knn_top1"] = accuracy["trained"]
-        if "random_init" in accuracy:
-            summary_metrics["knn_top1_random_init"] = accuracy["random_init"]
+    if len(manifest.class_names) >= 2:  # with one class every query is right: nothing to measure
+        res = cfg.data.task_resources
+        top1 = evaluate_encoders(encoders, split, cfg.eval, resources=res).top1
+        summary_metrics["knn_top1"] = top1["trained"][KNN]
+        if "random_init" in top1:
+            summary_metrics["knn_top1_random_init"] = top1["random_init"][KNN]
     metrics_log = MetricLogger(cfg.tracking.uri, run_id)
     metrics_log.requeue(state.get("pending_metrics", []))
     metrics_log.log(summary_metrics, state["step"])

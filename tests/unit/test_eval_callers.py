@@ -1,0 +1,70 @@
+"""Every place that scores frozen features gives the same numbers for the same encoder and data:
+the final evaluation of a run, ``sslpipe eval`` on the encoder as registered in MLflow, the
+survey on the run's checkpoint, and the benchmarks' random-init baseline."""
+
+import pytest
+import torch
+
+from pipelines.config.layers import load_config, parse_set
+from pipelines.config.typed import to_dict
+
+
+@pytest.fixture
+def run(tmp_path):
+    """A tiny run's config (embedded data, 10 classes), a checkpoint state that is not the
+    random init, and the encoders the run's end evaluates (trained and random init)."""
+    from pipelines.eval.encoders import encoders_from_state
+    from pipelines.train.model import build_method
+
+    cfg = load_config(
+        overrides=parse_set(
+            [
+                "backbone.width=0.125",
+                "method_args.proj_hidden_dim=64",
+                "data.embedded_train_per_class=20",
+                "data.embedded_test_per_class=5",
+                f"data.cache_dir={tmp_path / 'data'}",
+                f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
+                "eval.knn_k=10",
+                "eval.linear_epochs=5",
+            ]
+        )
+    )
+    torch.manual_seed(123)  # "trained": weights other than the random init's
+    state = {"model": build_method(cfg).state_dict(), "config": to_dict(cfg), "step": 0}
+    return cfg, state, encoders_from_state(cfg, state)
+
+
+def test_final_eval_offline_eval_survey_and_baseline_agree(run, tmp_path):
+    from benchmarks.baselines import random_init_encoders, run_data_scores
+    from pipelines.data.manifest import read_manifest
+    from pipelines.eval.encoders import eval_image_size
+    from pipelines.eval.offline import evaluate_registered
+    from pipelines.tracking import runs as tracking
+    from pipelines.train.checkpoint import save_state
+    from pipelines.train.finish import evaluate_and_log
+    from pipelines.train.trainer import resolve_data
+    from tuning.survey import evaluate_trial
+
+    cfg, state, encoders = run
+    split, _ = resolve_data(cfg)
+    manifest = read_manifest(split.train)[0]
+    run_id = tracking.start_run(cfg, "r")
+    final = evaluate_and_log(cfg, split, manifest, state, encoders, run_id, 1.0)
+    # the two encoders must score apart, or a mix-up between them would go unseen
+    assert final["knn_top1"] != final["knn_top1_random_init"]
+
+    size = eval_image_size(cfg)
+    image = torch.rand(2, 3, size, size).numpy()
+    model_uri = tracking.log_encoder(run_id, cfg.tracking.uri, encoders["trained"], image)
+    knn = evaluate_registered("knn", model_uri, cfg.tracking.uri, split, cfg.eval)
+    linear = evaluate_registered("linear", model_uri, cfg.tracking.uri, split, cfg.eval)
+    assert knn["top1"] == final["knn_top1"]
+    assert (knn["train_rows"], knn["test_rows"]) == (200, 50)  # 20 and 5 per class
+
+    save_state(tmp_path, state)
+    survey = evaluate_trial(str(tmp_path))
+    assert survey == {"knn_top1": final["knn_top1"], "linear_top1": linear["top1"]}
+
+    baseline = run_data_scores(cfg, random_init_encoders(cfg, 1))  # seed0: the run's init
+    assert baseline["seed0"]["knn_top1"] == final["knn_top1_random_init"]
