@@ -16,6 +16,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description="Pretrain an encoder on Ray, track it in MLflow, register it.",
     )
     p.add_argument("--method", choices=recipe_names(), help="method key (default: simclr)")
+    p.add_argument(
+        "--profile",
+        choices=["laptop", "paper"],
+        help="laptop: the CPU-sized profile (small ResNet, 32-pixel views); paper: the method's "
+        "published recipe (ResNet-50 or ViT, 224-pixel views). Default: laptop without --data, "
+        "paper with it",
+    )
     flags.add_data(p)
     flags.add_training(p)
     flags.add_config(p)
@@ -56,6 +63,19 @@ def resume_config(args: argparse.Namespace, overrides: dict):
     return build_config(deep_merge(data, overrides)), run.info.run_id
 
 
+def profile_line(cfg) -> str:
+    """Which profile applies and its headline settings, said before anything starts."""
+    b, t = cfg.backbone, cfg.train
+    net = b.name if b.width == 1 else f"{b.name} ×{b.width:g}"
+    sizes = "/".join(str(g.size) for g in cfg.views.groups.values())
+    other = "paper" if cfg.profile == "laptop" else "laptop"
+    return (
+        f"sslpipe pretrain: {cfg.method}, {cfg.profile} profile: {net}, {sizes}-pixel views, "
+        f"batch {t.batch_size}, {t.epochs} epochs, {t.workers} workers "
+        f"(--profile {other} for the {other} settings)"
+    )
+
+
 def check_shards(cfg) -> None:
     """``--data`` / ``--eval-data`` must be shard sets, checked before Ray or MLflow start."""
     from pipelines.config.typed import ConfigError
@@ -74,6 +94,8 @@ def run(args: argparse.Namespace) -> int:
     from pipelines.config.layers import dump_yaml, load_config
 
     overrides = flags.overrides(args)
+    if args.profile:
+        overrides["profile"] = args.profile
     run_id = None
     if args.resume and args.address and args.address.startswith("http") and not args.print_config:
         # the stopped run's config lives in its MLflow run, which the cluster reaches
@@ -87,6 +109,7 @@ def run(args: argparse.Namespace) -> int:
     if args.print_config:
         print(dump_yaml(cfg), end="")
         return 0
+    print(profile_line(cfg), flush=True)
     outputs = {"--storage": cfg.train.storage, "--tracking-uri": cfg.tracking.uri}
     exit_code = submit_or_connect(args, args.argv, demands_of(cfg), outputs)
     if exit_code is not None:  # ran as a Ray job

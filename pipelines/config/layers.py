@@ -1,7 +1,8 @@
 """The YAML layers a run's config is resolved from, in order, each overriding the one before:
 
 1. the method's recipe (``recipes/<method>.yaml``, the paper's settings);
-2. the laptop profile (``recipes/embedded.yaml``), only when no data path is given;
+2. the laptop profile (``recipes/embedded.yaml``): ``profile: laptop``, the default when no data
+   path is given (``paper``, the recipe alone, is the default with one);
 3. the user's ``--config`` file;
 4. ``--set key=value`` pairs and flags.
 
@@ -126,6 +127,9 @@ def build_config(data: dict[str, Any]) -> Config:
     return cfg
 
 
+PROFILES = ("laptop", "paper")
+
+
 def load_config(
     method: str | None = None,
     config_file: str | None = None,
@@ -138,6 +142,11 @@ def load_config(
     check_method(chosen)
     user["method"] = chosen
     data = recipe(chosen)
-    if not user.get("data", {}).get("path") and not data.get("data", {}).get("path"):
+    has_data = user.get("data", {}).get("path") or data.get("data", {}).get("path")
+    profile = user.get("profile") or ("paper" if has_data else "laptop")
+    if profile not in PROFILES:
+        raise ConfigError(f"config key 'profile': {profile!r} is not one of {sorted(PROFILES)}")
+    if profile == "laptop":
         data = deep_merge(data, embedded_profile(chosen, data))
+    user["profile"] = profile
     return build_config(deep_merge(data, user))

@@ -155,6 +155,9 @@ class TrackingConfig:
 @dataclass(frozen=True)
 class Config:
     method: str = "simclr"  # a key of ssl_models.registry.METHODS
+    # which settings lie under the user's: the paper's recipe alone, or the laptop profile over it
+    # (CPU-sized network and views); default laptop without data.path, paper with it
+    profile: Literal["laptop", "paper"] = "paper"
     method_args: Any = None  # the method's own frozen dataclass (e.g. SimCLRConfig)
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     views: ViewsConfig = field(default_factory=ViewsConfig)

@@ -63,3 +63,20 @@ def test_rotnet_on_the_rotation_invariant_embedded_set_warns(tmp_path, caplog, m
     with caplog.at_level("WARNING"):
         resolve_data(cfg)
     assert ("random rotations" in caplog.text) == warned
+
+
+def test_profile_defaults_to_laptop_without_data_and_paper_with_it():
+    assert load_config("simclr").profile == "laptop"
+    paper = load_config("simclr", None, {"data": {"path": "shards"}})
+    assert paper.profile == "paper" and paper.backbone.name == "resnet50"
+    # a laptop user trains the laptop profile on their own images
+    laptop = load_config("byol", None, {"data": {"path": "shards"}, "profile": "laptop"})
+    assert laptop.profile == "laptop"
+    assert (laptop.backbone.name, laptop.backbone.width, laptop.data.path) == (
+        "resnet18",
+        0.25,
+        "shards",
+    )
+    assert load_config("simclr", None, {"profile": "paper"}).backbone.name == "resnet50"
+    with pytest.raises(ConfigError, match="'profile': 'desk' is not one of"):
+        load_config("simclr", None, {"profile": "desk"})
