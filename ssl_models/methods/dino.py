@@ -34,7 +34,7 @@ from ssl_models.losses import (
     teacher_temperature_per_epoch,
 )
 from ssl_models.methods.base import Progress, SSLMethod, view_group
-from ssl_models.momentum import cosine_momentum, momentum_copy, update_momentum
+from ssl_models.momentum import momentum_copy
 
 
 @dataclass(frozen=True)
@@ -87,6 +87,8 @@ class DINO(SSLMethod):
         )
         self.teacher_backbone = momentum_copy(self.backbone)
         self.teacher_head = momentum_copy(self.head)
+        self.momentum_schedule = (cfg.momentum, cfg.momentum_final)
+        self.frozen_epochs = cfg.freeze_last_layer_epochs
         self.center = DINOCenter(cfg.out_dim, cfg.center_momentum)
         # set per step by on_step_start from the schedule; a pure function of the step, so a
         # resumed run recomputes it
@@ -132,8 +134,11 @@ class DINO(SSLMethod):
             out["koleo_loss"] = koleo.detach()
         return {"loss": loss, **out}
 
-    def momentum(self, progress: Progress) -> float:
-        return cosine_momentum(progress.fraction, self.cfg.momentum, self.cfg.momentum_final)
+    def momentum_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
+        return [(self.backbone, self.teacher_backbone), (self.head, self.teacher_head)]
+
+    def frozen_modules(self) -> list[nn.Module]:
+        return [self.head.last_layer]
 
     def on_step_start(self, progress: Progress) -> dict[str, float]:
         # once per epoch, as the reference's teacher_temp_schedule[epoch]
@@ -143,18 +148,9 @@ class DINO(SSLMethod):
             self.cfg.teacher_temp,
             self.cfg.warmup_teacher_temp_epochs,
         )
-        return {"momentum": self.momentum(progress), "teacher_temp": self.teacher_temp}
-
-    def on_after_backward(self, progress: Progress) -> None:
-        if progress.epoch < self.cfg.freeze_last_layer_epochs:
-            # no gradient, so no update at all (not even weight decay or momentum), as the
-            # reference's cancel_gradients_last_layer
-            for p in self.head.last_layer.parameters():
-                p.grad = None
+        return {**super().on_step_start(progress), "teacher_temp": self.teacher_temp}
 
     @torch.no_grad()
     def on_step_end(self, outputs: dict[str, torch.Tensor], progress: Progress) -> None:
-        m = self.momentum(progress)
-        update_momentum(self.backbone, self.teacher_backbone, m)
-        update_momentum(self.head, self.teacher_head, m)
+        super().on_step_end(outputs, progress)  # the teacher's EMA
         self.center.update(outputs["teacher_output"])

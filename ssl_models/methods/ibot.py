@@ -39,7 +39,7 @@ from ssl_models.losses import (
 )
 from ssl_models.methods.base import Progress, SSLMethod, view_group
 from ssl_models.methods.single_view import require_vit
-from ssl_models.momentum import cosine_momentum, momentum_copy, update_momentum
+from ssl_models.momentum import momentum_copy
 
 
 @dataclass(frozen=True)
@@ -118,6 +118,8 @@ class IBOT(SSLMethod):
         self.teacher_patch_last_layer = (
             None if self.patch_last_layer is None else momentum_copy(self.patch_last_layer)
         )
+        self.momentum_schedule = (cfg.momentum, cfg.momentum_final)
+        self.frozen_epochs = cfg.freeze_last_layer_epochs
         self.center = DINOCenter(cfg.out_dim, cfg.center_momentum)
         self.patch_center = DINOCenter(cfg.patch_out_dim, cfg.center_momentum_patch)
         # schedule-driven, set by on_step_start from the step (a resumed run recomputes them)
@@ -225,8 +227,14 @@ class IBOT(SSLMethod):
             outputs, temperature, self.cfg.sinkhorn_iterations, self.cfg.gather_distributed
         )
 
-    def momentum(self, progress: Progress) -> float:
-        return cosine_momentum(progress.fraction, self.cfg.momentum, self.cfg.momentum_final)
+    def momentum_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
+        pairs = [(self.backbone, self.teacher_backbone), (self.head, self.teacher_head)]
+        if self.patch_last_layer is not None:
+            pairs.append((self.patch_last_layer, self.teacher_patch_last_layer))
+        return pairs
+
+    def frozen_modules(self) -> list[nn.Module]:
+        return [m for m in (self.head.last_layer, self.patch_last_layer) if m is not None]
 
     def on_step_start(self, progress: Progress) -> dict[str, float]:
         self.rng = step_generator(self.seed, progress.step)
@@ -238,25 +246,11 @@ class IBOT(SSLMethod):
         self.teacher_patch_temp = teacher_temperature_per_epoch(
             epoch, c.warmup_teacher_patch_temp, c.teacher_patch_temp, c.warmup_teacher_temp_epochs
         )
-        return {"momentum": self.momentum(progress), "teacher_temp": self.teacher_temp}
-
-    def last_layers(self) -> list[nn.Module]:
-        return [m for m in (self.head.last_layer, self.patch_last_layer) if m is not None]
-
-    def on_after_backward(self, progress: Progress) -> None:
-        if progress.epoch < self.cfg.freeze_last_layer_epochs:
-            # as the reference's cancel_gradients_last_layer: no update at all
-            for layer in self.last_layers():
-                for p in layer.parameters():
-                    p.grad = None
+        return {**super().on_step_start(progress), "teacher_temp": self.teacher_temp}
 
     @torch.no_grad()
     def on_step_end(self, outputs: dict[str, torch.Tensor], progress: Progress) -> None:
-        m = self.momentum(progress)
-        update_momentum(self.backbone, self.teacher_backbone, m)
-        update_momentum(self.head, self.teacher_head, m)
-        if self.patch_last_layer is not None:
-            update_momentum(self.patch_last_layer, self.teacher_patch_last_layer, m)
+        super().on_step_end(outputs, progress)  # the teacher's EMA
         self.center.update(outputs["teacher_output"])
         # the mean over every patch of every image (the reference's mean over patches, then
         # over images: the same, all images having L patches)

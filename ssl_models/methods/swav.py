@@ -64,6 +64,7 @@ class SwAV(SSLMethod):
             last_bias=not cfg.proj_last_batch_norm,
         )
         self.prototypes = Prototypes(cfg.proj_dim, cfg.num_prototypes)
+        self.frozen_epochs = cfg.freeze_prototypes_epochs
         # newest first; rows beyond queue_filled are empty
         self.register_buffer(
             "queue", torch.zeros(cfg.crops_for_assign, cfg.queue_length, cfg.proj_dim)
@@ -117,17 +118,13 @@ class SwAV(SSLMethod):
             "embeddings": embeddings,
         }
 
-    def freeze_prototypes_steps(self, progress: Progress) -> int:
-        return round(self.cfg.freeze_prototypes_epochs * progress.steps_per_epoch)
+    def frozen_modules(self) -> list[nn.Module]:
+        return [self.prototypes]
 
     @torch.no_grad()
     def on_step_start(self, progress: Progress) -> dict[str, float]:
         self.prototypes.normalize_()
         return {}
-
-    def on_after_backward(self, progress: Progress) -> None:
-        if progress.step < self.freeze_prototypes_steps(progress):
-            self.prototypes.weight.grad = None
 
     @torch.no_grad()
     def on_step_end(self, outputs: dict[str, torch.Tensor], progress: Progress) -> None:
