@@ -18,7 +18,7 @@ HEADS = dict(out_dim=64, patch_out_dim=64, hidden_dim=32, bottleneck_dim=16)
 VARIANTS = {  # id -> (key, config overrides)
     "ibot": ("ibot", {}),
     "ibot_separate": ("ibot", dict(shared_head=False, patch_out_dim=32)),
-    "ibot_sinkhorn_koleo": ("ibot", dict(centering="sinkhorn_knopp", koleo_weight=0.1)),
+    "ibot_koleo": ("ibot", dict(koleo_weight=0.1)),
     "dino_v2": ("dino_v2", dict(patch_out_dim=32)),
     "dino_v2_shared": ("dino_v2", dict(separate_head=False)),
 }
@@ -29,7 +29,7 @@ PAIRS = {
         ("head", "teacher_head"),
         ("patch_last_layer", "teacher_patch_last_layer"),
     ],
-    "ibot_sinkhorn_koleo": [("backbone", "teacher_backbone"), ("head", "teacher_head")],
+    "ibot_koleo": [("backbone", "teacher_backbone"), ("head", "teacher_head")],
     "dino_v2": [
         ("backbone", "teacher_backbone"),
         ("head", "teacher_head"),
