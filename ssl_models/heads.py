@@ -48,7 +48,7 @@ class DINOHead(nn.Module):
     normalisation, then a weight-normalised linear layer without bias whose per-output norm
     ``g`` starts at 1. With ``norm_last_layer`` that norm stays 1 (not trained), so the output is
     the cosine similarity to ``out_dim`` learned directions: more stable, as the reference notes.
-    The MLP's weights start truncated-normal with ``init_std`` (the reference's 0.02).
+    The MLP's weights start truncated-normal with std 0.02, as the reference's.
     Reused by iBOT (whose patch tokens may get a second last layer, :func:`normed_last_layer`)
     and DINOv2.
     """
@@ -62,7 +62,6 @@ class DINOHead(nn.Module):
         num_layers: int = 3,
         use_bn: bool = False,
         norm_last_layer: bool = True,
-        init_std: float = 0.02,
     ) -> None:
         super().__init__()
         self.mlp = mlp(
@@ -70,7 +69,7 @@ class DINOHead(nn.Module):
         )
         for m in self.mlp.modules():
             if isinstance(m, nn.Linear):
-                nn.init.trunc_normal_(m.weight, std=init_std)
+                nn.init.trunc_normal_(m.weight, std=0.02)
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
         # The last layer keeps nn.Linear's default initialisation, as the reference (it is

@@ -3,13 +3,26 @@
 A method is an ``nn.Module`` whose ``forward(batch)`` returns a dict holding ``loss`` and the
 terms worth logging. State that changes outside gradient descent (EMA teachers, centres, queues,
 temperatures) is changed by the explicit hooks below, called by the training step, never as a
-side effect of ``forward``.
+side effect of ``forward``. The step calls them in this order:
+``on_step_start → forward → backward → on_after_backward → optimizer step → on_step_end``.
+
+Two rules several methods share are declared once and applied by the base hooks:
+
+- momentum networks: :meth:`SSLMethod.momentum_pairs` lists (online, EMA copy) pairs and
+  ``momentum_schedule`` their momentum; ``on_step_end`` moves every copy towards its online
+  module after the optimizer step (MoCo, BYOL, DINO, iBOT, DINOv2; solo-learn's
+  ``momentum_pairs``);
+- layers frozen at the start: :meth:`SSLMethod.frozen_modules` get no update during the first
+  ``frozen_epochs`` (DINO's, iBOT's and DINOv2's last layer, SwAV's prototypes):
+  ``on_after_backward`` drops their gradients.
 """
 
 from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+from ssl_models.momentum import cosine_momentum, update_momentum
 
 
 @dataclass(frozen=True)
@@ -41,6 +54,11 @@ class SSLMethod(nn.Module):
     #: parameters, by full name, that keep no weight decay besides biases and norms (the
     #: references' ``no_weight_decay()``, e.g. SimMIM's [CLS] token and position tables)
     no_weight_decay: tuple[str, ...] = ()
+    #: EMA momentum at the first and the last step of training, joined by a half cosine (BYOL,
+    #: Grill et al. 2020, arXiv:2006.07733, eq. 3); equal values keep it constant (MoCo v1/v2)
+    momentum_schedule: tuple[float, float] = (1.0, 1.0)
+    #: epochs from the start of training during which :meth:`frozen_modules` get no update
+    frozen_epochs: float = 0.0
 
     @property
     def encoder(self) -> nn.Module:
@@ -49,16 +67,47 @@ class SSLMethod(nn.Module):
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
+    def momentum_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
+        """(online module, its EMA copy) pairs that :meth:`on_step_end` updates; none here."""
+        return []
+
+    def frozen_modules(self) -> list[nn.Module]:
+        """Modules that get no update during the first ``frozen_epochs``; none here."""
+        return []
+
+    def momentum(self, progress: Progress) -> float:
+        """The EMA momentum m of this step, from ``momentum_schedule``."""
+        return cosine_momentum(progress.fraction, *self.momentum_schedule)
+
+    def is_frozen(self, progress: Progress) -> bool:
+        """Whether :meth:`frozen_modules` are still frozen at this step; fractional epochs
+        count whole steps (SwAV's 313 iterations)."""
+        return progress.step < round(self.frozen_epochs * progress.steps_per_epoch)
+
     def on_step_start(self, progress: Progress) -> dict[str, float]:
-        """Set schedule-driven state before the forward pass; return values worth logging."""
-        return {}
+        """Set schedule-driven state before the forward pass; return values worth logging (the
+        momentum, for methods with momentum pairs). Overrides extend this one's dict."""
+        return {"momentum": self.momentum(progress)} if self.momentum_pairs() else {}
 
     def on_after_backward(self, progress: Progress) -> None:
-        """Edit gradients before the optimizer step (frozen layers in their first epoch)."""
+        """Edit gradients before the optimizer step: while frozen, the frozen modules' gradients
+        are dropped, so the optimizer skips them entirely (no update, no weight decay, no
+        momentum), as DINO's ``cancel_gradients_last_layer``."""
+        if self.is_frozen(progress):
+            for module in self.frozen_modules():
+                for p in module.parameters():
+                    p.grad = None
 
     @torch.no_grad()
     def on_step_end(self, outputs: dict[str, torch.Tensor], progress: Progress) -> None:
-        """Update non-gradient state after the optimizer step (EMA, centres, queues)."""
+        """Update non-gradient state after the optimizer step: here every momentum pair's
+        ``copy ← m·copy + (1 − m)·online``; overrides call this first, then update centres and
+        queues."""
+        pairs = self.momentum_pairs()
+        if pairs:
+            m = self.momentum(progress)
+            for online, ema in pairs:
+                update_momentum(online, ema, m)
 
 
 def view_group(

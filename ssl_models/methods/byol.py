@@ -13,8 +13,8 @@ from torch import nn
 
 from ssl_models.heads import mlp
 from ssl_models.losses import byol_loss
-from ssl_models.methods.base import Progress, SSLMethod, view_group
-from ssl_models.momentum import cosine_momentum, momentum_copy, update_momentum
+from ssl_models.methods.base import SSLMethod, view_group
+from ssl_models.momentum import momentum_copy
 
 
 @dataclass(frozen=True)
@@ -37,9 +37,10 @@ class BYOL(SSLMethod):
         self.predictor = mlp(cfg.proj_dim, cfg.pred_hidden_dim, cfg.proj_dim, 2)
         self.backbone_target = momentum_copy(self.backbone)
         self.projector_target = momentum_copy(self.projector)
+        self.momentum_schedule = (cfg.momentum, cfg.momentum_final)
 
-    def momentum(self, progress: Progress) -> float:
-        return cosine_momentum(progress.fraction, self.cfg.momentum, self.cfg.momentum_final)
+    def momentum_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
+        return [(self.backbone, self.backbone_target), (self.projector, self.projector_target)]
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         views = view_group(batch, "global", "BYOL", count=2)
@@ -50,12 +51,3 @@ class BYOL(SSLMethod):
             z1 = self.projector_target(self.backbone_target(x1))  # (B, D)
             z2 = self.projector_target(self.backbone_target(x2))
         return {"loss": byol_loss(p1, z2) + byol_loss(p2, z1)}
-
-    def on_step_start(self, progress: Progress) -> dict[str, float]:
-        return {"momentum": self.momentum(progress)}
-
-    @torch.no_grad()
-    def on_step_end(self, outputs: dict[str, torch.Tensor], progress: Progress) -> None:
-        m = self.momentum(progress)
-        update_momentum(self.backbone, self.backbone_target, m)
-        update_momentum(self.projector, self.projector_target, m)

@@ -7,19 +7,15 @@ warmed up from 0.04 to 0.07); the student's is softened by 0.1. The loss is the 
 over every (teacher crop, other student crop) pair. The head's last layer is frozen during the
 first epoch. The exported encoder is the teacher's backbone, the one DINO evaluates.
 
-``centering: sinkhorn_knopp`` (not DINO's recipe) makes the teacher's targets Sinkhorn-Knopp
-codes over the global batch (ε = the teacher temperature, 3 iterations), DINOv2's replacement
-for the centre (Oquab et al. 2024, §4): the codes share the batch over the prototypes. At
-laptop size it does not stop the head's collapse (BENCHMARKS.md): balanced codes of nearly
-equal scores are nearly uniform. ``koleo_weight`` (not DINO's recipe either) adds DINOv2's KoLeo
-regulariser on the student's backbone features of each global crop, as iBOT's option does.
+``koleo_weight`` (not DINO's recipe) adds DINOv2's KoLeo regulariser (Oquab et al. 2024,
+arXiv:2304.07193) on the student's backbone features of each global crop, as iBOT's option
+does; the laptop profile uses it, where the small head's output goes nearly uniform.
 
 As the reference's ``MultiCropWrapper``, crops of one resolution go through the backbone together
 (global crops in one batch, local crops in another), then the head sees all crops at once.
 """
 
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 from torch import nn
@@ -28,13 +24,11 @@ from ssl_models.heads import DINOHead
 from ssl_models.losses import (
     DINOCenter,
     dino_loss,
-    dino_loss_from_targets,
     koleo_loss_per_crop,
-    sinkhorn,
     teacher_temperature_per_epoch,
 )
 from ssl_models.methods.base import Progress, SSLMethod, view_group
-from ssl_models.momentum import cosine_momentum, momentum_copy, update_momentum
+from ssl_models.momentum import momentum_copy
 
 
 @dataclass(frozen=True)
@@ -43,7 +37,8 @@ class DINOConfig:
     hidden_dim: int = 2048  # the head's MLP width
     bottleneck_dim: int = 256  # the L2-normalised bottleneck before the last layer
     head_layers: int = 3  # linear layers before the bottleneck
-    use_bn_in_head: bool = False  # the reference's default, also for ResNet-50
+    # the reference's default; its released ResNet-50 (and the laptop profile) set it
+    use_bn_in_head: bool = False
     norm_last_layer: bool = True  # fix the last layer's weight norm to 1: more stable
     student_temp: float = 0.1
     warmup_teacher_temp: float = 0.04  # teacher temperature at the start
@@ -53,10 +48,6 @@ class DINOConfig:
     momentum: float = 0.996  # teacher EMA at the start, cosine to momentum_final
     momentum_final: float = 1.0
     freeze_last_layer_epochs: int = 1  # the last layer gets no update for this many epochs
-    head_init_std: float = 0.02  # the head MLP's truncated-normal init, the reference's
-    centering: Literal["centre", "sinkhorn_knopp"] = "centre"  # the teacher's targets
-    sinkhorn_iterations: int = 3  # with centering: sinkhorn_knopp
-    gather_distributed: bool = True  # Sinkhorn over the global batch, as DINOv2
     koleo_weight: float = 0.0  # DINOv2: 0.1, on the student's backbone features per global crop
 
 
@@ -69,10 +60,6 @@ class DINO(SSLMethod):
 
     def __init__(self, backbone: nn.Module, cfg: DINOConfig) -> None:
         super().__init__()
-        if cfg.centering not in ("centre", "sinkhorn_knopp"):
-            raise ValueError(
-                f"dino: centering must be centre|sinkhorn_knopp, got {cfg.centering!r}"
-            )
         self.cfg = cfg
         self.backbone = backbone
         self.head = DINOHead(
@@ -83,10 +70,11 @@ class DINO(SSLMethod):
             cfg.head_layers,
             cfg.use_bn_in_head,
             cfg.norm_last_layer,
-            cfg.head_init_std,
         )
         self.teacher_backbone = momentum_copy(self.backbone)
         self.teacher_head = momentum_copy(self.head)
+        self.momentum_schedule = (cfg.momentum, cfg.momentum_final)
+        self.frozen_epochs = cfg.freeze_last_layer_epochs
         self.center = DINOCenter(cfg.out_dim, cfg.center_momentum)
         # set per step by on_step_start from the schedule; a pure function of the step, so a
         # resumed run recomputes it
@@ -108,23 +96,13 @@ class DINO(SSLMethod):
         features = torch.cat([global_features] + [self.backbone(x) for x in crops[1:]])
         student_out = self.head(features)  # ((2 + L)B, K)
 
-        students = student_out.chunk(n_global + n_local)
-        if self.cfg.centering == "sinkhorn_knopp":
-            codes = sinkhorn(
-                teacher_out,
-                self.teacher_temp,
-                self.cfg.sinkhorn_iterations,
-                self.cfg.gather_distributed,
-            )
-            loss = dino_loss_from_targets(students, codes.chunk(n_global), self.cfg.student_temp)
-        else:
-            loss = dino_loss(
-                students,
-                teacher_out.chunk(n_global),
-                self.center.center,
-                self.cfg.student_temp,
-                self.teacher_temp,
-            )
+        loss = dino_loss(
+            student_out.chunk(n_global + n_local),
+            teacher_out.chunk(n_global),
+            self.center.center,
+            self.cfg.student_temp,
+            self.teacher_temp,
+        )
         out = {"teacher_output": teacher_out}
         if self.cfg.koleo_weight:
             koleo = koleo_loss_per_crop(global_features, n_global)
@@ -132,8 +110,11 @@ class DINO(SSLMethod):
             out["koleo_loss"] = koleo.detach()
         return {"loss": loss, **out}
 
-    def momentum(self, progress: Progress) -> float:
-        return cosine_momentum(progress.fraction, self.cfg.momentum, self.cfg.momentum_final)
+    def momentum_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
+        return [(self.backbone, self.teacher_backbone), (self.head, self.teacher_head)]
+
+    def frozen_modules(self) -> list[nn.Module]:
+        return [self.head.last_layer]
 
     def on_step_start(self, progress: Progress) -> dict[str, float]:
         # once per epoch, as the reference's teacher_temp_schedule[epoch]
@@ -143,18 +124,9 @@ class DINO(SSLMethod):
             self.cfg.teacher_temp,
             self.cfg.warmup_teacher_temp_epochs,
         )
-        return {"momentum": self.momentum(progress), "teacher_temp": self.teacher_temp}
-
-    def on_after_backward(self, progress: Progress) -> None:
-        if progress.epoch < self.cfg.freeze_last_layer_epochs:
-            # no gradient, so no update at all (not even weight decay or momentum), as the
-            # reference's cancel_gradients_last_layer
-            for p in self.head.last_layer.parameters():
-                p.grad = None
+        return {**super().on_step_start(progress), "teacher_temp": self.teacher_temp}
 
     @torch.no_grad()
     def on_step_end(self, outputs: dict[str, torch.Tensor], progress: Progress) -> None:
-        m = self.momentum(progress)
-        update_momentum(self.backbone, self.teacher_backbone, m)
-        update_momentum(self.head, self.teacher_head, m)
+        super().on_step_end(outputs, progress)  # the teacher's EMA
         self.center.update(outputs["teacher_output"])

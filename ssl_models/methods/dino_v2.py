@@ -37,7 +37,7 @@ from ssl_models.losses import (
 )
 from ssl_models.methods.base import Progress, SSLMethod, view_group
 from ssl_models.methods.single_view import require_vit
-from ssl_models.momentum import cosine_momentum, momentum_copy, update_momentum
+from ssl_models.momentum import momentum_copy
 
 
 @dataclass(frozen=True)
@@ -90,6 +90,8 @@ class DINOv2(SSLMethod):
         self.teacher_patch_head = (
             None if self.patch_head is None else momentum_copy(self.patch_head)
         )
+        self.momentum_schedule = (cfg.momentum, cfg.momentum_final)
+        self.frozen_epochs = cfg.freeze_last_layer_epochs
         self.teacher_temp = cfg.warmup_teacher_temp  # set per step by on_step_start
         self.seed = torch.initial_seed()
         self.rng = step_generator(self.seed, 0)
@@ -151,8 +153,14 @@ class DINOv2(SSLMethod):
             "masked_fraction": masks.float().mean(),
         }
 
-    def momentum(self, progress: Progress) -> float:
-        return cosine_momentum(progress.fraction, self.cfg.momentum, self.cfg.momentum_final)
+    def momentum_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
+        pairs = [(self.backbone, self.teacher_backbone), (self.head, self.teacher_head)]
+        if self.patch_head is not None:
+            pairs.append((self.patch_head, self.teacher_patch_head))
+        return pairs
+
+    def frozen_modules(self) -> list[nn.Module]:
+        return [h.last_layer for h in (self.head, self.patch_head) if h is not None]
 
     def on_step_start(self, progress: Progress) -> dict[str, float]:
         self.rng = step_generator(self.seed, progress.step)
@@ -161,19 +169,4 @@ class DINOv2(SSLMethod):
         self.teacher_temp = teacher_temperature(
             epoch, c.warmup_teacher_temp, c.teacher_temp, c.warmup_teacher_temp_epochs
         )
-        return {"momentum": self.momentum(progress), "teacher_temp": self.teacher_temp}
-
-    def on_after_backward(self, progress: Progress) -> None:
-        if progress.epoch < self.cfg.freeze_last_layer_epochs:
-            for head in (self.head, self.patch_head):
-                if head is not None:
-                    for p in head.last_layer.parameters():
-                        p.grad = None
-
-    @torch.no_grad()
-    def on_step_end(self, outputs: dict[str, torch.Tensor], progress: Progress) -> None:
-        m = self.momentum(progress)
-        update_momentum(self.backbone, self.teacher_backbone, m)
-        update_momentum(self.head, self.teacher_head, m)
-        if self.patch_head is not None:
-            update_momentum(self.patch_head, self.teacher_patch_head, m)
+        return {**super().on_step_start(progress), "teacher_temp": self.teacher_temp}

@@ -11,35 +11,28 @@ temperature. Local crops reach the student unmasked and only through [CLS].
 Reuses DINO's head, loss, centre and temperature schedule; the exported encoder is the
 teacher's backbone, as the reference's ``backbone (t)`` checkpoints.
 
-Two options that are not iBOT's recipe, both off by default, carry DINOv2's answers to the
-same head (Oquab et al. 2024, §4): ``centering: sinkhorn_knopp`` makes the teacher's [CLS] and
-patch targets Sinkhorn-Knopp codes over the global batch (ε = the teacher temperature) instead
-of centred softmaxes, and ``koleo_weight`` adds the KoLeo regulariser on the student's backbone
-[CLS] of each global crop.
+``koleo_weight`` (not iBOT's recipe, off by default) adds DINOv2's KoLeo regulariser (Oquab et
+al. 2024, arXiv:2304.07193) on the student's backbone [CLS] of each global crop; the laptop
+profile uses it, where the small [CLS] head's output goes nearly uniform.
 """
 
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 from torch import nn
 
-from ssl_models import distributed
 from ssl_models.backbones.masking import ibot_mask_counts, step_generator, variable_block_masking
 from ssl_models.heads import DINOHead, normed_last_layer
 from ssl_models.losses import (
     DINOCenter,
     dino_loss,
-    dino_loss_from_targets,
     ibot_loss,
     koleo_loss_per_crop,
-    masked_patch_loss,
-    sinkhorn,
     teacher_temperature_per_epoch,
 )
 from ssl_models.methods.base import Progress, SSLMethod, view_group
 from ssl_models.methods.single_view import require_vit
-from ssl_models.momentum import cosine_momentum, momentum_copy, update_momentum
+from ssl_models.momentum import momentum_copy
 
 
 @dataclass(frozen=True)
@@ -50,7 +43,6 @@ class IBOTConfig:
     hidden_dim: int = 2048  # the head's MLP width (the MLP is shared in either case)
     bottleneck_dim: int = 256  # the L2-normalised bottleneck before the last layer
     head_layers: int = 3  # linear layers before the bottleneck
-    use_bn_in_head: bool = False  # main_ibot.py's --use_bn_in_head, off by default
     norm_last_layer: bool = False  # the README's ViT-S/16 run trains the last layer's norm
     student_temp: float = 0.1
     warmup_teacher_temp: float = 0.04  # [CLS] teacher temperature at the start
@@ -68,19 +60,15 @@ class IBOTConfig:
     momentum: float = 0.996  # teacher EMA at the start, cosine to momentum_final
     momentum_final: float = 1.0
     freeze_last_layer_epochs: int = 1  # the last layer(s) get no update this many epochs
-    head_init_std: float = 0.02  # the head MLP's truncated-normal init, the reference's
-    # not iBOT's recipe (DINOv2's, off by default): the teacher's targets, and KoLeo's weight
-    centering: Literal["centre", "sinkhorn_knopp"] = "centre"
-    sinkhorn_iterations: int = 3  # with centering: sinkhorn_knopp
-    gather_distributed: bool = True  # Sinkhorn over the global batch, as DINOv2
+    # not iBOT's recipe (off by default; the laptop profile sets 0.1)
     koleo_weight: float = 0.0  # DINOv2: 0.1, on the student's backbone [CLS] per global crop
 
 
 class IBOT(SSLMethod):
     """batch["global"]: (B, 2, 3, S, S); batch["local"] (optional): (B, V, 3, s, s)
     -> {loss, cls_loss, patch_loss, [koleo_loss,] masked_fraction, teacher_output (2B, K),
-    teacher_patch_output (2B, L, K)}; the last two feed the centres in :meth:`on_step_end`
-    (kept, though unused, with Sinkhorn-Knopp targets). koleo_loss only with ``koleo_weight``."""
+    teacher_patch_output (2B, L, K)}; the last two feed the centres in :meth:`on_step_end`.
+    koleo_loss only with ``koleo_weight``."""
 
     encoder_name = "teacher_backbone"
 
@@ -91,10 +79,6 @@ class IBOT(SSLMethod):
                 f"ibot: a shared head needs patch_out_dim == out_dim, got {cfg.patch_out_dim} "
                 f"and {cfg.out_dim}; set shared_head: false for different sizes"
             )
-        if cfg.centering not in ("centre", "sinkhorn_knopp"):
-            raise ValueError(
-                f"ibot: centering must be centre|sinkhorn_knopp, got {cfg.centering!r}"
-            )
         self.cfg = cfg
         self.backbone = require_vit(backbone, "ibot")
         self.backbone.enable_mask_token()
@@ -104,9 +88,7 @@ class IBOT(SSLMethod):
             cfg.hidden_dim,
             cfg.bottleneck_dim,
             cfg.head_layers,
-            use_bn=cfg.use_bn_in_head,
             norm_last_layer=cfg.norm_last_layer,
-            init_std=cfg.head_init_std,
         )
         self.patch_last_layer = (
             None
@@ -118,6 +100,8 @@ class IBOT(SSLMethod):
         self.teacher_patch_last_layer = (
             None if self.patch_last_layer is None else momentum_copy(self.patch_last_layer)
         )
+        self.momentum_schedule = (cfg.momentum, cfg.momentum_final)
+        self.frozen_epochs = cfg.freeze_last_layer_epochs
         self.center = DINOCenter(cfg.out_dim, cfg.center_momentum)
         self.patch_center = DINOCenter(cfg.patch_out_dim, cfg.center_momentum_patch)
         # schedule-driven, set by on_step_start from the step (a resumed run recomputes them)
@@ -173,27 +157,17 @@ class IBOT(SSLMethod):
             student += list(local_cls.chunk(local_views.shape[1]))
 
         c = self.cfg
-        if c.centering == "sinkhorn_knopp":
-            cls_codes = self.codes(t_cls, self.teacher_temp)  # (2B, K), over both crops
-            cls_loss = dino_loss_from_targets(student, cls_codes.chunk(2), c.student_temp)
-            if self.any_masked(masks):  # codes over the masked patches only, the only ones
-                # with a loss; a worker without any joins with no rows
-                patch_codes = self.codes(t_patch[masks], self.teacher_patch_temp)  # (M, K')
-                patch_loss = masked_patch_loss(s_patch[masks], patch_codes, masks, c.student_temp)
-            else:  # no image drew a mask: no patch loss, as ibot_loss's 0
-                patch_loss = s_patch.sum() * 0.0
-        else:
-            cls_loss = dino_loss(
-                student, t_cls.chunk(2), self.center.center, c.student_temp, self.teacher_temp
-            )
-            patch_loss = ibot_loss(
-                s_patch.chunk(2),
-                t_patch.chunk(2),
-                masks.chunk(2),
-                self.patch_center.center,
-                c.student_temp,
-                self.teacher_patch_temp,
-            )
+        cls_loss = dino_loss(
+            student, t_cls.chunk(2), self.center.center, c.student_temp, self.teacher_temp
+        )
+        patch_loss = ibot_loss(
+            s_patch.chunk(2),
+            t_patch.chunk(2),
+            masks.chunk(2),
+            self.patch_center.center,
+            c.student_temp,
+            self.teacher_patch_temp,
+        )
         loss = c.lambda_cls * cls_loss + c.lambda_patch * patch_loss
         extra = {}
         if c.koleo_weight:
@@ -210,23 +184,14 @@ class IBOT(SSLMethod):
             "teacher_patch_output": t_patch,
         }
 
-    def any_masked(self, masks: torch.Tensor) -> bool:
-        """Whether any crop drew a mask: on this worker, or with ``gather_distributed`` on any
-        worker, so that every worker joins the patch Sinkhorn's collectives or none does (a
-        worker skipping them would leave the others waiting)."""
-        count = masks.sum().float().reshape(1)
-        if self.cfg.gather_distributed:
-            count = distributed.all_reduce_mean(count)  # > 0 exactly when the sum is
-        return bool(count.item() > 0)
+    def momentum_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
+        pairs = [(self.backbone, self.teacher_backbone), (self.head, self.teacher_head)]
+        if self.patch_last_layer is not None:
+            pairs.append((self.patch_last_layer, self.teacher_patch_last_layer))
+        return pairs
 
-    def codes(self, outputs: torch.Tensor, temperature: float) -> torch.Tensor:
-        """Teacher outputs (N, K) -> Sinkhorn-Knopp targets (N, K), rows summing to 1."""
-        return sinkhorn(
-            outputs, temperature, self.cfg.sinkhorn_iterations, self.cfg.gather_distributed
-        )
-
-    def momentum(self, progress: Progress) -> float:
-        return cosine_momentum(progress.fraction, self.cfg.momentum, self.cfg.momentum_final)
+    def frozen_modules(self) -> list[nn.Module]:
+        return [m for m in (self.head.last_layer, self.patch_last_layer) if m is not None]
 
     def on_step_start(self, progress: Progress) -> dict[str, float]:
         self.rng = step_generator(self.seed, progress.step)
@@ -238,25 +203,11 @@ class IBOT(SSLMethod):
         self.teacher_patch_temp = teacher_temperature_per_epoch(
             epoch, c.warmup_teacher_patch_temp, c.teacher_patch_temp, c.warmup_teacher_temp_epochs
         )
-        return {"momentum": self.momentum(progress), "teacher_temp": self.teacher_temp}
-
-    def last_layers(self) -> list[nn.Module]:
-        return [m for m in (self.head.last_layer, self.patch_last_layer) if m is not None]
-
-    def on_after_backward(self, progress: Progress) -> None:
-        if progress.epoch < self.cfg.freeze_last_layer_epochs:
-            # as the reference's cancel_gradients_last_layer: no update at all
-            for layer in self.last_layers():
-                for p in layer.parameters():
-                    p.grad = None
+        return {**super().on_step_start(progress), "teacher_temp": self.teacher_temp}
 
     @torch.no_grad()
     def on_step_end(self, outputs: dict[str, torch.Tensor], progress: Progress) -> None:
-        m = self.momentum(progress)
-        update_momentum(self.backbone, self.teacher_backbone, m)
-        update_momentum(self.head, self.teacher_head, m)
-        if self.patch_last_layer is not None:
-            update_momentum(self.patch_last_layer, self.teacher_patch_last_layer, m)
+        super().on_step_end(outputs, progress)  # the teacher's EMA
         self.center.update(outputs["teacher_output"])
         # the mean over every patch of every image (the reference's mean over patches, then
         # over images: the same, all images having L patches)

@@ -23,7 +23,7 @@ from ssl_models import distributed
 from ssl_models.heads import mlp
 from ssl_models.losses import info_nce_loss
 from ssl_models.methods.base import Progress, SSLMethod, view_group
-from ssl_models.momentum import momentum_copy, update_momentum
+from ssl_models.momentum import momentum_copy
 
 
 @dataclass(frozen=True)
@@ -86,7 +86,14 @@ class MoCo(SSLMethod):
         )
         self.backbone_momentum = momentum_copy(self.backbone)
         self.projector_momentum = momentum_copy(self.projector)
+        self.momentum_schedule = (cfg.momentum, cfg.momentum)  # constant, as v1 and v2
         self.queue = MemoryQueue(cfg.queue_size, cfg.proj_dim)
+
+    def momentum_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
+        return [
+            (self.backbone, self.backbone_momentum),
+            (self.projector, self.projector_momentum),
+        ]
 
     def _encode_keys(self, x: torch.Tensor) -> torch.Tensor:
         return self.projector_momentum(self.backbone_momentum(x))
@@ -115,12 +122,8 @@ class MoCo(SSLMethod):
         loss = info_nce_loss(q, k, self.queue.keys, self.cfg.temperature)
         return {"loss": loss, "keys": k}
 
-    def on_step_start(self, progress: Progress) -> dict[str, float]:
-        return {"momentum": self.cfg.momentum}
-
     @torch.no_grad()
     def on_step_end(self, outputs: dict[str, torch.Tensor], progress: Progress) -> None:
-        update_momentum(self.backbone, self.backbone_momentum, self.cfg.momentum)
-        update_momentum(self.projector, self.projector_momentum, self.cfg.momentum)
+        super().on_step_end(outputs, progress)  # the key encoder's EMA
         # every worker enqueues the keys of the whole global batch, so queues stay identical
         self.queue.push(distributed.gather_no_grad(outputs["keys"].detach()))

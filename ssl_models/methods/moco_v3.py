@@ -15,8 +15,8 @@ from torch import nn
 
 from ssl_models.heads import mlp
 from ssl_models.losses import moco_v3_loss
-from ssl_models.methods.base import Progress, SSLMethod, view_group
-from ssl_models.momentum import cosine_momentum, momentum_copy, update_momentum
+from ssl_models.methods.base import SSLMethod, view_group
+from ssl_models.momentum import momentum_copy
 
 
 @dataclass(frozen=True)
@@ -49,9 +49,10 @@ class MoCoV3(SSLMethod):
         self.predictor = mlp(cfg.proj_dim, cfg.pred_hidden_dim, cfg.proj_dim, 2, last_bias=False)
         self.backbone_momentum = momentum_copy(self.backbone)
         self.projector_momentum = momentum_copy(self.projector)
+        self.momentum_schedule = (cfg.momentum, cfg.momentum_final)
 
-    def momentum(self, progress: Progress) -> float:
-        return cosine_momentum(progress.fraction, self.cfg.momentum, self.cfg.momentum_final)
+    def momentum_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
+        return [(self.backbone, self.backbone_momentum), (self.projector, self.projector_momentum)]
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         views = view_group(batch, "global", "MoCo v3", count=2)
@@ -64,12 +65,3 @@ class MoCoV3(SSLMethod):
         t, gather = self.cfg.temperature, self.cfg.gather_distributed
         loss = moco_v3_loss(q1, k2, t, gather) + moco_v3_loss(q2, k1, t, gather)
         return {"loss": loss}
-
-    def on_step_start(self, progress: Progress) -> dict[str, float]:
-        return {"momentum": self.momentum(progress)}
-
-    @torch.no_grad()
-    def on_step_end(self, outputs: dict[str, torch.Tensor], progress: Progress) -> None:
-        m = self.momentum(progress)
-        update_momentum(self.backbone, self.backbone_momentum, m)
-        update_momentum(self.projector, self.projector_momentum, m)

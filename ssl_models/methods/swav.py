@@ -5,8 +5,7 @@ Follows ``facebookresearch/swav`` ``main_swav.py``: prototypes L2-normalised bef
 their gradient cancelled during the first iterations, and a queue of past embeddings joining
 the Sinkhorn batch once it is full. Here the queue is one buffer, the same on every worker,
 filled with all workers' embeddings (the reference keeps one per GPU): it travels in the
-checkpoint whole, whichever rank writes it. ``koleo_weight`` (not the paper) adds DINOv2's KoLeo
-on the backbone features of each global crop, as DINO's and iBOT's option.
+checkpoint whole, whichever rank writes it.
 """
 
 from dataclasses import dataclass
@@ -17,7 +16,7 @@ from torch import nn
 
 from ssl_models import distributed
 from ssl_models.heads import Prototypes, mlp
-from ssl_models.losses import koleo_loss_per_crop, swav_loss
+from ssl_models.losses import swav_loss
 from ssl_models.methods.base import Progress, SSLMethod
 
 
@@ -27,28 +26,24 @@ class SwAVConfig:
     temperature: float = 0.1  # τ of the softmax over prototype scores
     epsilon: float = 0.05  # Sinkhorn entropy weight; larger gives flatter codes (collapse)
     sinkhorn_iterations: int = 3  # enough for the codes to be near-equipartitioned
-    # one-hot codes (argmax of Sinkhorn's): the reference README's collapse workaround; the
-    # paper (section 3.1) found them worse than its soft default
+    # one-hot codes (argmax of Sinkhorn's): kept as the reference README's collapse workaround;
+    # the paper (section 3.1) found them worse than its soft default
     hard_assignment: bool = False
     crops_for_assign: int = 2  # the first n global crops get codes (reference: crops 0 and 1)
     proj_hidden_dim: int = 2048  # the reference's hidden_mlp
     proj_dim: int = 128  # feat_dim: the embedding the prototypes live in
-    # the reference's head has BatchNorm; its README lists removing it as a cure for collapse
+    # the reference's head has BatchNorm; kept as an option since its README lists removing
+    # it as a cure for collapse
     proj_batch_norm: bool = True
-    # not the reference: affine-free BatchNorm on the output, to tell a collapse of the
-    # embeddings apart from one of the scores (benchmarks/swav_diagnostics.py)
-    proj_last_batch_norm: bool = False
     freeze_prototypes_epochs: float = 1.0  # reference: 313 iterations, one epoch at batch 4096
     queue_length: int = 3840  # past embeddings per coded crop, over all workers; 0 disables
     queue_start_epoch: int = 15  # the queue starts filling here (reference epoch_queue_starts)
     gather_distributed: bool = True  # Sinkhorn on the global batch, as the reference
-    koleo_weight: float = 0.0  # DINOv2: 0.1, on the backbone features per global crop
 
 
 class SwAV(SSLMethod):
     """batch["global"]: (B, Vg, 3, H, W) and optionally batch["local"]: (B, Vl, 3, h, w),
-    normalised -> {loss, [koleo_loss,] queue_used, embeddings (n_assign, B, proj_dim) for the
-    queue hook}; koleo_loss only with ``koleo_weight``."""
+    normalised -> {loss, queue_used, embeddings (n_assign, B, proj_dim) for the queue hook}."""
 
     def __init__(self, backbone: nn.Module, cfg: SwAVConfig) -> None:
         super().__init__()
@@ -60,10 +55,9 @@ class SwAV(SSLMethod):
             cfg.proj_dim,
             2,
             batch_norm=cfg.proj_batch_norm,
-            last_batch_norm=cfg.proj_last_batch_norm,
-            last_bias=not cfg.proj_last_batch_norm,
         )
         self.prototypes = Prototypes(cfg.proj_dim, cfg.num_prototypes)
+        self.frozen_epochs = cfg.freeze_prototypes_epochs
         # newest first; rows beyond queue_filled are empty
         self.register_buffer(
             "queue", torch.zeros(cfg.crops_for_assign, cfg.queue_length, cfg.proj_dim)
@@ -104,30 +98,20 @@ class SwAV(SSLMethod):
             self.cfg.gather_distributed,
             self.cfg.hard_assignment,
         )
-        out = {}
-        if self.cfg.koleo_weight:
-            koleo = koleo_loss_per_crop(h[: n_global * b], n_global)
-            loss = loss + self.cfg.koleo_weight * koleo
-            out["koleo_loss"] = koleo.detach()
         embeddings = z[: self.cfg.crops_for_assign * b].detach().view(-1, b, z.shape[1])
         return {
             "loss": loss,
-            **out,
             "queue_used": torch.tensor(float(queue_scores is not None)),
             "embeddings": embeddings,
         }
 
-    def freeze_prototypes_steps(self, progress: Progress) -> int:
-        return round(self.cfg.freeze_prototypes_epochs * progress.steps_per_epoch)
+    def frozen_modules(self) -> list[nn.Module]:
+        return [self.prototypes]
 
     @torch.no_grad()
     def on_step_start(self, progress: Progress) -> dict[str, float]:
         self.prototypes.normalize_()
         return {}
-
-    def on_after_backward(self, progress: Progress) -> None:
-        if progress.step < self.freeze_prototypes_steps(progress):
-            self.prototypes.weight.grad = None
 
     @torch.no_grad()
     def on_step_end(self, outputs: dict[str, torch.Tensor], progress: Progress) -> None:

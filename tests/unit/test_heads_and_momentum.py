@@ -1,4 +1,5 @@
-"""Heads (shapes at batch sizes 1 and 2, DINO's normalised last layer) and momentum updates."""
+"""Heads (shapes at batch sizes 1 and 2, DINO's normalised last layer), momentum updates, and
+the base method's hooks: EMA of the declared momentum pairs, layers frozen at the start."""
 
 import copy
 
@@ -7,6 +8,7 @@ import torch
 from torch import nn
 
 from ssl_models.heads import DINOHead, mlp
+from ssl_models.methods.base import Progress, SSLMethod
 from ssl_models.momentum import cosine_momentum, momentum_copy, update_momentum
 
 # BatchNorm heads cannot normalise a batch of one in training mode (PyTorch refuses), so batch
@@ -96,16 +98,83 @@ def test_cosine_momentum_schedule():
     assert cosine_momentum(0.3, 0.999, 0.999) == pytest.approx(0.999)  # MoCo v1/v2: constant
 
 
-def test_dino_head_init_std_sets_the_mlp_weights_spread_not_the_last_layer():
+def test_dino_head_init_is_the_references_on_the_mlp_not_the_last_layer():
     torch.manual_seed(0)
-    for std in (0.02, 0.05):
-        head = DINOHead(256, 64, hidden_dim=512, bottleneck_dim=128, init_std=std)
-        linears = [m for m in head.mlp if isinstance(m, nn.Linear)]
-        assert len(linears) == 3
-        for m in linears:
-            assert abs(float(m.weight.detach().std()) - std) < 0.05 * std
-            assert float(m.bias.detach().abs().max()) == 0.0
-        # the last layer keeps nn.Linear's default init whatever init_std says: rows of
-        # U(-1/sqrt(128), 1/sqrt(128)) have std 1/sqrt(3·128) before normalisation
-        v = head.last_layer.parametrizations.weight.original1.detach()
-        assert abs(float(v.std()) - (3 * 128) ** -0.5) < 0.01
+    head = DINOHead(256, 64, hidden_dim=512, bottleneck_dim=128)
+    linears = [m for m in head.mlp if isinstance(m, nn.Linear)]
+    assert len(linears) == 3
+    for m in linears:  # truncated normal, std 0.02, zero bias
+        assert abs(float(m.weight.detach().std()) - 0.02) < 0.05 * 0.02
+        assert float(m.bias.detach().abs().max()) == 0.0
+    # the last layer keeps nn.Linear's default init: rows of U(-1/sqrt(128), 1/sqrt(128)) have
+    # std 1/sqrt(3·128) before normalisation
+    v = head.last_layer.parametrizations.weight.original1.detach()
+    assert abs(float(v.std()) - (3 * 128) ** -0.5) < 0.01
+
+
+class TwoPairs(SSLMethod):
+    """Two momentum pairs (a, b), a module without a copy (free); b is frozen for 1.5 epochs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.free = nn.Linear(2, 2), nn.Linear(2, 1), nn.Linear(2, 1)
+        self.a_ema, self.b_ema = momentum_copy(self.a), momentum_copy(self.b)
+        self.momentum_schedule = (0.5, 1.0)
+        self.frozen_epochs = 1.5
+
+    def momentum_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
+        return [(self.a, self.a_ema), (self.b, self.b_ema)]
+
+    def frozen_modules(self) -> list[nn.Module]:
+        return [self.b]
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        x = batch["x"]
+        return {"loss": (self.b(self.a(x)) + self.free(x)).square().mean()}
+
+
+def test_base_hook_moves_every_declared_pair_by_the_scheduled_momentum():
+    method = TwoPairs()
+    with torch.no_grad():
+        for online, ema in method.momentum_pairs():
+            for p, q in zip(online.parameters(), ema.parameters(), strict=True):
+                p.fill_(1.0)
+                q.fill_(0.0)
+    free = _params(method.free)
+    # m = 1 − (1 − 0.5)·(cos(π·k/10) + 1)/2: 0.5 at k = 0, 0.75 at k = 5, 1 at k = 10
+    for step, m, expected in ((0, 0.5, 0.5), (5, 0.75, 0.75 * 0.5 + 0.25), (10, 1.0, 0.625)):
+        progress = Progress(step, 10, 2)
+        assert method.on_step_start(progress) == {"momentum": pytest.approx(m)}
+        method.on_step_end({}, progress)
+        for online, ema in method.momentum_pairs():
+            for p, q in zip(online.parameters(), ema.parameters(), strict=True):
+                torch.testing.assert_close(q, torch.full_like(q, expected))
+                assert torch.equal(p, torch.ones_like(p))  # the online side is only read
+    assert all(torch.equal(a, b) for a, b in zip(free, _params(method.free), strict=True))
+
+
+def test_frozen_modules_get_no_update_during_their_epochs_and_do_after():
+    torch.manual_seed(0)
+    method = TwoPairs()  # 1.5 epochs of 2 steps: steps 0, 1 and 2 frozen
+    opt = torch.optim.AdamW(method.parameters(), lr=0.1, weight_decay=0.5)
+    batch = {"x": torch.randn(4, 2)}
+    for step in range(4):
+        before = {name: _params(getattr(method, name)) for name in ("a", "b", "free")}
+        progress = Progress(step, 4, 2)
+        opt.zero_grad(set_to_none=True)
+        method(batch)["loss"].backward()
+        method.on_after_backward(progress)
+        opt.step()
+        moved = {
+            name: any(
+                not torch.equal(x, y)
+                for x, y in zip(old, _params(getattr(method, name)), strict=True)
+            )
+            for name, old in before.items()
+        }
+        # frozen: not even weight decay or Adam's state touches b
+        assert moved == {"a": True, "b": step >= 3, "free": True}, step
+
+
+def _params(module: nn.Module) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in module.parameters()]

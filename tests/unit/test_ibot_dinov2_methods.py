@@ -18,7 +18,7 @@ HEADS = dict(out_dim=64, patch_out_dim=64, hidden_dim=32, bottleneck_dim=16)
 VARIANTS = {  # id -> (key, config overrides)
     "ibot": ("ibot", {}),
     "ibot_separate": ("ibot", dict(shared_head=False, patch_out_dim=32)),
-    "ibot_sinkhorn_koleo": ("ibot", dict(centering="sinkhorn_knopp", koleo_weight=0.1)),
+    "ibot_koleo": ("ibot", dict(koleo_weight=0.1)),
     "dino_v2": ("dino_v2", dict(patch_out_dim=32)),
     "dino_v2_shared": ("dino_v2", dict(separate_head=False)),
 }
@@ -29,7 +29,7 @@ PAIRS = {
         ("head", "teacher_head"),
         ("patch_last_layer", "teacher_patch_last_layer"),
     ],
-    "ibot_sinkhorn_koleo": [("backbone", "teacher_backbone"), ("head", "teacher_head")],
+    "ibot_koleo": [("backbone", "teacher_backbone"), ("head", "teacher_head")],
     "dino_v2": [
         ("backbone", "teacher_backbone"),
         ("head", "teacher_head"),
@@ -136,6 +136,8 @@ def test_state_dict_round_trip(variant):
 @pytest.mark.parametrize("m", [0.0, 1.0])
 def test_teacher_momentum_zero_copies_and_one_freezes(variant, m):
     method = build(variant, momentum=m, momentum_final=m, freeze_last_layer_epochs=0)
+    declared = [(id(a), id(b)) for a, b in method.momentum_pairs()]
+    assert declared == [(id(getattr(method, a)), id(getattr(method, b))) for a, b in PAIRS[variant]]
     before = {c: [p.clone() for p in getattr(method, c).parameters()] for _, c in PAIRS[variant]}
     online_before = [p.clone() for p in method.backbone.parameters()]
     opt = torch.optim.SGD([p for p in method.parameters() if p.requires_grad], lr=0.1)
@@ -229,12 +231,11 @@ def test_teacher_temperatures_ibot_per_epoch_dino_v2_per_step():
         assert v2.on_step_start(Progress(s, 100, 10))["teacher_temp"] == pytest.approx(v2_temp)
 
 
-@pytest.mark.parametrize("variant", ["ibot", "dino_v2"])
+@pytest.mark.parametrize("variant", ["ibot", "ibot_separate", "dino_v2"])
 def test_last_layers_are_frozen_during_the_first_epoch(variant):
     method = build(variant)
-    heads = [method.head.last_layer] + (
-        [method.patch_head.last_layer] if variant == "dino_v2" else []
-    )
+    second = method.patch_head.last_layer if variant == "dino_v2" else method.patch_last_layer
+    heads = [method.head.last_layer] + ([second] if second is not None else [])
     for s, frozen in ((4, True), (5, False)):  # 5 steps per epoch
         method.zero_grad(set_to_none=True)
         method.on_step_start(Progress(s, 20, 5))
