@@ -163,20 +163,19 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig, global_batch: int) -> to
 
 
 @torch.no_grad()
-def clip_grad_per_parameter_(parameters: Iterable[torch.Tensor], max_norm: float) -> float:
+def clip_grad_per_parameter_(parameters: Iterable[torch.Tensor], max_norm: float) -> torch.Tensor:
     """Scale each tensor's gradient down to norm ``max_norm`` when it is larger, every tensor on
     its own (``clip_gradients`` of the DINO and iBOT reference code: a coefficient
     ``max_norm / (norm + 1e-6)``, applied when below 1). Gradients that are None are skipped.
-    Returns the largest gradient norm before clipping (0.0 when there is none)."""
-    largest = 0.0
+    Returns the largest gradient norm before clipping, a 0-dim tensor on the gradients' device
+    (0 when there is none): nothing here waits for the device."""
+    largest = torch.zeros(())
     for p in parameters:
         if p.grad is None:
             continue
-        norm = float(torch.linalg.vector_norm(p.grad))
-        largest = max(largest, norm)
-        coef = max_norm / (norm + 1e-6)
-        if coef < 1:
-            p.grad.mul_(coef)
+        norm = torch.linalg.vector_norm(p.grad)
+        largest = torch.maximum(largest.to(norm.device), norm.float())
+        p.grad.mul_((max_norm / (norm + 1e-6)).clamp(max=1.0))  # × 1 leaves it bit-identical
     return largest
 
 

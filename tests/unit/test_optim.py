@@ -113,7 +113,7 @@ def test_clip_grad_per_parameter_bounds_each_tensor_on_its_own():
     a, b, c = (nn.Parameter(torch.zeros(2)) for _ in range(3))
     a.grad, b.grad = torch.tensor([6.0, 8.0]), torch.tensor([0.6, 0.8])
     largest = clip_grad_per_parameter_([a, b, c], 3.0)
-    assert largest == pytest.approx(10.0)
+    assert float(largest) == pytest.approx(10.0)
     torch.testing.assert_close(a.grad, torch.tensor([1.8, 2.4]), rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(b.grad, torch.tensor([0.6, 0.8]))
     assert c.grad is None
