@@ -11,8 +11,9 @@ cut at the steps that epoch still owes. Every epoch keeps ``steps_per_epoch`` op
 the run its exact total, and the schedules, weights, optimizer and train-side random state are
 exactly those of the checkpoint; only which images fill the rest of that one epoch differs.
 
-Host syncs: losses stay on the device, summed there for the log line and the epoch mean, and are
-read back only when rank 0 logs (every ``train.log_every_steps``), checkpoints or ends an epoch.
+Host syncs: besides the step's one finiteness flag (see ``step.py``), losses stay on the device,
+summed there for the log line and the epoch mean, and are read back only when rank 0 logs (every
+``train.log_every_steps``), a checkpoint is written or an epoch ends.
 """
 
 import logging
