@@ -133,7 +133,7 @@ def check_method(key: str, tiny: bool, batch: int, device: torch.device) -> Row:
         result = step(dict(data), 1)
         sync(device)
         row.ms_per_step = (time.perf_counter() - t0) * 1000
-        row.loss = result.loss
+        row.loss = float(result.loss)
         if device.type == "cuda":
             row.peak_mib = torch.cuda.max_memory_allocated() / 2**20
         if not np.isfinite(row.loss):

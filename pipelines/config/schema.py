@@ -102,7 +102,7 @@ class TrainConfig:
     torch_threads: int = 1  # intra-op threads per CPU worker; more oversubscribes small machines
     channels_last: bool = True  # NHWC convolutions: about 2× faster on CPU, preferred by GPUs
     seed: int = 0
-    log_every_steps: int = 10  # metrics to MLflow every N optimizer steps
+    log_every_steps: int = 10  # metrics to MLflow every N optimizer steps (loss: their mean)
     checkpoint_every_epochs: int = 1  # checkpoint at the end of every N-th epoch (and the last)
     checkpoint_every_steps: int = 0  # also every N optimizer steps, mid-epoch; 0: epoch ends only
     keep_checkpoints: int = 2  # the last K checkpoints are kept, older ones deleted

@@ -1,13 +1,19 @@
 """The per-worker training function Ray Train runs: one process of the DDP group.
 
-Ray calls here are few: the context (rank, device), the dataset shards, the checkpoint to resume
-from, and ``ray.train.report``. Everything else is :class:`pipelines.train.step.TrainStep`.
+:func:`train_loop_per_worker` reads as the run does: start, resume, then per epoch train,
+summarise and checkpoint. The Ray calls are the context (rank, device), the dataset shards, the
+checkpoint to resume from and ``ray.train.report``; the optimisation itself is
+:class:`pipelines.train.step.TrainStep`.
 
 Resuming mid-epoch: Ray Data's stream cannot be replayed (file order, decode tasks and crops are
 not a pure function of a seed), so the interrupted epoch continues on a fresh pass over the data
 cut at the steps that epoch still owes. Every epoch keeps ``steps_per_epoch`` optimizer steps and
 the run its exact total, and the schedules, weights, optimizer and train-side random state are
 exactly those of the checkpoint; only which images fill the rest of that one epoch differs.
+
+Host syncs: besides the step's one finiteness flag (see ``step.py``), losses stay on the device,
+summed there for the log line and the epoch mean, and are read back only when rank 0 logs (every
+``train.log_every_steps``), a checkpoint is written or an epoch ends.
 """
 
 import logging
@@ -15,6 +21,8 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import ray.train
@@ -28,39 +36,47 @@ from pipelines.eval.monitors import KnnMonitor
 from pipelines.train.checkpoint import capture_rng, gather_rng, load_state, save_state
 from pipelines.train.faults import FaultInjector
 from pipelines.train.model import build_method
-from pipelines.train.step import NonFiniteLossError, Throughput, TrainStep, place
+from pipelines.train.reporting import (
+    LossMean,
+    Throughput,
+    metric_logger,
+    record_checkpoint,
+    to_floats,
+)
+from pipelines.train.step import NonFiniteLossError, StepResult, TrainStep, place
 
 log = logging.getLogger(__name__)
 
 
-def _logger(cfg: Config, loop_config: dict[str, Any], rank: int):
-    if rank != 0 or not loop_config.get("run_id"):
-        return None
-    # the logger's own thread retries with backoff; MLflow's default of 7 HTTP retries with
-    # exponential sleeps would hold a batch for minutes after the server is back
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
-    from pipelines.tracking.metric_logger import MetricLogger
+@dataclass
+class Worker:
+    """One worker's run: its place in the group, its :class:`TrainStep`, and where it stands."""
 
-    return MetricLogger(
-        loop_config["tracking_uri"], loop_config["run_id"], cfg.tracking.flush_seconds, True
-    )
+    cfg: Config
+    loop_config: dict[str, Any]  # as train_loop_per_worker received it
+    rank: int
+    world: int
+    trainer: TrainStep
+    metrics_log: Any = None  # rank 0's MetricLogger when the run has an MLflow run, else None
+    step: int = 0  # optimizer steps done in the whole run
+    resumed_from: int = 0  # the step this attempt started at
+    last_checkpoint: str | None = None  # URI of the newest checkpoint, for error messages
+    fault: FaultInjector | None = None
+    # since the last log line (it may span epochs: logging steps count over the whole run)
+    window: Throughput = field(default_factory=Throughput)
+    window_loss: LossMean = field(default_factory=LossMean)
 
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.loop_config["steps_per_epoch"]
 
-def _monitor(cfg: Config, loop_config: dict[str, Any], rank: int, device: torch.device):
-    if rank != 0 or not cfg.eval.knn_every_epochs or not loop_config.get("knn_monitor"):
-        return None
-    return KnnMonitor(
-        ray.train.get_dataset_shard("knn_bank"),
-        ray.train.get_dataset_shard("knn_query"),
-        loop_config["num_classes"],
-        cfg.views.mean,
-        cfg.views.std,
-        cfg.eval.knn_k,
-        cfg.eval.knn_temperature,
-        cfg.eval.batch_size,
-        device,
-    )
+    @property
+    def total_steps(self) -> int:
+        return self.steps_per_epoch * self.cfg.train.epochs
+
+    @property
+    def run_dir(self) -> str:
+        return self.loop_config.get("run_dir", "")
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
@@ -73,7 +89,32 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     ``train.epochs``)."""
     cfg = build_config(loop_config["cfg"])
     ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    w = start(cfg, loop_config, ctx.get_world_rank(), ctx.get_world_size())
+    first_epoch, done = resume(w)
+    monitor = knn_monitor(w)
+    shard = ray.train.get_dataset_shard("train")
+    end_epoch = min(cfg.train.epochs, loop_config.get("stop_epoch") or cfg.train.epochs)
+    for epoch in range(first_epoch, end_epoch):
+        batches = shard.iter_torch_batches(
+            batch_size=cfg.train.batch_size // w.world, drop_last=True, prefetch_batches=2
+        )
+        loss, throughput = train_epoch(w, iter(batches), epoch, done if epoch == first_epoch else 0)
+        metrics = summarise_epoch(w, epoch, loss, throughput, monitor)
+        every = cfg.train.checkpoint_every_steps
+        if (
+            epoch == end_epoch - 1
+            or (epoch + 1) % cfg.train.checkpoint_every_epochs == 0
+            or (every > 0 and w.step % every == 0)
+        ):
+            checkpoint(w, epoch, w.steps_per_epoch, metrics)
+        else:
+            ray.train.report(metrics)
+    if w.metrics_log is not None:
+        w.metrics_log.close(timeout=10.0)  # the rest travels in the last checkpoint's state
+
+
+def start(cfg: Config, loop_config: dict[str, Any], rank: int, world: int) -> Worker:
+    """The model on this worker's device, with identical initial weights on every rank."""
     device = ray.train.torch.get_device()
     if device.type == "cpu":
         torch.set_num_threads(cfg.train.torch_threads)
@@ -82,172 +123,184 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             f"train.batch_size={cfg.train.batch_size} must divide evenly over {world} workers × "
             f"train.accumulate_steps={cfg.train.accumulate_steps}"
         )
-    per_worker_batch = cfg.train.batch_size // world
     spe = loop_config["steps_per_epoch"]
-    total_steps = spe * cfg.train.epochs
-    run_dir = loop_config.get("run_dir", "")
-
-    torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
+    torch.manual_seed(cfg.train.seed)
     method = place(build_method(cfg), cfg, device)
-    trainer = TrainStep(method, cfg, device, total_steps, spe, loop_config.get("num_classes", 0))
-    metrics_log = _logger(cfg, loop_config, rank)
-
-    step, start_epoch, offset, last_checkpoint = 0, 0, 0, None
-    resume = ray.train.get_checkpoint()
-    if resume is None and loop_config.get("init_checkpoint"):
-        resume = ray.train.Checkpoint(loop_config["init_checkpoint"])
-    if resume is not None:
-        with resume.as_directory() as d:
-            state = load_state(d, map_location=device)
-        rngs = state.get("rng")
-        own = rngs[rank] if isinstance(rngs, list) and rank < len(rngs) else None
-        trainer.load_state_dict(state, own)
-        step = state["step"]
-        done_in_epoch = state.get("epoch_step", spe)
-        start_epoch, offset = (
-            (state["epoch"] + 1, 0) if done_in_epoch >= spe else (state["epoch"], done_in_epoch)
-        )
-        last_checkpoint = f"{run_dir}/{os.path.basename(resume.path)}" if run_dir else resume.path
-        if metrics_log is not None:
-            metrics_log.requeue(state.get("pending_metrics", []))
-            metrics_log.log({"resumed_from_step": step}, step)
-        log.info("rank %d resumed from %s at step %d", rank, last_checkpoint, step)
-    resumed_from = step
-
-    def checkpoint(epoch: int, epoch_step: int, metrics: dict[str, Any]) -> str:
-        """Every rank calls this together: rank 0 writes and reports the checkpoint."""
-        rngs = gather_rng(capture_rng(trainer.generator))
-        name = f"checkpoint_{step:09d}"
-        uri = f"{run_dir}/{name}"
-        if rank != 0:
-            ray.train.report(metrics, checkpoint_dir_name=name)
-            return uri
-        pending = []
-        if metrics_log is not None:
-            metrics_log.flush(timeout=2.0)
-            pending = metrics_log.pending(max_step=step)
-        state = {
-            **trainer.state_dict(),
-            "rng": rngs,
-            "step": step,
-            "epoch": epoch,
-            "epoch_step": epoch_step,
-            "config": loop_config["cfg"],
-            "pending_metrics": pending,
-        }
-        with tempfile.TemporaryDirectory() as d:
-            save_state(d, state)
-            ckpt = ray.train.Checkpoint.from_directory(d)
-            ray.train.report(metrics, checkpoint=ckpt, checkpoint_dir_name=name)
-            if metrics_log is not None:
-                record(metrics_log, cfg, loop_config, d, uri, step, epoch)
-        return uri
-
+    trainer = TrainStep(
+        method, cfg, device, spe * cfg.train.epochs, spe, loop_config.get("num_classes", 0)
+    )
+    run_dir = loop_config.get("run_dir", "")
     fault = FaultInjector(cfg.train.fail_at_step, cfg.train.fail_rank, rank, run_dir)
-    monitor = _monitor(cfg, loop_config, rank, device)
-    shard = ray.train.get_dataset_shard("train")
-    meter, epoch_meter = Throughput(), Throughput()  # since the last log line; this epoch
-    end_epoch = min(cfg.train.epochs, loop_config.get("stop_epoch") or cfg.train.epochs)
-    for epoch in range(start_epoch, end_epoch):
-        budget = spe - (offset if epoch == start_epoch else 0)
-        epoch_losses: list[float] = []
-        epoch_meter.reset()
-        batches = iter(
-            shard.iter_torch_batches(
-                batch_size=per_worker_batch, drop_last=True, prefetch_batches=2
-            )
-        )
-        for i in range(budget):
-            t0 = time.perf_counter()
-            batch = next(batches, None)
-            waited = time.perf_counter() - t0
-            meter.wait += waited
-            epoch_meter.wait += waited
-            if batch is None:
-                log.warning("epoch %d ended after %d of %d steps (rows skipped?)", epoch, i, budget)
-                break
-            fault.maybe_fire(step)
-            labels = batch.pop("label", None)  # labels feed the probe, never the loss
-            try:
-                result = trainer(batch, step, labels)
-            except NonFiniteLossError as e:
-                where = last_checkpoint or "none yet (no checkpoint was written before this step)"
-                raise NonFiniteLossError(f"{e}; last good checkpoint: {where}") from None
-            step += 1
-            meter.images += per_worker_batch * world
-            epoch_meter.images += per_worker_batch * world
-            epoch_losses.append(result.loss)
-            if metrics_log is not None and step % cfg.train.log_every_steps == 0:
-                bad = bad_image_count(loop_config.get("bad_images_counter", ""))
-                metrics_log.log(
-                    {**result.metrics, **meter.summary(), "epoch": epoch, "bad_images": bad}, step
-                )
-                meter.reset()
-            every = cfg.train.checkpoint_every_steps
-            if every and step % every == 0 and i < budget - 1:
-                recent = sum(epoch_losses) / len(epoch_losses)
-                report = {"epoch": epoch, "step": step, "resumed_from_step": resumed_from}
-                last_checkpoint = checkpoint(
-                    epoch, spe - budget + i + 1, {**report, "loss": recent}
-                )
+    metrics_log = metric_logger(cfg, loop_config, rank)
+    return Worker(cfg, loop_config, rank, world, trainer, metrics_log, fault=fault)
 
-        metrics = {
-            "epoch": epoch,
-            "step": step,
-            "resumed_from_step": resumed_from,
-            "loss": sum(epoch_losses) / max(1, len(epoch_losses)),
+
+def resume(w: Worker) -> tuple[int, int]:
+    """Restore weights, optimizer, schedules' step and this rank's random state from the run's
+    latest checkpoint (or ``init_checkpoint``), if any. Returns the epoch to start in and the
+    steps of it already done."""
+    found = ray.train.get_checkpoint()
+    if found is None and w.loop_config.get("init_checkpoint"):
+        found = ray.train.Checkpoint(w.loop_config["init_checkpoint"])
+    if found is None:
+        return 0, 0
+    with found.as_directory() as d:
+        state = load_state(d, map_location=w.trainer.device)
+    rngs = state.get("rng")
+    own = rngs[w.rank] if isinstance(rngs, list) and w.rank < len(rngs) else None
+    w.trainer.load_state_dict(state, own)
+    w.step = w.resumed_from = state["step"]
+    name = os.path.basename(found.path)
+    w.last_checkpoint = f"{w.run_dir}/{name}" if w.run_dir else found.path
+    if w.metrics_log is not None:
+        w.metrics_log.requeue(state.get("pending_metrics", []))
+        w.metrics_log.log({"resumed_from_step": w.step}, w.step)
+    log.info("rank %d resumed from %s at step %d", w.rank, w.last_checkpoint, w.step)
+    done = state.get("epoch_step", w.steps_per_epoch)
+    if done >= w.steps_per_epoch:
+        return state["epoch"] + 1, 0
+    return state["epoch"], done
+
+
+def train_epoch(
+    w: Worker, batches: Iterator[dict[str, torch.Tensor]], epoch: int, done: int = 0
+) -> tuple[float, dict[str, float]]:
+    """The optimizer steps epoch ``epoch`` still owes (``steps_per_epoch - done``), from
+    ``batches`` (this worker's share of each global batch). Logs every
+    ``train.log_every_steps``, checkpoints every ``train.checkpoint_every_steps`` within the
+    epoch (its end is the caller's). Returns the epoch's mean loss and throughput."""
+    budget = w.steps_per_epoch - done
+    images = w.cfg.train.batch_size  # per optimizer step, over all workers
+    loss, meter = LossMean(), Throughput()
+    for i in range(budget):
+        t0 = time.perf_counter()
+        batch = next(batches, None)
+        for m in (meter, w.window):
+            m.add(time.perf_counter() - t0, 0 if batch is None else images)
+        if batch is None:
+            log.warning("epoch %d ended after %d of %d steps (rows skipped?)", epoch, i, budget)
+            break
+        result = train_step(w, batch)
+        loss.add(result.loss)
+        w.window_loss.add(result.loss)
+        if w.step % w.cfg.train.log_every_steps == 0:
+            log_step(w, result, epoch)
+        every = w.cfg.train.checkpoint_every_steps
+        if every and w.step % every == 0 and i < budget - 1:
+            report = {"epoch": epoch, "step": w.step, "resumed_from_step": w.resumed_from}
+            checkpoint(w, epoch, done + i + 1, {**report, "loss": loss.read()})
+    return loss.read(), meter.summary()
+
+
+def train_step(w: Worker, batch: dict[str, torch.Tensor]) -> StepResult:
+    """One optimizer step; a non-finite loss stops the run naming the last good checkpoint."""
+    if w.fault is not None:
+        w.fault.maybe_fire(w.step)
+    labels = batch.pop("label", None)  # labels feed the probe, never the loss
+    try:
+        result = w.trainer(batch, w.step, labels)
+    except NonFiniteLossError as e:
+        where = w.last_checkpoint or "none yet (no checkpoint was written before this step)"
+        raise NonFiniteLossError(f"{e}; last good checkpoint: {where}") from None
+    w.step += 1
+    return result
+
+
+def log_step(w: Worker, result: StepResult, epoch: int) -> None:
+    """Rank 0's metrics line: this step's schedules and extras, the mean loss and throughput
+    since the last line. Every rank restarts its window, so none grows without bound."""
+    if w.metrics_log is not None:
+        values = to_floats({**result.metrics, "loss": w.window_loss.mean()})  # one host sync
+        bad = bad_image_count(w.loop_config.get("bad_images_counter", ""))
+        w.metrics_log.log(
+            {**values, **w.window.summary(), "epoch": epoch, "bad_images": bad}, w.step
+        )
+    w.window.reset()
+    w.window_loss.reset()
+
+
+def summarise_epoch(
+    w: Worker,
+    epoch: int,
+    loss: float,
+    throughput: dict[str, float],
+    monitor: KnnMonitor | None,
+) -> dict[str, Any]:
+    """The epoch's metrics for Ray (kNN monitor included when due), logged and printed by
+    rank 0."""
+    metrics = {"epoch": epoch, "step": w.step, "resumed_from_step": w.resumed_from, "loss": loss}
+    metrics["images_per_sec"] = throughput["images_per_sec"]
+    if monitor is not None and (epoch + 1) % w.cfg.eval.knn_every_epochs == 0:
+        metrics["monitor_knn_top1"] = monitor(w.trainer.method.encoder)
+    if w.metrics_log is not None:
+        # epoch_* names: the per-step images_per_sec may land on the same step
+        logged = {
+            "epoch_loss": loss,
+            "epoch_images_per_sec": throughput["images_per_sec"],
+            "epoch_data_wait_fraction": throughput["data_wait_fraction"],
         }
-        throughput = epoch_meter.summary()
-        if monitor is not None and (epoch + 1) % cfg.eval.knn_every_epochs == 0:
-            metrics["monitor_knn_top1"] = monitor(trainer.method.encoder)
-        metrics["images_per_sec"] = throughput["images_per_sec"]
-        if metrics_log is not None:
-            # epoch_* names: the per-step images_per_sec may land on the same step
-            epoch_metrics = {
-                "epoch_loss": metrics["loss"],
-                "epoch_images_per_sec": throughput["images_per_sec"],
-                "epoch_data_wait_fraction": throughput["data_wait_fraction"],
-            }
-            if "monitor_knn_top1" in metrics:
-                epoch_metrics["monitor_knn_top1"] = metrics["monitor_knn_top1"]
-            metrics_log.log(epoch_metrics, step)
-        if rank == 0:
-            # sys.stdout.write, not print: Ray Train patches print and would echo it twice
-            knn = metrics.get("monitor_knn_top1")
-            sys.stdout.write(
-                f"sslpipe: epoch {epoch + 1}/{cfg.train.epochs}  step {step}/{total_steps}  "
-                f"loss {metrics['loss']:.4f}  {throughput['images_per_sec']:.0f} images/s  "
-                f"data wait {throughput['data_wait_fraction']:.0%}"
-                + (f"  kNN {knn:.3f}" if knn is not None else "")
-                + "\n"
-            )
-            sys.stdout.flush()
-        every = cfg.train.checkpoint_every_steps
-        save = (
-            epoch == end_epoch - 1
-            or (epoch + 1) % cfg.train.checkpoint_every_epochs == 0
-            or (every > 0 and step % every == 0)
+        if "monitor_knn_top1" in metrics:
+            logged["monitor_knn_top1"] = metrics["monitor_knn_top1"]
+        w.metrics_log.log(logged, w.step)
+    if w.rank == 0:
+        # sys.stdout.write, not print: Ray Train patches print and would echo it twice
+        knn = metrics.get("monitor_knn_top1")
+        sys.stdout.write(
+            f"sslpipe: epoch {epoch + 1}/{w.cfg.train.epochs}  step {w.step}/{w.total_steps}  "
+            f"loss {loss:.4f}  {throughput['images_per_sec']:.0f} images/s  "
+            f"data wait {throughput['data_wait_fraction']:.0%}"
+            + (f"  kNN {knn:.3f}" if knn is not None else "")
+            + "\n"
         )
-        if save:
-            last_checkpoint = checkpoint(epoch, spe, metrics)
-        else:
-            ray.train.report(metrics)
-    if metrics_log is not None:
-        metrics_log.close(timeout=10.0)  # the rest travels in the last checkpoint's state
+        sys.stdout.flush()
+    return metrics
 
 
-def record(
-    metrics_log, cfg: Config, loop_config: dict[str, Any], d: str, uri: str, step: int, epoch: int
-) -> None:
-    """Note a persisted checkpoint in the MLflow run; copy its files when the config asks."""
-    from pipelines.tracking.runs import checkpoint_tags, log_artifacts
+def checkpoint(w: Worker, epoch: int, epoch_step: int, metrics: dict[str, Any]) -> None:
+    """Every rank calls this together (the random states are gathered): rank 0 writes the
+    checkpoint and reports it with ``metrics``, the others report the metrics alone."""
+    rngs = gather_rng(capture_rng(w.trainer.generator))
+    name = f"checkpoint_{w.step:09d}"
+    uri = f"{w.run_dir}/{name}"
+    if w.rank != 0:
+        ray.train.report(metrics, checkpoint_dir_name=name)
+        w.last_checkpoint = uri
+        return
+    pending = []
+    if w.metrics_log is not None:
+        w.metrics_log.flush(timeout=2.0)
+        pending = w.metrics_log.pending(max_step=w.step)
+    state = {
+        **w.trainer.state_dict(),
+        "rng": rngs,
+        "step": w.step,
+        "epoch": epoch,
+        "epoch_step": epoch_step,
+        "config": w.loop_config["cfg"],
+        "pending_metrics": pending,
+    }
+    with tempfile.TemporaryDirectory() as d:
+        save_state(d, state)
+        found = ray.train.Checkpoint.from_directory(d)
+        ray.train.report(metrics, checkpoint=found, checkpoint_dir_name=name)
+        if w.metrics_log is not None:
+            record_checkpoint(w.metrics_log, w.cfg, w.loop_config, d, uri, w.step, epoch)
+    w.last_checkpoint = uri
 
-    metrics_log.set_tags(checkpoint_tags(uri, step, epoch))
-    if cfg.tracking.log_checkpoint_artifacts:
-        try:
-            name = os.path.basename(uri)
-            log_artifacts(
-                loop_config["run_id"], loop_config["tracking_uri"], d, f"checkpoints/{name}"
-            )
-        except Exception as e:  # the checkpoint itself is safe in storage; say so and go on
-            log.warning("could not copy checkpoint %s into MLflow: %s", uri, e)
+
+def knn_monitor(w: Worker) -> KnnMonitor | None:
+    """Rank 0's kNN monitor over the ``knn_bank`` and ``knn_query`` datasets, when configured."""
+    cfg, loop_config = w.cfg, w.loop_config
+    if w.rank != 0 or not cfg.eval.knn_every_epochs or not loop_config.get("knn_monitor"):
+        return None
+    return KnnMonitor(
+        ray.train.get_dataset_shard("knn_bank"),
+        ray.train.get_dataset_shard("knn_query"),
+        loop_config["num_classes"],
+        cfg.views.mean,
+        cfg.views.std,
+        cfg.eval.knn_k,
+        cfg.eval.knn_temperature,
+        cfg.eval.batch_size,
+        w.trainer.device,
+    )

@@ -5,23 +5,16 @@ in SimCLR, BYOL and Barlow Twins. The learning rate scales linearly with the glo
 (``base_lr × batch / 256``, Goyal et al. 2017), warms up linearly, then follows a cosine; weight
 decay optionally follows its own cosine (DINO).
 
-Methods shape their groups in optional ways (see ARCHITECTURE.md, "Parameter groups"):
+Methods shape their groups with two class attributes of :class:`ssl_models.methods.base.SSLMethod`
+(see ARCHITECTURE.md, "Parameter groups"):
 
-- ``method.param_group_overrides() -> {name_prefix: options}``: parameters whose name in
-  ``method.named_parameters()`` starts with ``name_prefix`` (longest prefix wins) get ``options``;
-- ``method.fixed_lr_modules = ("predictor",)``: submodules whose parameters get
-  ``{"fixed_lr": True}`` (the same as the prefix ``"predictor."``);
-- an attribute on a parameter, ``p.fixed_lr = True``;
-- ``method.no_weight_decay = ("backbone.cls_token",)``: parameters, by full name, kept out of
-  weight decay besides biases and norms (the references' ``no_weight_decay()``).
-
-Options: ``fixed_lr`` (bool: the group keeps the scaled peak lr, no warmup or cosine, as
-SimSiam's predictor's ``fix_lr``), ``weight_decay`` (float, for the group's regular weights),
-``lr_scale`` (float multiplying the scheduled lr).
+- ``fixed_lr_modules = ("predictor",)``: submodules whose parameters keep the scaled peak lr, no
+  warmup or cosine (SimSiam's predictor, the reference's ``fix_lr``);
+- ``no_weight_decay = ("backbone.cls_token",)``: parameters, by full name, kept out of weight
+  decay besides biases and norms (the references' ``no_weight_decay()``).
 """
 
 from collections.abc import Iterable
-from typing import Any
 
 import torch
 from torch import nn
@@ -45,41 +38,33 @@ _NORMS = (
     nn.GroupNorm,
     nn.modules.instancenorm._InstanceNorm,
 )
-OPTIONS = {"fixed_lr": bool, "weight_decay": float, "lr_scale": float}
 
 
-def _overrides(model: nn.Module) -> dict[str, dict[str, Any]]:
-    fn = getattr(model, "param_group_overrides", None)
-    overrides = dict(fn()) if callable(fn) else {}
-    for name in getattr(model, "fixed_lr_modules", ()):
+def _fixed_lr_prefixes(model: nn.Module) -> tuple[str, ...]:
+    names = getattr(model, "fixed_lr_modules", ())
+    for name in names:
         model.get_submodule(name)  # a clear error for a name that is not a submodule
-        overrides.setdefault(f"{name}.", {}).setdefault("fixed_lr", True)
-    names = {n for n, _ in model.named_parameters()}
-    for name in getattr(model, "no_weight_decay", ()):
-        if name not in names:
-            raise ValueError(f"{type(model).__name__}.no_weight_decay: no parameter named '{name}'")
-        # the options of the prefix it falls under still apply (its lr_scale, fixed_lr)
-        outer = max((q for q in overrides if name.startswith(q)), key=len, default=None)
-        overrides[name] = {**overrides.get(outer, {}), **overrides.get(name, {})}
-        overrides[name]["weight_decay"] = 0.0
-    for prefix, options in overrides.items():
-        for key, value in options.items():
-            if key not in OPTIONS:
-                raise ValueError(
-                    f"{type(model).__name__}.param_group_overrides()['{prefix}']: unknown option "
-                    f"'{key}'; allowed: {sorted(OPTIONS)}"
-                )
-            if not isinstance(value, int | float | bool):
-                raise ValueError(f"param group option '{prefix}'.{key} must be a number")
-    return overrides
+    # longest first: a parameter falls in its innermost fixed module's group
+    return tuple(sorted((f"{name}." for name in names), key=len, reverse=True))
+
+
+def _no_weight_decay(model: nn.Module) -> set[str]:
+    names = set(getattr(model, "no_weight_decay", ()))
+    unknown = names - {n for n, _ in model.named_parameters()}
+    if unknown:
+        raise ValueError(
+            f"{type(model).__name__}.no_weight_decay: no parameter named '{sorted(unknown)[0]}'"
+        )
+    return names
 
 
 def param_groups(model: nn.Module, weight_decay: float, exclude_bias_and_norm: bool) -> list[dict]:
     """Parameter groups: regular weights, biases plus norm parameters (no decay, no LARS), each
-    split further by the method's overrides. Every group carries ``initial_weight_decay`` (the
-    schedule's scale), ``lars_exclude``, ``fixed_lr`` and ``lr_scale``."""
-    overrides = _overrides(model)
-    prefixes = sorted(overrides, key=len, reverse=True)
+    split further by the method's ``fixed_lr_modules`` (one group per module prefix) and
+    ``no_weight_decay`` (one group per name). Every group carries ``initial_weight_decay`` (the
+    schedule's scale), ``lars_exclude`` and ``fixed_lr``."""
+    fixed = _fixed_lr_prefixes(model)
+    undecayed = _no_weight_decay(model)
     grouped: dict[tuple[str, bool], list[nn.Parameter]] = {}
     seen: set[int] = set()
     for module_name, module in model.named_modules():
@@ -88,19 +73,15 @@ def param_groups(model: nn.Module, weight_decay: float, exclude_bias_and_norm: b
                 continue
             seen.add(id(p))
             full = f"{module_name}.{name}" if module_name else name
-            prefix = next((q for q in prefixes if full.startswith(q)), "")
-            if getattr(p, "fixed_lr", False):
-                prefix = prefix or "<fixed_lr attribute>"
+            # its own group when named in no_weight_decay, else its fixed-lr module's, if any
+            prefix = next((q for q in fixed if full.startswith(q)), "")
+            prefix = full if full in undecayed else prefix
             is_bias_or_norm = name == "bias" or isinstance(module, _NORMS) or p.ndim <= 1
             grouped.setdefault((prefix, exclude_bias_and_norm and is_bias_or_norm), []).append(p)
 
     groups = []
     for (prefix, excluded), params in grouped.items():
-        options = {"fixed_lr": False, "weight_decay": weight_decay, "lr_scale": 1.0}
-        options.update(overrides.get(prefix, {}))
-        if prefix == "<fixed_lr attribute>":
-            options["fixed_lr"] = True
-        wd = 0.0 if excluded else float(options["weight_decay"])
+        wd = 0.0 if excluded or prefix in undecayed else weight_decay
         groups.append(
             {
                 "params": params,
@@ -108,8 +89,7 @@ def param_groups(model: nn.Module, weight_decay: float, exclude_bias_and_norm: b
                 "weight_decay": wd,
                 "initial_weight_decay": wd,
                 "lars_exclude": excluded,
-                "fixed_lr": bool(options["fixed_lr"]),
-                "lr_scale": float(options["lr_scale"]),
+                "fixed_lr": any(prefix.startswith(q) for q in fixed),
             }
         )
     return groups
@@ -172,7 +152,7 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig, global_batch: int) -> to
     lr = scaled_lr(cfg, global_batch)
     groups = param_groups(model, cfg.weight_decay, cfg.exclude_bias_and_norm)
     for group in groups:
-        group["lr"] = lr * group["lr_scale"]
+        group["lr"] = lr
     if cfg.name == "lars":
         return LARS(groups, lr=lr, momentum=cfg.momentum, eta=cfg.lars_eta)
     if cfg.name == "sgd":
@@ -183,29 +163,28 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig, global_batch: int) -> to
 
 
 @torch.no_grad()
-def clip_grad_per_parameter_(parameters: Iterable[torch.Tensor], max_norm: float) -> float:
+def clip_grad_per_parameter_(parameters: Iterable[torch.Tensor], max_norm: float) -> torch.Tensor:
     """Scale each tensor's gradient down to norm ``max_norm`` when it is larger, every tensor on
     its own (``clip_gradients`` of the DINO and iBOT reference code: a coefficient
     ``max_norm / (norm + 1e-6)``, applied when below 1). Gradients that are None are skipped.
-    Returns the largest gradient norm before clipping (0.0 when there is none)."""
-    largest = 0.0
+    Returns the largest gradient norm before clipping, a 0-dim tensor on the gradients' device
+    (0 when there is none): nothing here waits for the device."""
+    largest = torch.zeros(())
     for p in parameters:
         if p.grad is None:
             continue
-        norm = float(torch.linalg.vector_norm(p.grad))
-        largest = max(largest, norm)
-        coef = max_norm / (norm + 1e-6)
-        if coef < 1:
-            p.grad.mul_(coef)
+        norm = torch.linalg.vector_norm(p.grad)
+        largest = torch.maximum(largest.to(norm.device), norm.float())
+        p.grad.mul_((max_norm / (norm + 1e-6)).clamp(max=1.0))  # × 1 leaves it bit-identical
     return largest
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
-    """The scheduled ``lr`` on every group (times its ``lr_scale``); ``fixed_lr`` groups keep
-    the lr they were built with (the scaled peak: SimSiam's predictor)."""
+    """The scheduled ``lr`` on every group; ``fixed_lr`` groups keep the lr they were built with
+    (the scaled peak: SimSiam's predictor)."""
     for group in optimizer.param_groups:
         if not group.get("fixed_lr", False):
-            group["lr"] = lr * group.get("lr_scale", 1.0)
+            group["lr"] = lr
 
 
 def set_weight_decay(

@@ -4,12 +4,15 @@ The Ray worker loop (``loop.py``) and the GPU check (``benchmarks/gpu_check.py``
 :class:`TrainStep`; it owns views-to-device, photometric augmentation, precision, gradient
 accumulation, the schedules, the method's hooks, clipping and the optimizer. Nothing here (nor
 anything it imports) imports ray, mlflow or yaml at module level.
+
+Host syncs: a step leaves its loss and metrics on the device (:class:`StepResult`), so the CPU
+can queue the next step while the accelerator works; the caller reads them back when it logs
+(:func:`pipelines.train.reporting.to_floats`, one copy for all of them). The one read per step
+is the finiteness of the loss, a single flag checked before anything moves the weights.
 """
 
 import contextlib
 import logging
-import math
-import time
 from dataclasses import dataclass
 
 import torch
@@ -102,8 +105,21 @@ def merge_outputs(outputs: list[dict[str, torch.Tensor]]) -> dict[str, torch.Ten
 
 @dataclass
 class StepResult:
-    loss: float
-    metrics: dict[str, float]
+    """One optimizer step's numbers, still on the device: reading one waits for the step to
+    finish, so read them on logging steps only
+    (:func:`pipelines.train.reporting.to_floats`)."""
+
+    loss: torch.Tensor  # 0-dim float32: the mean over the micro-batches
+    metrics: dict[str, torch.Tensor | float]  # "loss" included; the schedules' values are floats
+
+
+def check_finite(loss: torch.Tensor, step: int) -> None:
+    """Raise :class:`NonFiniteLossError` naming ``step`` when ``loss`` (0-dim, the mean over
+    the micro-batches, so non-finite when any of them is) is NaN or infinite. The step's one
+    host sync, a single flag: it runs before the hooks, clipping and the optimizer, so a
+    non-finite loss never reaches the weights, the optimizer state or an EMA teacher."""
+    if not bool(torch.isfinite(loss)):
+        raise NonFiniteLossError(f"loss is {float(loss)} at step {step}")
 
 
 class TrainStep:
@@ -169,7 +185,7 @@ class TrainStep:
 
         self.method.train()
         self.optimizer.zero_grad(set_to_none=True)
-        outputs, probe_feats = [], []
+        losses, outputs, probe_feats = [], [], []
         for i, part in enumerate(micro):
             views = prepare_views(part, self.cfg.views, self.device, self.generator)
             # DDP all-reduces gradients once per optimizer step: after the last micro-batch
@@ -178,10 +194,8 @@ class TrainStep:
                 with self._autocast():
                     out = self.model(views)
                 loss = out["loss"]
-                value = loss.item()
-                if not math.isfinite(value):
-                    raise NonFiniteLossError(f"loss is {value} at step {step}")
                 (loss / parts).backward()
+            losses.append(loss.detach().float())  # kept on the device: no read per micro-batch
             outputs.append(out)
             if self.probe is not None and labels is not None:
                 feats = out.get("features")
@@ -190,6 +204,8 @@ class TrainStep:
                     with self._autocast():
                         feats = probe_features(self.method.encoder, first)
                 probe_feats.append(feats.detach())
+        loss = torch.stack(losses).mean()
+        check_finite(loss, step)
 
         self.method.on_after_backward(progress)
         if self.cfg.optim.clip_grad > 0:
@@ -197,19 +213,18 @@ class TrainStep:
                 norm = clip_grad_per_parameter_(self.method.parameters(), self.cfg.optim.clip_grad)
             else:
                 norm = nn.utils.clip_grad_norm_(self.method.parameters(), self.cfg.optim.clip_grad)
-            metrics["grad_norm"] = float(norm)
+            metrics["grad_norm"] = norm
         self.optimizer.step()
         merged = merge_outputs(outputs)
         self.method.on_step_end(merged, progress)
 
         if probe_feats and labels is not None:
             metrics.update(self.probe.step(torch.cat(probe_feats), labels.to(self.device)))
-        loss_value = sum(float(o["loss"].detach()) for o in outputs) / parts
         for key, value in merged.items():
             if key != "loss" and isinstance(value, torch.Tensor) and value.ndim == 0:
-                metrics[key] = float(value.detach())
-        metrics["loss"] = loss_value
-        return StepResult(loss_value, metrics)
+                metrics[key] = value.detach()
+        metrics["loss"] = loss
+        return StepResult(loss, metrics)
 
     def state_dict(self) -> dict:
         """Model, optimizer, probe and this rank's random state (see checkpoint.py)."""
@@ -232,19 +247,3 @@ class TrainStep:
         rng = rng if rng is not None else state.get("rng")
         if isinstance(rng, dict) and rng:  # a list is every rank's: the caller picks its own
             restore_rng(rng, self.generator)
-
-
-class Throughput:
-    """Images per second and the fraction of wall time spent waiting for data."""
-
-    def __init__(self) -> None:
-        self.reset()
-
-    def reset(self) -> None:
-        self.start = time.perf_counter()
-        self.wait = 0.0
-        self.images = 0
-
-    def summary(self) -> dict[str, float]:
-        elapsed = max(1e-9, time.perf_counter() - self.start)
-        return {"images_per_sec": self.images / elapsed, "data_wait_fraction": self.wait / elapsed}

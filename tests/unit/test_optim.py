@@ -1,4 +1,5 @@
-"""Optimisers and parameter groups: LARS by hand, exclusion, overrides, lr and wd schedules."""
+"""Optimisers and parameter groups: LARS by hand, exclusion, fixed-lr and undecayed groups,
+lr and wd schedules."""
 
 import pytest
 import torch
@@ -77,9 +78,9 @@ def test_lr_scales_with_global_batch():
     assert scaled_lr(OptimConfig(base_lr=0.3), 128) == pytest.approx(0.15)
 
 
-def test_fixed_lr_override_and_attribute():
+def test_fixed_lr_modules_keep_the_peak_lr():
     model = Tiny()
-    model.param_group_overrides = lambda: {"predictor.": {"fixed_lr": True}}
+    model.fixed_lr_modules = ("predictor",)
     opt = build_optimizer(model, OptimConfig(name="sgd", base_lr=0.5), 256)
     set_lr(opt, 0.01)
     assert group_of(opt, model.predictor.weight)["lr"] == 0.5
@@ -87,35 +88,11 @@ def test_fixed_lr_override_and_attribute():
     assert group_of(opt, model.predictor.bias)["weight_decay"] == 0.0  # still a bias
     assert group_of(opt, model.fc.weight)["lr"] == 0.01
 
-    named = Tiny()
-    named.fixed_lr_modules = ("predictor",)
-    opt = build_optimizer(named, OptimConfig(name="sgd", base_lr=0.5), 256)
-    set_lr(opt, 0.01)
-    assert group_of(opt, named.predictor.weight)["lr"] == 0.5
-    assert group_of(opt, named.fc.weight)["lr"] == 0.01
 
-    plain = Tiny()
-    plain.fc.weight.fixed_lr = True
-    opt = build_optimizer(plain, OptimConfig(name="sgd", base_lr=0.5), 256)
-    set_lr(opt, 0.01)
-    assert group_of(opt, plain.fc.weight)["lr"] == 0.5
-    assert group_of(opt, plain.predictor.weight)["lr"] == 0.01
-
-
-def test_lr_scale_and_weight_decay_override():
+def test_fixed_lr_modules_names_an_unknown_module():
     model = Tiny()
-    model.param_group_overrides = lambda: {"fc.": {"lr_scale": 0.1, "weight_decay": 0.0}}
-    opt = build_optimizer(model, OptimConfig(name="sgd", weight_decay=0.3), 256)
-    set_lr(opt, 1.0)
-    assert group_of(opt, model.fc.weight)["lr"] == pytest.approx(0.1)
-    assert group_of(opt, model.fc.weight)["weight_decay"] == 0.0
-    assert group_of(opt, model.predictor.weight)["weight_decay"] == 0.3
-
-
-def test_unknown_override_option_names_it():
-    model = Tiny()
-    model.param_group_overrides = lambda: {"predictor.": {"fix_lr": True}}
-    with pytest.raises(ValueError, match=r"unknown option 'fix_lr'"):
+    model.fixed_lr_modules = ("predictr",)
+    with pytest.raises(AttributeError, match="predictr"):
         param_groups(model, 0.1, True)
 
 
@@ -136,25 +113,27 @@ def test_clip_grad_per_parameter_bounds_each_tensor_on_its_own():
     a, b, c = (nn.Parameter(torch.zeros(2)) for _ in range(3))
     a.grad, b.grad = torch.tensor([6.0, 8.0]), torch.tensor([0.6, 0.8])
     largest = clip_grad_per_parameter_([a, b, c], 3.0)
-    assert largest == pytest.approx(10.0)
+    assert float(largest) == pytest.approx(10.0)
     torch.testing.assert_close(a.grad, torch.tensor([1.8, 2.4]), rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(b.grad, torch.tensor([0.6, 0.8]))
     assert c.grad is None
 
 
-def test_no_weight_decay_names_keep_their_prefix_options():
+def test_no_weight_decay_names_keep_their_modules_fixed_lr():
     model = Tiny()
-    model.no_weight_decay = ("fc.weight",)
-    model.param_group_overrides = lambda: {"fc.": {"lr_scale": 0.1}}
-    opt = build_optimizer(model, OptimConfig(name="adamw", weight_decay=0.3), 256)
+    model.no_weight_decay = ("predictor.weight",)
+    model.fixed_lr_modules = ("predictor",)
+    opt = build_optimizer(model, OptimConfig(name="adamw", base_lr=0.256, weight_decay=0.3), 256)
     set_lr(opt, 1.0)
-    group = group_of(opt, model.fc.weight)
+    group = group_of(opt, model.predictor.weight)
     assert (group["weight_decay"], group["initial_weight_decay"]) == (0.0, 0.0)
-    assert group["lr"] == pytest.approx(0.1)  # the prefix's lr_scale still applies
-    assert group_of(opt, model.predictor.weight)["weight_decay"] == 0.3
+    assert group["lr"] == pytest.approx(0.256)  # still outside the schedule
+    assert group["params"] == [model.predictor.weight]
+    assert group_of(opt, model.fc.weight)["weight_decay"] == 0.3
     # the decay schedule leaves it at zero
     set_weight_decay(opt, 50, 100, 0.3, 0.6)
-    assert group_of(opt, model.fc.weight)["weight_decay"] == 0.0
+    assert group_of(opt, model.predictor.weight)["weight_decay"] == 0.0
+    assert group_of(opt, model.fc.weight)["weight_decay"] == pytest.approx(0.45)
 
 
 def test_no_weight_decay_names_an_unknown_parameter():

@@ -8,6 +8,7 @@ from PIL import Image
 from pipelines.data.decode import BadImageError
 from pipelines.data.manifest import MANIFEST_NAME, read_manifest
 from pipelines.data.shard.job import shard
+from pipelines.data.shard.tasks import progress_bar, run_parallel
 from pipelines.data.shard.writer import ShardOptions, write_shards
 from tests.images import bad_records, encode, photo, write_imagefolder
 
@@ -156,3 +157,16 @@ def test_write_shards_keeps_the_embedded_dataset_path(tmp_path):
     manifest = write_shards(rows, str(tmp_path / "out"), ["a", "b"], max_rows=2)
     assert [f.rows for f in manifest.files] == [2, 2, 1]
     assert [r["key"] for r in rows_of(tmp_path / "out")] == [f"k{i}" for i in range(5)]
+
+
+def test_progress_off_a_terminal_is_plain_lines_ending_with_the_total():
+    out = io.StringIO()  # not a terminal, as a log file or a Ray job's output
+    bar = progress_bar("sslpipe shard", 3, "units", out)
+    results = run_parallel(lambda x: 10 * x, [(1,), (2,), (3,)], 0, bar, count=lambda r: r)
+    assert results == [10, 20, 30]
+    text = out.getvalue()
+    assert "\r" not in text and "\x1b" not in text  # no redraws, no escape codes
+    lines = text.splitlines()
+    assert lines[0].startswith("sslpipe shard:   0%|") and " 0/3 " in lines[0]
+    assert " 3/3 " in lines[-1] and lines[-1].endswith(", 60 images]")
+    assert len(lines) == 2  # the interval is long: just the start and the end

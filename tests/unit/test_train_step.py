@@ -113,7 +113,7 @@ def test_gradient_accumulation_equals_one_big_batch():
     r1 = TrainStep(one, cfg1, CPU, 10, 5)(batch, 3)
     r2 = TrainStep(two, cfg2, CPU, 10, 5)(batch, 3)
     assert two.events.count("forward") == 2 and two.events.count("start") == 1
-    assert r2.loss == pytest.approx(r1.loss, rel=1e-6)
+    assert float(r2.loss) == pytest.approx(float(r1.loss), rel=1e-6)
     for p1, p2 in zip(one.parameters(), two.parameters(), strict=True):
         assert torch.allclose(p1, p2, atol=1e-7)
     # the hook sees every micro-batch's keys, in batch order
@@ -131,6 +131,16 @@ def test_non_finite_loss_names_the_step():
     step = TrainStep(Toy(nan_at=1), toy_config(), CPU, 10, 5)
     with pytest.raises(NonFiniteLossError, match="loss is nan at step 7"):
         step(batches(1, size=4)[0], 7)
+
+
+def test_non_finite_second_micro_batch_leaves_the_weights_alone():
+    toy = Toy(nan_at=2)
+    before = toy.backbone.weight.detach().clone()
+    step = TrainStep(toy, toy_config("train.accumulate_steps=2"), CPU, 10, 5)
+    with pytest.raises(NonFiniteLossError, match="loss is nan at step 3"):
+        step(batches(1, size=4)[0], 3)
+    assert toy.events == ["start", "forward", "forward"]  # no hook after the backward passes
+    assert torch.equal(toy.backbone.weight, before)
 
 
 def test_rng_capture_restores_every_generator():
@@ -155,14 +165,14 @@ def run_and_resume(tmp_path, cfg, method_factory, n_before: int, n_after: int):
     for i in range(n_before):
         step(data[i], i)
     save_state(tmp_path, {**step.state_dict(), "step": n_before})
-    straight = [step(data[i], i).loss for i in range(n_before, n_before + n_after)]
+    straight = [float(step(data[i], i).loss) for i in range(n_before, n_before + n_after)]
 
     torch.manual_seed(123)  # a different init and global RNG: only the checkpoint can fix them
     fresh = place(method_factory(cfg), cfg, CPU)
     resumed = TrainStep(fresh, cfg, CPU, total_steps=20, steps_per_epoch=4)
     state = load_state(tmp_path)
     resumed.load_state_dict(state)
-    again = [resumed(data[i], i).loss for i in range(state["step"], n_before + n_after)]
+    again = [float(resumed(data[i], i).loss) for i in range(state["step"], n_before + n_after)]
     return straight, again, method, fresh
 
 
@@ -211,11 +221,11 @@ def _ddp_resume(rank: int, world: int):
     with tempfile.TemporaryDirectory() as d:
         save_state(d, state)
         loaded = load_state(d)
-    straight = step(data[2], 2).loss
+    straight = float(step(data[2], 2).loss)
     torch.manual_seed(99)
     fresh = TrainStep(place(build_method(cfg), cfg, CPU), cfg, CPU, 20, 4)
     fresh.load_state_dict(loaded, loaded["rng"][rank])
-    return straight, fresh(data[2], 2).loss, [r["generator"] for r in loaded["rng"]]
+    return straight, float(fresh(data[2], 2).loss), [r["generator"] for r in loaded["rng"]]
 
 
 def test_two_worker_checkpoint_keeps_each_ranks_rng():

@@ -27,7 +27,7 @@ from pipelines.data.manifest import (
     write_manifest,
 )
 from pipelines.data.shard.inputs import SourcePlan, plan_source
-from pipelines.data.shard.tasks import ProgressBar, run_parallel
+from pipelines.data.shard.tasks import progress_bar, run_parallel
 from pipelines.data.shard.writer import (
     PARTS_DIR,
     ShardOptions,
@@ -130,7 +130,7 @@ def shard(
     todo = [i for i in range(len(plan.units)) if i not in done]
     if done:
         log.info("resuming: %d of %d units already written", len(done), len(plan.units))
-    bar = ProgressBar("sslpipe shard", len(todo), "units") if progress and todo else None
+    bar = progress_bar("sslpipe shard", len(todo), "units") if progress and todo else None
     jobs = [(plan.units[i], i, dest, options) for i in todo]
     results = run_parallel(run_unit, jobs, workers, bar, count=lambda r: r.rows)
     units = sorted([*done.values(), *results], key=lambda r: r.index)

@@ -1,61 +1,77 @@
-"""Independent jobs run as Ray tasks (or in this process), with a progress line on stderr."""
+"""Independent jobs run as Ray tasks (or in this process), with a tqdm progress bar on stderr."""
 
 import sys
-import time
 from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
+from tqdm import tqdm
 
-class ProgressBar:
-    """``label [#####.....] 5/10 units, 1234 images, 56/s``: redrawn in place on a terminal,
-    printed every 10% otherwise (logs stay short)."""
+LOG_INTERVAL_S = 30.0  # off a terminal: a progress line at most this often, and one at the end
 
-    def __init__(self, label: str, total: int, unit: str, stream: TextIO | None = None) -> None:
-        self.label, self.total, self.unit = label, total, unit
-        self.stream = stream if stream is not None else sys.stderr
-        self.done, self.items = 0, 0
-        self.start = time.perf_counter()
-        self.tty = getattr(self.stream, "isatty", lambda: False)()
-        self.next_report = 0.0
 
-    def update(self, items: int = 0) -> None:
-        self.done += 1
-        self.items += items
-        fraction = self.done / max(1, self.total)
-        if self.tty or fraction >= self.next_report or self.done == self.total:
-            self.next_report = fraction + 0.1
-            self.draw()
+class _Lines:
+    """The stream tqdm writes to off a terminal (a log file, a Ray job's output): each redraw
+    becomes one plain line, without the carriage returns that would pile up in a log."""
 
-    def draw(self) -> None:
-        fraction = self.done / max(1, self.total)
-        bar = "#" * round(20 * fraction) + "." * (20 - round(20 * fraction))
-        rate = self.items / max(1e-9, time.perf_counter() - self.start)
-        line = (
-            f"{self.label} [{bar}] {self.done}/{self.total} {self.unit}, "
-            f"{self.items} images, {rate:.0f}/s"
-        )
-        end = "" if self.tty and self.done < self.total else "\n"
-        self.stream.write(("\r" if self.tty else "") + line + end)
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+
+    def write(self, text: str) -> None:
+        line = text.strip("\r\n ")
+        if line:
+            self.stream.write(line + "\n")
+
+    def flush(self) -> None:
         self.stream.flush()
+
+
+def progress_bar(label: str, total: int, unit: str, stream: TextIO | None = None) -> tqdm:
+    """``label: 50%|#####     | 5/10 [00:02<00:02, 2.5units/s, 1234 images]``: redrawn in place
+    on a terminal, a plain line every ``LOG_INTERVAL_S`` seconds otherwise."""
+    stream = stream if stream is not None else sys.stderr
+    if getattr(stream, "isatty", lambda: False)():
+        return tqdm(total=total, desc=label, unit=unit, file=stream)
+    return tqdm(
+        total=total,
+        desc=label,
+        unit=unit,
+        file=_Lines(stream),
+        mininterval=LOG_INTERVAL_S,
+        ascii=True,
+    )
 
 
 def run_parallel(
     fn: Callable[..., Any],
     jobs: Sequence[tuple],
     workers: int,
-    progress: ProgressBar | None = None,
-    count: Callable[[Any], int] = lambda _: 0,
+    progress: tqdm | None = None,
+    count: Callable[[Any], int] | None = None,
 ) -> list[Any]:
     """``fn(*job)`` for every job, results in job order. ``workers`` = 0 runs them here, one
     after the other; otherwise as Ray tasks, at most ``2 × workers`` in flight so a huge plan
     never floods the object store. The first failure cancels the rest and is re-raised as the
-    job's own exception (not Ray's wrapper), so callers can catch e.g. BadImageError."""
+    job's own exception (not Ray's wrapper), so callers can catch e.g. BadImageError.
+    ``progress`` advances by one per finished job, shows the sum of ``count(result)`` as images
+    when ``count`` is given, and is closed (its final line printed) after the last job."""
     results: list[Any] = [None] * len(jobs)
+    images = 0
+
+    def finished(i: int) -> None:
+        nonlocal images
+        if progress is None:
+            return
+        if count is not None:
+            images += count(results[i])
+            progress.set_postfix_str(f"{images} images", refresh=False)
+        progress.update()
+        if progress.n >= len(jobs):
+            progress.close()
+
     if workers <= 0:
         for i, job in enumerate(jobs):
             results[i] = fn(*job)
-            if progress:
-                progress.update(count(results[i]))
+            finished(i)
         return results
 
     import ray
@@ -72,8 +88,7 @@ def run_parallel(
             for ref in ready:
                 i = pending.pop(ref)
                 results[i] = ray.get(ref)
-                if progress:
-                    progress.update(count(results[i]))
+                finished(i)
     except ray.exceptions.RayTaskError as e:
         for ref in pending:
             ray.cancel(ref)

@@ -7,7 +7,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from pipelines.data.manifest import SHARD_SCHEMA, ShardFile, join, read_manifest, resolve
-from pipelines.data.shard.tasks import ProgressBar, run_parallel
+from pipelines.data.shard.tasks import progress_bar, run_parallel
 
 _CHUNK = 8 * 2**20
 
@@ -65,7 +65,7 @@ def verify(dest: str, endpoint: str = "", workers: int = 0, progress: bool = Tru
     """Check every file the manifest names, in parallel Ray tasks when ``workers`` > 0; also
     totals, duplicate keys across files, and files present but not listed (reported only)."""
     manifest, fs, root = read_manifest(dest, endpoint)
-    bar = ProgressBar("sslpipe verify", len(manifest.files), "files") if progress else None
+    bar = progress_bar("sslpipe verify", len(manifest.files), "files") if progress else None
     jobs = [(dest, endpoint, f) for f in manifest.files]
     checks = run_parallel(check_file, jobs, workers, bar)
     report = VerifyReport(files=len(manifest.files))
