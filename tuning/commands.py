@@ -26,6 +26,7 @@ def _common(p: argparse.ArgumentParser, epochs: bool = True) -> None:
     p.add_argument("--name", help="sweep name (default: tune-<method>-<time> / survey-<time>)")
     add_cluster_arguments(p)
     flags.add_summary(p)
+    flags.add_verbose(p)
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -90,15 +91,13 @@ def start_ray(address: str | None, overrides: dict[str, Any], max_concurrent: in
         # submit_or_connect has joined the cluster already; reached only if it could not
         raise ConfigError(f"--address {address}: could not join this cluster")
     else:
+        from pipelines.cluster.local import start_local_ray
         from pipelines.config.layers import load_config
 
         cfg = load_config(overrides.get("method"), None, overrides)
         # workers, decode tasks, quarter-CPU read tasks (see tuning/README.md)
         per_trial = cfg.train.workers * cfg.train.cpus_per_worker + cfg.data.decode_tasks + 0.5
-        ray.init(
-            address="local", num_cpus=max(int(per_trial * max_concurrent + 0.999), os.cpu_count())
-        )
-    ray.data.DataContext.get_current().enable_progress_bars = False
+        start_local_ray(max(int(per_trial * max_concurrent + 0.999), os.cpu_count() or 1))
 
 
 def on_cluster(args: argparse.Namespace) -> int | None:

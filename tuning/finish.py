@@ -43,7 +43,7 @@ def finish_sweep(spec: dict[str, Any], results) -> dict[str, Any]:
         child = children.get(trial_id)
         # epochs trained: Tune's iteration count restarts with a trial resumed without a Tune
         # checkpoint, the loop's epoch does not
-        done = m["epoch"] + 1 if "epoch" in m else m.get("training_iteration", 0)
+        done = m["epoch"] if "epoch" in m else m.get("training_iteration", 0)  # from 1
         # the scheduler ends the trial function at its report (ASHA also at max_t), before it
         # closes its run, or, racing with that, the function's own except clause closes it
         # FAILED; either way Tune records no error: only a trial short of the budget was

@@ -14,6 +14,7 @@ from typing import Any
 
 from pipelines.config.layers import deep_merge, load_config
 from pipelines.config.typed import ConfigError
+from pipelines.tracking import console
 from pipelines.tracking import runs as tracking
 from pipelines.train.trainer import storage_root
 from ssl_models.registry import get_method
@@ -198,9 +199,34 @@ def tuner_of(spec: dict[str, Any], dims: list[Dimension], extra_space: dict | No
             storage_path=spec["storage"].rsplit("/", 1)[0],
             failure_config=tune.FailureConfig(max_failures=0),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-            verbose=1,
+            # Tune's own status tables with -v; otherwise one line per trial epoch and end
+            verbose=2 if console.verbose() else 0,
+            callbacks=[] if console.verbose() else [trial_lines(o["metric"])],
         ),
     )
+
+
+def trial_lines(metric: str):
+    """A Tune callback printing one line per trial result (an epoch) and per finished trial."""
+    from ray.tune import Callback
+
+    class Lines(Callback):
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            method = trial.config.get("method", "")
+            value = result.get(metric)
+            shown = f"  {metric} {value:.4f}" if isinstance(value, (int, float)) else ""
+            console.phase(
+                f"trial {trial.trial_id} {method}: epoch {result.get('epoch', '?')}"
+                f"  loss {result.get('loss', float('nan')):.4f}{shown}"
+            )
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            console.phase(f"trial {trial.trial_id} done")
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            console.phase(f"trial {trial.trial_id} failed (its log: {trial.local_path})")
+
+    return Lines()
 
 
 def run_sweep(opts: SweepOptions) -> dict[str, Any]:

@@ -31,10 +31,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from pipelines.cluster.checks import ClusterError
     from pipelines.config.typed import ConfigError
+    from pipelines.tracking import console
 
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     args.argv = argv  # the command line as typed: a Ray job (--address http://...) reruns it
+    console.configure(verbose=getattr(args, "verbose", False))
     try:
         return args.run(args)
     except ConfigError as e:

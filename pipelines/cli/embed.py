@@ -13,6 +13,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="OUT.parquet: key, label, embedding")
     flags.add_tracking(p)
     flags.add_set(p, EVAL_SET_HELP)
+    flags.add_verbose(p)
     p.set_defaults(run=run)
 
 

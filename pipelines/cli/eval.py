@@ -24,6 +24,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     flags.add_tracking(p)
     flags.add_set(p, EVAL_SET_HELP)
     flags.add_summary(p)
+    flags.add_verbose(p)
     p.set_defaults(run=run)
 
 

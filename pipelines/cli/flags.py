@@ -49,6 +49,15 @@ def add_tracking(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tracking-uri", help=TRACKING_HELP)
 
 
+def add_verbose(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="show Ray's and MLflow's own logs live (otherwise they go to the run's log file)",
+    )
+
+
 def add_summary(p: argparse.ArgumentParser) -> None:
     p.add_argument("--summary-json", metavar="FILE", help="also write the summary to this file")
 

@@ -7,6 +7,7 @@ from pathlib import Path
 from pipelines.cli import flags
 from pipelines.cluster.jobs import add_cluster_arguments, submit_or_connect
 from pipelines.config.layers import recipe_names
+from pipelines.tracking import console
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -27,6 +28,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     flags.add_training(p)
     flags.add_config(p)
     flags.add_summary(p)
+    flags.add_verbose(p)
     p.add_argument("--print-config", action="store_true", help="print the resolved config, exit")
     add_cluster_arguments(p)
     p.add_argument(
@@ -70,10 +72,14 @@ def profile_line(cfg) -> str:
     sizes = "/".join(str(g.size) for g in cfg.views.groups.values())
     other = "paper" if cfg.profile == "laptop" else "laptop"
     return (
-        f"sslpipe pretrain: {cfg.method}, {cfg.profile} profile: {net}, {sizes}-pixel views, "
-        f"batch {t.batch_size}, {t.epochs} epochs, {t.workers} workers "
+        f"{cfg.method}, {cfg.profile} profile: {net}, {sizes}-pixel views, "
+        f"batch {t.batch_size}, {plural(t.epochs, 'epoch')}, {plural(t.workers, 'worker')} "
         f"(--profile {other} for the {other} settings)"
     )
+
+
+def plural(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
 def check_shards(cfg) -> None:
@@ -109,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
     if args.print_config:
         print(dump_yaml(cfg), end="")
         return 0
-    print(profile_line(cfg), flush=True)
+    console.phase(profile_line(cfg))
     outputs = {"--storage": cfg.train.storage, "--tracking-uri": cfg.tracking.uri}
     exit_code = submit_or_connect(args, args.argv, demands_of(cfg), outputs)
     if exit_code is not None:  # ran as a Ray job

@@ -4,6 +4,7 @@ import argparse
 import os
 import sys
 
+from pipelines.cli import flags
 from pipelines.cluster.checks import Demand
 from pipelines.cluster.jobs import add_cluster_arguments, submit_or_connect
 from pipelines.config.typed import ConfigError
@@ -54,6 +55,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--endpoint-url", help="S3-compatible endpoint (MinIO...); default: $AWS_ENDPOINT_URL"
     )
     add_cluster_arguments(s)
+    flags.add_verbose(s)
     s.set_defaults(run=run)
 
 

@@ -12,6 +12,7 @@ from pipelines.data.manifest import Manifest
 from pipelines.eval.encoders import eval_image_size
 from pipelines.eval.frozen import KNN, evaluate_encoders
 from pipelines.eval.sets import EvalSplit
+from pipelines.tracking import console
 from pipelines.tracking import runs as tracking
 from pipelines.tracking.metric_logger import MetricLogger
 from ssl_models.export import Encoder
@@ -64,12 +65,13 @@ def finish(
     size = eval_image_size(cfg)
     plot_curves(run_id, uri)
     example = torch.rand(2, 3, size, size).numpy()
-    model_uri = tracking.log_encoder(run_id, uri, encoder, example)
-    registered, is_best = "", False
-    if cfg.tracking.register:
-        name = cfg.tracking.registered_model or f"sslpipe-{cfg.method}"
-        knn = summary_metrics.get("knn_top1")
-        registered, is_best = tracking.register(model_uri, uri, name, cfg.tracking.aliases, knn)
+    with console.captured("mlflow"):  # MLflow prints its registry notices itself
+        model_uri = tracking.log_encoder(run_id, uri, encoder, example)
+        registered, is_best = "", False
+        if cfg.tracking.register:
+            name = cfg.tracking.registered_model or f"sslpipe-{cfg.method}"
+            knn = summary_metrics.get("knn_top1")
+            registered, is_best = tracking.register(model_uri, uri, name, cfg.tracking.aliases, knn)
     summary = {
         "run_id": run_id,
         "run_name": cfg.train.name,

@@ -18,7 +18,6 @@ summed there for the log line and the epoch mean, and are read back only when ra
 
 import logging
 import os
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -33,6 +32,7 @@ from pipelines.config.layers import build_config
 from pipelines.config.schema import Config
 from pipelines.data.stream.bad_images import bad_image_count
 from pipelines.eval.monitors import KnnMonitor
+from pipelines.train import progress
 from pipelines.train.checkpoint import capture_rng, gather_rng, load_state, save_state
 from pipelines.train.faults import FaultInjector
 from pipelines.train.model import build_method
@@ -157,9 +157,10 @@ def resume(w: Worker) -> tuple[int, int]:
         w.metrics_log.log({"resumed_from_step": w.step}, w.step)
     log.info("rank %d resumed from %s at step %d", w.rank, w.last_checkpoint, w.step)
     done = state.get("epoch_step", w.steps_per_epoch)
+    index = state["epoch"] - 1  # the checkpoint numbers epochs from 1
     if done >= w.steps_per_epoch:
-        return state["epoch"] + 1, 0
-    return state["epoch"], done
+        return index + 1, 0
+    return index, done
 
 
 def train_epoch(
@@ -187,7 +188,7 @@ def train_epoch(
             log_step(w, result, epoch)
         every = w.cfg.train.checkpoint_every_steps
         if every and w.step % every == 0 and i < budget - 1:
-            report = {"epoch": epoch, "step": w.step, "resumed_from_step": w.resumed_from}
+            report = {"epoch": epoch + 1, "step": w.step, "resumed_from_step": w.resumed_from}
             checkpoint(w, epoch, done + i + 1, {**report, "loss": loss.read()})
     return loss.read(), meter.summary()
 
@@ -207,14 +208,25 @@ def train_step(w: Worker, batch: dict[str, torch.Tensor]) -> StepResult:
 
 
 def log_step(w: Worker, result: StepResult, epoch: int) -> None:
-    """Rank 0's metrics line: this step's schedules and extras, the mean loss and throughput
-    since the last line. Every rank restarts its window, so none grows without bound."""
-    if w.metrics_log is not None:
+    """Rank 0's metrics line and progress: this step's schedules and extras, the mean loss and
+    throughput since the last line. Every rank restarts its window, so none grows unbounded."""
+    if w.rank == 0:
         values = to_floats({**result.metrics, "loss": w.window_loss.mean()})  # one host sync
-        bad = bad_image_count(w.loop_config.get("bad_images_counter", ""))
-        w.metrics_log.log(
-            {**values, **w.window.summary(), "epoch": epoch, "bad_images": bad}, w.step
+        speed = w.window.summary()
+        progress.post(
+            w.loop_config.get("progress_board", ""),
+            {
+                "kind": "step",
+                "step": w.step,
+                "epoch": epoch + 1,
+                "loss": values["loss"],
+                "images_per_sec": speed["images_per_sec"],
+                "wait": speed["data_wait_fraction"],
+            },
         )
+        if w.metrics_log is not None:
+            bad = bad_image_count(w.loop_config.get("bad_images_counter", ""))
+            w.metrics_log.log({**values, **speed, "epoch": epoch + 1, "bad_images": bad}, w.step)
     w.window.reset()
     w.window_loss.reset()
 
@@ -226,9 +238,14 @@ def summarise_epoch(
     throughput: dict[str, float],
     monitor: KnnMonitor | None,
 ) -> dict[str, Any]:
-    """The epoch's metrics for Ray (kNN monitor included when due), logged and printed by
-    rank 0."""
-    metrics = {"epoch": epoch, "step": w.step, "resumed_from_step": w.resumed_from, "loss": loss}
+    """The epoch's metrics for Ray (kNN monitor included when due), logged and shown by rank 0.
+    Epochs are numbered from 1 wherever a person reads them: console, MLflow, checkpoints."""
+    metrics = {
+        "epoch": epoch + 1,
+        "step": w.step,
+        "resumed_from_step": w.resumed_from,
+        "loss": loss,
+    }
     metrics["images_per_sec"] = throughput["images_per_sec"]
     if monitor is not None and (epoch + 1) % w.cfg.eval.knn_every_epochs == 0:
         metrics["monitor_knn_top1"] = monitor(w.trainer.method.encoder)
@@ -243,16 +260,18 @@ def summarise_epoch(
             logged["monitor_knn_top1"] = metrics["monitor_knn_top1"]
         w.metrics_log.log(logged, w.step)
     if w.rank == 0:
-        # sys.stdout.write, not print: Ray Train patches print and would echo it twice
-        knn = metrics.get("monitor_knn_top1")
-        sys.stdout.write(
-            f"sslpipe: epoch {epoch + 1}/{w.cfg.train.epochs}  step {w.step}/{w.total_steps}  "
-            f"loss {loss:.4f}  {throughput['images_per_sec']:.0f} images/s  "
-            f"data wait {throughput['data_wait_fraction']:.0%}"
-            + (f"  kNN {knn:.3f}" if knn is not None else "")
-            + "\n"
+        progress.post(
+            w.loop_config.get("progress_board", ""),
+            {
+                "kind": "epoch",
+                "step": w.step,
+                "epoch": epoch + 1,
+                "loss": loss,
+                "images_per_sec": throughput["images_per_sec"],
+                "wait": throughput["data_wait_fraction"],
+                "knn": metrics.get("monitor_knn_top1"),
+            },
         )
-        sys.stdout.flush()
     return metrics
 
 
@@ -274,7 +293,7 @@ def checkpoint(w: Worker, epoch: int, epoch_step: int, metrics: dict[str, Any]) 
         **w.trainer.state_dict(),
         "rng": rngs,
         "step": w.step,
-        "epoch": epoch,
+        "epoch": epoch + 1,  # from 1, as on the console and in MLflow
         "epoch_step": epoch_step,
         "config": w.loop_config["cfg"],
         "pending_metrics": pending,
@@ -284,7 +303,7 @@ def checkpoint(w: Worker, epoch: int, epoch_step: int, metrics: dict[str, Any]) 
         found = ray.train.Checkpoint.from_directory(d)
         ray.train.report(metrics, checkpoint=found, checkpoint_dir_name=name)
         if w.metrics_log is not None:
-            record_checkpoint(w.metrics_log, w.cfg, w.loop_config, d, uri, w.step, epoch)
+            record_checkpoint(w.metrics_log, w.cfg, w.loop_config, d, uri, w.step, epoch + 1)
     w.last_checkpoint = uri
 
 

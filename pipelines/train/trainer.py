@@ -7,6 +7,7 @@ import logging
 import os
 import subprocess
 import time
+from pathlib import Path
 from typing import Any
 
 import ray
@@ -14,6 +15,7 @@ from mlflow import MlflowClient
 from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
+from pipelines.cluster.local import start_local_ray
 from pipelines.config.layers import dump_yaml
 from pipelines.config.schema import Config
 from pipelines.config.typed import to_dict
@@ -23,7 +25,10 @@ from pipelines.data.stream.source import training_dataset
 from pipelines.data.synthetic import ensure_embedded
 from pipelines.eval.encoders import encoders_from_state, eval_image_size
 from pipelines.eval.sets import HOLDOUT, EvalSplit, split_views
+from pipelines.tracking import console
 from pipelines.tracking import runs as tracking
+from pipelines.tracking.console import TrainingBar
+from pipelines.train import progress
 from pipelines.train.assets import log_assets, prepare_assets
 from pipelines.train.checkpoint import load_state
 from pipelines.train.finish import evaluate_and_log, finish
@@ -58,9 +63,7 @@ def ensure_ray(cfg: Config) -> None:
         return
     needed = cfg.train.workers * cfg.train.cpus_per_worker + cfg.data.decode_tasks + 1
     num_cpus = max(int(needed + 0.999), os.cpu_count() or 1)
-    # "local": a new instance even if a `ray start` cluster runs on this machine (--address
-    # chooses a cluster explicitly)
-    ray.init(address="local", num_cpus=num_cpus)
+    start_local_ray(num_cpus)
 
 
 def manifest_digest(manifest: Manifest) -> str:
@@ -151,9 +154,10 @@ def pretrain(cfg: Config, resume_run_id: str | None = None) -> dict[str, Any]:
     started earlier with this resolved config) continue that run and its MLflow run."""
     started = time.time()
     cfg = resolved(cfg)
+    if "://" not in cfg.train.storage:
+        console.attach_log(f"{cfg.train.storage}/{cfg.train.name}/sslpipe.log")
     split, eval_note = resolve_data(cfg)
     ensure_ray(cfg)
-    ray.data.DataContext.get_current().enable_progress_bars = False
     counter = create_counter()  # undecodable images skipped by the data tasks
     ds, manifest = training_dataset(cfg, split.train, counter)
 
@@ -185,10 +189,9 @@ def pretrain(cfg: Config, resume_run_id: str | None = None) -> dict[str, Any]:
         run_id = tracking.start_run(cfg, name, tags)
         tracking.log_text(run_id, uri, dump_yaml(cfg), "config.yaml")
         log_assets(run_id, uri, assets)
-    print(
-        f"sslpipe: run {name} (MLflow run {run_id}), {manifest.total_rows} images, "
-        f"{cfg.train.epochs} epochs × {steps_per_epoch} steps, {workers} workers",
-        flush=True,
+    console.phase(
+        f"training run {name} (MLflow run {run_id}): {manifest.total_rows} images, "
+        f"{cfg.train.epochs} × {steps_per_epoch} steps (epochs × steps), {workers} workers"
     )
 
     extra = monitor_datasets(cfg, split, manifest)
@@ -202,12 +205,18 @@ def pretrain(cfg: Config, resume_run_id: str | None = None) -> dict[str, Any]:
         "knn_monitor": bool(extra),
         "bad_images_counter": counter,
     }
+    board_name, board = progress.create_board(name)
+    loop_config["progress_board"] = board_name
     trainer = build_trainer(cfg, ds, loop_config, name, storage, extra)
+    total = steps_per_epoch * cfg.train.epochs
+    bar = TrainingBar(total, cfg.train.epochs, resumed_step(run_dir))
+    follower = progress.Follower(board, bar)
     try:
-        result = trainer.fit()
-    except Exception:
+        with follower:
+            result = trainer.fit()
+    except Exception as e:
         tracking.end_run(run_id, uri, "FAILED")
-        raise
+        raise RunFailed(failure_report(cfg, e, follower.bar.step, run_dir)) from e
     if result.checkpoint is None:
         tracking.end_run(run_id, uri, "FAILED")
         raise RuntimeError(f"run {name} finished without a checkpoint under {run_dir}")
@@ -219,7 +228,45 @@ def pretrain(cfg: Config, resume_run_id: str | None = None) -> dict[str, Any]:
         tracking.log_dict(run_id, uri, {"count": bad.count, "keys": bad.keys}, "bad_images.json")
     encoders = encoders_from_state(cfg, state)
     seconds = time.time() - started
+    console.phase(f"evaluating: kNN top-1 of the trained and random-init encoders ({eval_note})")
     summary_metrics = evaluate_and_log(
         cfg, split, manifest, state, encoders, run_id, seconds, {"bad_images": bad.count}
     )
+    console.phase("logging the encoder to MLflow and registering it")
     return finish(cfg, run_id, state, encoders["trained"], summary_metrics, eval_note, started)
+
+
+class RunFailed(RuntimeError):
+    """A training run that stopped: the message says what, where, and how to go on."""
+
+
+def resumed_step(run_dir: str) -> int:
+    """The step of the newest checkpoint a relaunch of this run resumes from (0: none)."""
+    steps = [int(p.name.split("_")[-1]) for p in Path(run_dir).glob("checkpoint_*")]
+    return max(steps, default=0) if "://" not in run_dir else 0
+
+
+def failure_report(cfg: Config, error: BaseException, step: int, run_dir: str) -> str:
+    """A few lines instead of Ray's traceback: what failed, at which step, the last
+    checkpoint, the command that resumes, and how to let Ray restart workers."""
+    cause = error
+    failures = getattr(error, "worker_failures", None) or {}
+    if failures:
+        rank, cause = sorted(failures.items())[0]
+        what = f"worker {rank} failed: {type(cause).__name__}"
+    else:
+        what = f"training failed: {type(error).__name__}"
+    detail = str(cause).strip().splitlines()
+    lines = [f"{what}: {detail[0] if detail else ''}".rstrip(": ")]
+    lines.append(f"  last step shown: {step}")
+    last = resumed_step(run_dir)
+    lines.append(
+        f"  last checkpoint: {run_dir}/checkpoint_{last:09d}" if last else "  no checkpoint yet"
+    )
+    lines.append(f"  resume with: sslpipe pretrain --resume {cfg.train.name}")
+    if cfg.train.max_failures == 0:
+        lines.append(
+            "  Ray restarts failed workers from the last checkpoint with --set train.max_failures=3"
+        )
+    lines.append(f"  details: {console.log_path() or 'rerun with -v'}")
+    return "\n".join(lines)

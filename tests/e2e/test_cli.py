@@ -81,3 +81,22 @@ def test_pretrain_on_the_embedded_default(tmp_path):
     with torch.no_grad():
         features = encoder(torch.rand(1, 3, 32, 32))
     assert features.shape == (1, encoder.out_dim) and torch.isfinite(features).all()
+
+
+NOISE = ("TrainingReport", "Execution plan", "WARNING", "\x1b", "Traceback")
+
+
+def test_pretrain_output_to_a_file_is_sslpipe_alone(tmp_path):
+    """Off a terminal: phases, plain progress lines and the summary; none of Ray's or MLflow's
+    own logging (it is in the run's log file), no control codes."""
+    out = sslpipe("pretrain", *TINY, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    text = out.stdout + out.stderr
+    for noise in NOISE:
+        assert noise not in text, noise
+    assert "\r" not in text
+    lines = out.stdout.splitlines()
+    assert any(line.startswith("sslpipe: epoch 2/2  step") for line in lines)
+    (log_line,) = [line for line in lines if line.startswith("sslpipe: log: ")]
+    log_file = log_line.removeprefix("sslpipe: log: ")
+    assert "mlflow" in open(log_file).read()  # what the console did not show is kept there

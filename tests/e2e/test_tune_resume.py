@@ -58,8 +58,8 @@ def results_of(sweep: Path) -> dict[str, list[dict]]:
 
 def finished(reports: list[dict]) -> bool:
     # Tune's result.json has no done line for these trials: the last epoch is the sign (the
-    # loop's 0-based epoch; Tune's iteration count restarts in a restarted trial)
-    return reports[-1]["epoch"] == EPOCHS - 1
+    # loop's epoch, counted from 1; Tune's iteration count restarts in a restarted trial)
+    return reports[-1]["epoch"] == EPOCHS
 
 
 def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path):

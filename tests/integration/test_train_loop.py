@@ -45,17 +45,17 @@ def fit(cfg, tmp_path, name):
 def test_two_workers_train_report_and_resume(ray_local, tmp_path):
     result, spe = fit(tiny_config(tmp_path, epochs=1), tmp_path, "resume-me")
     assert spe == 2  # 80 images, 2 workers × 16
-    assert result.metrics["epoch"] == 0 and result.metrics["step"] == spe
+    assert result.metrics["epoch"] == 1 and result.metrics["step"] == spe  # epochs count from 1
     assert result.metrics["resumed_from_step"] == 0
     assert math.isfinite(result.metrics["loss"]) and result.metrics["loss"] > 0
     with result.checkpoint.as_directory() as d:
         first = load_state(d)
-    assert first["step"] == spe and first["epoch"] == 0
+    assert first["step"] == spe and first["epoch"] == 1
 
     # same name and storage, a longer budget: continues from the checkpoint, not from scratch
     result, _ = fit(tiny_config(tmp_path, epochs=2), tmp_path, "resume-me")
     assert result.metrics["resumed_from_step"] == spe
-    assert result.metrics["epoch"] == 1 and result.metrics["step"] == 2 * spe
+    assert result.metrics["epoch"] == 2 and result.metrics["step"] == 2 * spe
     with result.checkpoint.as_directory() as d:
         second = load_state(d)
     assert second["step"] == 2 * spe

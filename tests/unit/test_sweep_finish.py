@@ -47,7 +47,7 @@ def test_stopped_trials_are_killed_and_tagged_whether_open_or_closed_failed(tmp_
         runs[trial_id] = client.create_run(exp, tags=tags).info.run_id
         if status != "RUNNING":
             client.set_terminated(runs[trial_id], status)
-        metrics = {"trial_id": trial_id, "epoch": done - 1, "loss": 1.0 / done}
+        metrics = {"trial_id": trial_id, "epoch": done, "loss": 1.0 / done}  # epochs from 1
         results.append(SimpleNamespace(metrics=metrics, config={}, error=error))
 
     finish_sweep(spec, results)

@@ -1,44 +1,11 @@
 """Independent jobs run as Ray tasks (or in this process), with a tqdm progress bar on stderr."""
 
-import sys
 from collections.abc import Callable, Sequence
-from typing import Any, TextIO
+from typing import Any
 
 from tqdm import tqdm
 
-LOG_INTERVAL_S = 30.0  # off a terminal: a progress line at most this often, and one at the end
-
-
-class _Lines:
-    """The stream tqdm writes to off a terminal (a log file, a Ray job's output): each redraw
-    becomes one plain line, without the carriage returns that would pile up in a log."""
-
-    def __init__(self, stream: TextIO) -> None:
-        self.stream = stream
-
-    def write(self, text: str) -> None:
-        line = text.strip("\r\n ")
-        if line:
-            self.stream.write(line + "\n")
-
-    def flush(self) -> None:
-        self.stream.flush()
-
-
-def progress_bar(label: str, total: int, unit: str, stream: TextIO | None = None) -> tqdm:
-    """``label: 50%|#####     | 5/10 [00:02<00:02, 2.5units/s, 1234 images]``: redrawn in place
-    on a terminal, a plain line every ``LOG_INTERVAL_S`` seconds otherwise."""
-    stream = stream if stream is not None else sys.stderr
-    if getattr(stream, "isatty", lambda: False)():
-        return tqdm(total=total, desc=label, unit=unit, file=stream)
-    return tqdm(
-        total=total,
-        desc=label,
-        unit=unit,
-        file=_Lines(stream),
-        mininterval=LOG_INTERVAL_S,
-        ascii=True,
-    )
+from pipelines.tracking.console import progress_bar  # noqa: F401  (shard and verify use it)
 
 
 def run_parallel(

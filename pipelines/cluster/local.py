@@ -1,0 +1,37 @@
+"""A local Ray for commands run without ``--address``: started quietly, announced in one line."""
+
+import ray
+
+from pipelines.tracking import console
+
+
+def start_local_ray(num_cpus: int | None = None) -> None:
+    """``ray.init`` on this machine (a new instance even if a ``ray start`` cluster runs here:
+    ``--address`` chooses a cluster explicitly). Workers' output stays in Ray's logs and Ray's
+    start-up notices go to the run log, unless ``-v``."""
+    if ray.is_initialized():
+        return
+    console.requiet()  # importing Ray installed its own log handlers
+    with console.captured("ray.init"):
+        ray.init(
+            address="local",
+            num_cpus=num_cpus,
+            log_to_driver=console.verbose(),
+            configure_logging=console.verbose(),
+        )
+    ray.data.DataContext.get_current().enable_progress_bars = console.verbose()
+    have = ray.cluster_resources()
+    console.phase(
+        f"Ray started: local, {have.get('CPU', 0):g} CPUs, {have.get('GPU', 0):g} GPUs "
+        f"(its processes' logs: {log_dir()})"
+    )
+
+
+def log_dir() -> str:
+    """Where this machine's Ray session keeps its processes' logs (the workers' output)."""
+    try:
+        from ray._private.worker import _global_node
+
+        return _global_node.get_logs_dir_path()
+    except Exception:  # a private API: say where it usually is
+        return "/tmp/ray/session_latest/logs"
