@@ -99,4 +99,5 @@ def test_pretrain_output_to_a_file_is_sslpipe_alone(tmp_path):
     assert any(line.startswith("sslpipe: epoch 2/2  step") for line in lines)
     (log_line,) = [line for line in lines if line.startswith("sslpipe: log: ")]
     log_file = log_line.removeprefix("sslpipe: log: ")
-    assert "mlflow" in open(log_file).read()  # what the console did not show is kept there
+    with open(log_file) as f:
+        assert "mlflow" in f.read()  # what the console did not show is kept there
