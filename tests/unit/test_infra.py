@@ -1,5 +1,6 @@
 """infra/ holds what a user deploys: check it against Ray's schema and against this repo."""
 
+import functools
 import json
 import re
 import shlex
@@ -45,7 +46,7 @@ def test_kuberay_manifests_name_the_image_and_a_real_entrypoint():
     assert cluster["kind"] == "RayCluster" and cluster["spec"]["rayVersion"] == "2.60.0"
     groups = [cluster["spec"]["headGroupSpec"], *cluster["spec"]["workerGroupSpecs"]]
     images = {c["image"] for g in groups for c in g["template"]["spec"]["containers"]}
-    assert images == {IMAGE}
+    assert len(images) == 1 and OUR_IMAGE.fullmatch(images.pop())
     gpu = next(g for g in cluster["spec"]["workerGroupSpecs"] if g["groupName"] == "gpu-train")
     assert "nvidia.com/gpu" in gpu["template"]["spec"]["containers"][0]["resources"]["limits"]
 
@@ -113,6 +114,35 @@ def test_placement_keys_name_resources_the_node_groups_advertise():
 
 def aws_config() -> dict:
     return yaml.safe_load((INFRA / "cluster" / "aws.yaml").read_text())
+
+
+@functools.cache
+def k8s_docs() -> list[dict]:
+    paths = [*sorted((INFRA / "k8s").glob("*.yaml")), INFRA / "mlflow" / "mlflow.yaml"]
+    return [doc for path in paths for doc in load_all(path)]
+
+
+def the(kind: str, name: str) -> dict:
+    found = [d for d in k8s_docs() if d["kind"] == kind and d["metadata"]["name"] == name]
+    assert found, f"no {kind} {name} in infra/k8s or infra/mlflow"
+    return found[0]
+
+
+def env_of(container: dict) -> dict[str, dict]:
+    return {e["name"]: e for e in container.get("env", [])}
+
+
+def test_kuberay_token_authentication_is_on():
+    # KubeRay (>= 1.5.1) creates the Secret (named after the cluster, key auth_token) and sets
+    # RAY_AUTH_MODE and RAY_AUTH_TOKEN on every Ray container; the RayJob's submitter is a pod of
+    # its own that calls the Jobs API, so it carries the same token itself.
+    cluster = the("RayCluster", "sslpipe")
+    assert cluster["spec"]["authOptions"] == {"mode": "token"}
+    job = the("RayJob", "sslpipe-pretrain")
+    env = env_of(job["spec"]["submitterPodTemplate"]["spec"]["containers"][0])
+    assert env["RAY_AUTH_MODE"]["value"] == "token"
+    secret = {"name": cluster["metadata"]["name"], "key": "auth_token"}
+    assert env["RAY_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"] == secret
 
 
 def test_aws_ray_token_authentication_is_on():
