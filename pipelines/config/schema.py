@@ -44,6 +44,9 @@ class BackboneConfig:
     width: float = 1.0  # multiplies every stage's channels; 0.25 makes a CPU-sized ResNet
     cifar_stem: bool = False  # 3×3 stem without max-pool, for images of ~32 pixels
     stem_stride: int = 1  # stride of the CIFAR stem; 2 makes the network 4× cheaper
+    # ResNets: zero the last BatchNorm scale of each residual block so it starts as the identity
+    # (Goyal et al. 2017); each recipe sets its reference's choice (torchvision's default: off)
+    zero_init_residual: bool = True
     vit: ViTConfig = field(default_factory=ViTConfig)  # vit_* only: patch size, overrides, pooling
 
 

@@ -1,7 +1,12 @@
 """Frozen-feature evaluation maths: weighted kNN and the linear probe, on feature tensors.
 
-The kNN classifier is DINO's ``eval_knn`` (Wu et al. 2018): cosine similarity of L2-normalised
-features, the k nearest training features vote for their class with weight ``exp(sim / T)``.
+The kNN classifier is the weighted kNN of InstDisc (Wu et al. 2018, arXiv:1805.01978), as DINO's
+``eval_knn.py`` computes it: cosine similarity of L2-normalised features, the k nearest training
+features vote for their class with weight ``exp(sim / T)``. The defaults k = 200, T = 0.1 (also
+``EvalConfig``'s) are the kNN monitor of the MoCo CIFAR-10 demo (facebookresearch/moco
+colab/moco_cifar10_demo.ipynb, ``--knn-k 200 --knn-t 0.1``), which follows Wu et al.; DINO reports
+k = 20, T = 0.07 (``eval_knn.py --nb_knn 10 20 100 200 --temperature 0.07``, 20 in its tables).
+To score as DINO does: ``sslpipe eval knn --set eval.knn_k=20 --set eval.knn_temperature=0.07``.
 The linear probe is MAE's (He et al. 2022, arXiv:2111.06377, appendix A.2): a batch norm without
 affine parameters then a linear layer, trained with SGD on features computed once (no
 augmentation). Only torch: the embedding pass that feeds them is ``frozen.py``.

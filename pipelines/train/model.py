@@ -20,7 +20,13 @@ def backbone_from_config(cfg: Config) -> nn.Module:
             groups = cfg.views.groups
             options["image_size"] = (groups.get("global") or next(iter(groups.values()))).size
         return build_backbone(b.name, **options)
-    return build_backbone(b.name, width=b.width, cifar_stem=b.cifar_stem, stem_stride=b.stem_stride)
+    return build_backbone(
+        b.name,
+        width=b.width,
+        cifar_stem=b.cifar_stem,
+        stem_stride=b.stem_stride,
+        zero_init_residual=b.zero_init_residual,
+    )
 
 
 def build_method(cfg: Config) -> SSLMethod:

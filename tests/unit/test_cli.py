@@ -80,3 +80,18 @@ def test_unexpected_errors_are_one_line_unless_asked(tmp_path, monkeypatch, caps
     monkeypatch.setenv("SSLPIPE_TRACEBACK", "1")
     with pytest.raises(RuntimeError, match="worker group died"):
         main(["methods"])
+
+
+def test_eval_takes_dinos_knn_settings_and_names_a_wrong_section():
+    # DINO reports k = 20, T = 0.07; the defaults k = 200, T = 0.1 are the MoCo demo's
+    from pipelines.cli.eval import eval_settings
+    from pipelines.config.typed import ConfigError
+
+    base = ["eval", "knn", "--model", "models:/m@best", "--data", "/shards"]
+    dino = ["--set", "eval.knn_k=20", "--set", "eval.knn_temperature=0.07"]
+    settings = eval_settings(build_parser().parse_args([*base, *dino]))
+    assert (settings.knn_k, settings.knn_temperature) == (20, 0.07)
+    default = eval_settings(build_parser().parse_args(base))
+    assert (default.knn_k, default.knn_temperature) == (200, 0.1)
+    with pytest.raises(ConfigError, match=r"only eval\.\* keys apply here, got \['optim'\]"):
+        eval_settings(build_parser().parse_args([*base, "--set", "optim.base_lr=1"]))

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torchvision.models.resnet import BasicBlock, Bottleneck
 
 from pipelines.config.layers import load_config, parse_set
 from pipelines.config.schema import OptimConfig
@@ -79,6 +80,21 @@ def test_asymmetric_and_multi_crop_view_recipes():
     moco_v2 = load_config("moco_v2", overrides={"data": {"path": "/shards"}}).views
     assert moco_v2.groups["global"].photometric[0].blur_p == 0.5  # v2's addition over v1
     assert load_config("moco_v1").views.groups["global"].photometric[0].blur_p == 0.0
+
+
+@pytest.mark.parametrize("key, zero", [("moco_v2", False), ("simsiam", True)])
+def test_recipes_zero_init_residual_reaches_the_resnet(key, zero):
+    # moco/builder.py builds torchvision's ResNet-50 as is; simsiam/builder.py passes
+    # zero_init_residual=True: the last BatchNorm of every block starts at scale 0 (identity)
+    for sets in (["data.path=/shards"], []):  # the paper's ResNet-50, the laptop's ResNet-18
+        cfg = load_config(key, overrides=parse_set([*sets, "backbone.width=0.125"]))
+        assert cfg.backbone.zero_init_residual is zero
+        modules = backbone_from_config(cfg).modules()
+        blocks = [m for m in modules if isinstance(m, (BasicBlock, Bottleneck))]
+        last = [b.bn3 if isinstance(b, Bottleneck) else b.bn2 for b in blocks]
+        assert len(last) == (16 if sets else 8)  # ResNet-50: 3+4+6+3 blocks; ResNet-18: 2×4
+        assert all(bool((bn.weight == 0).all()) is zero for bn in last)
+        assert all(bool((b.bn1.weight == 1).all()) for b in blocks)  # only the last one
 
 
 def test_simsiam_predictor_keeps_the_peak_lr():
