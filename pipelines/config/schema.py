@@ -121,7 +121,7 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class EvalConfig:
-    knn_k: int = 200  # weighted kNN (Wu et al. 2018), as DINO's eval_knn
+    knn_k: int = 200  # weighted kNN (Wu et al. 2018), the MoCo demo's k, T (DINO: 20, 0.07)
     knn_temperature: float = 0.1
     batch_size: int = 256
     crop_fraction: float = 0.875  # evaluation view: resize to size / this, centre-crop size
