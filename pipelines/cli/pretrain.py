@@ -30,6 +30,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     flags.add_summary(p)
     flags.add_verbose(p)
     p.add_argument("--print-config", action="store_true", help="print the resolved config, exit")
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="check everything in this process and exit: config, data, model, and one training "
+        "step on one batch (no Ray, no MLflow)",
+    )
     add_cluster_arguments(p)
     p.add_argument(
         "--resume",
@@ -78,6 +84,26 @@ def profile_line(cfg) -> str:
     )
 
 
+def dry_run(cfg) -> int:
+    from pipelines.train.dry_run import dry_run
+    from pipelines.train.trainer import resolve_data
+
+    split, _ = resolve_data(cfg)
+    r = dry_run(cfg, split.train)
+    views = ", ".join(f"{k} {tuple(v)}" for k, v in r["views"].items())
+    print(
+        f"sslpipe pretrain --dry-run: ok in {r['seconds']} s\n"
+        f"  data              {r['data']}: {r['images']} images, {r['classes']} classes\n"
+        f"  steps             {r['steps_per_epoch']} per epoch, {r['total_steps']} in all\n"
+        f"  views per worker  {views}\n"
+        f"  parameters        {r['trainable_parameters']:,} trainable, "
+        f"{r['encoder_parameters']:,} in the encoder\n"
+        f"  loss at step 0    {r['loss']:.4f}",
+        flush=True,
+    )
+    return 0
+
+
 def plural(n: int, noun: str) -> str:
     return f"{n} {noun}" + ("" if n == 1 else "s")
 
@@ -116,6 +142,8 @@ def run(args: argparse.Namespace) -> int:
         print(dump_yaml(cfg), end="")
         return 0
     console.phase(profile_line(cfg))
+    if args.dry_run:
+        return dry_run(cfg)
     outputs = {"--storage": cfg.train.storage, "--tracking-uri": cfg.tracking.uri}
     exit_code = submit_or_connect(args, args.argv, demands_of(cfg), outputs)
     if exit_code is not None:  # ran as a Ray job

@@ -15,6 +15,7 @@ from PIL import Image, ImageDraw
 
 from pipelines.data.manifest import MANIFEST_NAME
 from pipelines.data.shard.writer import Row, write_shards
+from pipelines.tracking.console import progress_bar
 
 CLASSES = [
     "disc",
@@ -159,7 +160,11 @@ def ensure_embedded(cache_dir: str, train_per_class: int, test_per_class: int) -
         dest = root / split
         if not (dest / MANIFEST_NAME).exists():
             # several files, so Ray Data decodes them in parallel and streams from the start
-            rows_per_file = -(-per_class * len(CLASSES) // FILES_PER_SPLIT)
-            write_shards(generate_rows(per_class, seed), str(dest), CLASSES, max_rows=rows_per_file)
+            total = per_class * len(CLASSES)
+            rows_per_file = -(-total // FILES_PER_SPLIT)
+            bar = progress_bar(f"generating the embedded {split} split", total, "images")
+            with bar:
+                rows = (bar.update(1) or row for row in generate_rows(per_class, seed))
+                write_shards(rows, str(dest), CLASSES, max_rows=rows_per_file)
         paths.append(str(dest))
     return paths[0], paths[1]

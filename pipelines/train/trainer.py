@@ -31,6 +31,7 @@ from pipelines.tracking.console import TrainingBar
 from pipelines.train import progress
 from pipelines.train.assets import log_assets, prepare_assets
 from pipelines.train.checkpoint import load_state
+from pipelines.train.dry_run import steps_per_epoch as epoch_steps
 from pipelines.train.finish import evaluate_and_log, finish
 from pipelines.train.loop import train_loop_per_worker
 from ssl_models.registry import get_method
@@ -162,13 +163,7 @@ def pretrain(cfg: Config, resume_run_id: str | None = None) -> dict[str, Any]:
     ds, manifest = training_dataset(cfg, split.train, counter)
 
     workers = cfg.train.workers
-    per_worker = cfg.train.batch_size // workers
-    steps_per_epoch = (manifest.total_rows // workers) // max(1, per_worker)
-    if steps_per_epoch < 1:
-        raise ValueError(
-            f"{split.train} holds {manifest.total_rows} images, fewer than one global batch of "
-            f"train.batch_size={cfg.train.batch_size}; lower the batch size"
-        )
+    steps_per_epoch = epoch_steps(cfg, manifest, split.train)
 
     name, storage, uri = cfg.train.name, cfg.train.storage, cfg.tracking.uri
     run_dir = f"{storage}/{name}"

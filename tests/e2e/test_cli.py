@@ -101,3 +101,23 @@ def test_pretrain_output_to_a_file_is_sslpipe_alone(tmp_path):
     log_file = log_line.removeprefix("sslpipe: log: ")
     with open(log_file) as f:
         assert "mlflow" in f.read()  # what the console did not show is kept there
+
+
+def test_python_api_trains_and_returns_the_summary(tmp_path):
+    code = (
+        "from pipelines import load_config, pretrain\n"
+        "from pipelines.config.layers import parse_set\n"
+        "cfg = load_config('simclr', overrides={'train': {'epochs': 1, 'batch_size': 32}, "
+        "**parse_set(['backbone.width=0.125', 'method_args.proj_hidden_dim=64', "
+        "'data.embedded_train_per_class=16', 'data.embedded_test_per_class=4', "
+        "'eval.knn_k=20'])})\n"
+        "s = pretrain(cfg)\n"
+        "print('SUMMARY', s['registered_model_uri'], s['metrics']['knn_top1'])\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=600
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    (line,) = [x for x in out.stdout.splitlines() if x.startswith("SUMMARY")]
+    _, uri, knn = line.split()
+    assert uri == "models:/sslpipe-simclr/1" and 0.0 <= float(knn) <= 1.0

@@ -95,3 +95,17 @@ def test_eval_takes_dinos_knn_settings_and_names_a_wrong_section():
     assert (default.knn_k, default.knn_temperature) == (200, 0.1)
     with pytest.raises(ConfigError, match=r"only eval\.\* keys apply here, got \['optim'\]"):
         eval_settings(build_parser().parse_args([*base, "--set", "optim.base_lr=1"]))
+
+
+def test_dry_run_checks_data_model_and_one_step_without_ray(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    small = ["--set", "data.embedded_train_per_class=8", "--set", "data.embedded_test_per_class=2"]
+    assert main(["pretrain", "--dry-run", "--batch-size", "16", *small]) == 0
+    out = capsys.readouterr().out
+    assert "sslpipe pretrain --dry-run: ok" in out
+    assert "80 images, 10 classes" in out and "5 per epoch, 40 in all" in out  # 80 // 16 × 8
+    assert "global (8, 2, 3, 32, 32)" in out  # one worker's share of the batch
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "sslpipe-runs").exists()
+    import ray
+
+    assert not ray.is_initialized()
