@@ -194,7 +194,8 @@ def tar_kind(uri: str, endpoint: str) -> str:
                 break
     if names and all(n.lower().endswith(".tar") for n in names):
         return "imagenet-tar"
-    # WebDataset: consecutive members sharing a key (000123.jpg, 000123.cls) make one sample
-    keys = [n.rsplit("/", 1)[-1].split(".", 1)[0] for n in names]
+    # WebDataset: consecutive members sharing a key (000123.jpg, 000123.cls) make one sample;
+    # the key keeps its folder, or cat/0.jpg then dog/0.jpg would look like one sample
+    keys = [n.rsplit("/", 1)[0] + "/" + n.rsplit("/", 1)[-1].split(".", 1)[0] for n in names]
     grouped = any(a == b for a, b in itertools.pairwise(keys))
     return "webdataset" if grouped else "tar"
