@@ -39,6 +39,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="undecodable records: skip and count them (default), or stop at the first",
     )
     s.add_argument(
+        "--max-record-mb",
+        type=float,
+        default=64,
+        help="a record (image file, tar member) larger than this is bad: skipped unread and "
+        "counted, or the stop of a --bad-images strict run (default 64)",
+    )
+    s.add_argument(
         "--workers",
         type=int,
         default=os.cpu_count() or 1,
@@ -82,6 +89,8 @@ def run(args: argparse.Namespace) -> int:
     if len(args.paths) != 2:
         raise ConfigError("sslpipe shard takes SRC and DEST (or --verify DEST)")
     src, dest = args.paths
+    if args.max_record_mb <= 0:
+        raise ConfigError(f"--max-record-mb {args.max_record_mb}: must be positive")
     options = ShardOptions(
         target_bytes=int(args.target_mb * 2**20) if args.target_mb else DEFAULT_TARGET_BYTES,
         max_side=args.max_side,
@@ -89,6 +98,7 @@ def run(args: argparse.Namespace) -> int:
         bad_images=args.bad_images,
         format=args.format,
         seed=None if args.seed < 0 else args.seed,
+        max_record_bytes=int(args.max_record_mb * 2**20),
         endpoint=args.endpoint_url or "",
     )
     if args.workers > 0:

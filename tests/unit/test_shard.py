@@ -84,7 +84,7 @@ def test_bad_records_are_skipped_and_counted_or_stop_the_strict_run(tmp_path):
         "dog/0.jpg",
         "dog/1.jpg",
     }
-    with pytest.raises(BadImageError, match=r"bad image cat/\S+\.jpg: .*policy 'strict'"):
+    with pytest.raises(BadImageError, match=r"bad record cat/\S+\.jpg: .*policy 'strict'"):
         shard(str(tmp_path / "src"), str(tmp_path / "strict"), ShardOptions(bad_images="strict"))
     assert not (tmp_path / "strict" / MANIFEST_NAME).exists()
 
