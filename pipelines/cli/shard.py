@@ -18,7 +18,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description="SRC: an ImageFolder directory, a tar of class folders, ImageNet's train "
         "tar of per-class tars, WebDataset .tar shards (a directory or shards-{000..099}.tar), "
         "or a .csv/.parquet list of (uri, label). SRC and DEST: local paths or s3://bucket/prefix. "
-        "An interrupted run, re-run with the same arguments, finishes the job.",
+        "DEST must be new or empty, and must neither be, lie in, nor hold SRC. An interrupted "
+        "run, re-run with the same arguments, finishes the job.",
     )
     s.add_argument("paths", nargs="+", metavar="SRC DEST", help="source and shard directory")
     s.add_argument("--verify", action="store_true", help="re-check DEST's checksums and counts")
@@ -101,9 +102,12 @@ def run(args: argparse.Namespace) -> int:
         max_record_bytes=int(args.max_record_mb * 2**20),
         endpoint=args.endpoint_url or "",
     )
+    from pipelines.data.shard.destination import check_destination
+    from pipelines.data.shard.job import shard
+
+    check_destination(src, dest, options.endpoint)  # refusals come before Ray starts
     if args.workers > 0:
         _start_ray(args.address, args.workers)
-    from pipelines.data.shard.job import shard
 
     try:
         report = shard(src, dest, options, workers=args.workers)

@@ -1,5 +1,6 @@
-"""What `sslpipe shard` does with odd inputs, on folders people really have: it skips (and
-counts) them instead of crashing or shifting labels."""
+"""What `sslpipe shard` may touch and what it refuses, on folders people really have: it deletes
+only files it recorded writing, refuses a DEST it does not own or that overlaps SRC before doing
+any work, and skips (and counts) odd inputs instead of crashing or shifting labels."""
 
 import io
 import os
@@ -11,6 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from pipelines.config.typed import ConfigError
 from pipelines.data.decode import BadImageError
 from pipelines.data.manifest import read_manifest
 from pipelines.data.shard.job import shard
@@ -32,6 +34,128 @@ def tree(root: Path) -> dict[str, bytes | None]:
         str(p.relative_to(root)): None if p.is_dir() else p.read_bytes()
         for p in sorted(root.rglob("*"))
     }
+
+
+# --- sharding deletes only what it recorded writing -------------------------------------------
+
+
+def test_a_resumed_run_leaves_files_it_did_not_write(tmp_path):
+    """An interrupted run (a strict stop at the last image), then foreign files in DEST, then the
+    run again: it finishes, and every file it did not write is still there, unchanged."""
+    src, dest = tmp_path / "src", tmp_path / "out"
+    written = write_imagefolder(src, per_class=2)
+    (src / "zzz").mkdir()
+    (src / "zzz" / "late.jpg").write_bytes(b"not yet an image")
+    options = ShardOptions(target_bytes=1, seed=None, bad_images="strict")  # a unit per image
+    with pytest.raises(BadImageError, match=r"zzz/late\.jpg"):
+        shard(str(src), str(dest), options)
+    assert not (dest / "_manifest.json").exists() and (dest / "_parts").is_dir()
+
+    foreign = {
+        "part-of-my-thesis.docx": b"three years of work",
+        "part-00000-spark.snappy.parquet": b"someone else's table",
+        ".part-hidden": b"a hidden note",
+        "_parts/my-own-file.txt": b"mine",
+    }
+    for name, data in foreign.items():
+        (dest / name).write_bytes(data)
+    (src / "zzz" / "late.jpg").write_bytes(jpeg(20, 16, seed=7))  # the same plan, now decodable
+    report = shard(str(src), str(dest), options)
+    assert report.resumed == 4 and report.manifest.bad_records == 0
+    assert set(rows_of(dest)) == {*written, "zzz/late.jpg"}
+    for name, data in foreign.items():
+        assert (dest / name).read_bytes() == data, f"{name} was changed or deleted"
+    assert sorted(p.name for p in (dest / "_parts").iterdir()) == ["my-own-file.txt"]
+
+
+# --- refusals, before any work ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("where", "says"), [("same", "is SRC"), ("inside", "inside SRC"), ("around", "contains SRC")]
+)
+def test_a_dest_that_overlaps_src_is_refused_before_any_work(tmp_path, where, says):
+    src = tmp_path / "data" / "src"
+    write_imagefolder(src)
+    dest = {"same": src, "inside": src / "out", "around": tmp_path / "data"}[where]
+    before = tree(tmp_path)
+    with pytest.raises(ConfigError, match=says) as refused:
+        shard(str(src), str(dest))
+    assert str(src) in str(refused.value) and str(dest) in str(refused.value)
+    assert tree(tmp_path) == before  # not a byte written
+
+
+def test_a_dest_inside_src_through_a_symlink_or_a_relative_path_is_refused(tmp_path, monkeypatch):
+    src = tmp_path / "src"
+    write_imagefolder(src)
+    (tmp_path / "link").symlink_to(src)
+    with pytest.raises(ConfigError, match="inside SRC"):
+        shard(str(src), str(tmp_path / "link" / "out"))
+    monkeypatch.chdir(src)
+    with pytest.raises(ConfigError, match="inside SRC"):
+        shard(str(src), "out")
+
+
+def test_a_tar_source_inside_dest_is_refused(tmp_path):
+    (tmp_path / "data").mkdir()
+    images = {"cat/0.jpg": jpeg(20, 16, seed=1), "dog/0.jpg": jpeg(20, 16, seed=2)}
+    (tmp_path / "data" / "a.tar").write_bytes(tar_bytes(images))
+    with pytest.raises(ConfigError, match="contains SRC"):
+        shard(str(tmp_path / "data" / "a.tar"), str(tmp_path / "data"))
+
+
+@pytest.mark.parametrize("content", ["notes.txt", "_parts/my-own-file.txt", "part-00000.parquet"])
+def test_a_non_empty_dest_without_a_run_of_src_is_refused(tmp_path, content):
+    src, dest = tmp_path / "src", tmp_path / "out"
+    write_imagefolder(src)
+    (dest / content).parent.mkdir(parents=True, exist_ok=True)
+    (dest / content).write_bytes(b"the user's")
+    before = tree(dest)
+    with pytest.raises(ConfigError, match="not empty") as refused:
+        shard(str(src), str(dest))
+    assert str(src) in str(refused.value) and str(dest) in str(refused.value)
+    assert tree(dest) == before
+
+
+def test_a_finished_dest_of_another_source_is_refused_not_reported_complete(tmp_path):
+    write_imagefolder(tmp_path / "a")
+    write_imagefolder(tmp_path / "b", classes=("x", "y", "z"))
+    shard(str(tmp_path / "a"), str(tmp_path / "out"))
+    with pytest.raises(ConfigError, match="holds a shard set of") as refused:
+        shard(str(tmp_path / "b"), str(tmp_path / "out"))
+    for path in ("a", "b", "out"):
+        assert str(tmp_path / path) in str(refused.value)
+
+
+def test_the_same_source_spelled_another_way_is_still_the_same_run(tmp_path, monkeypatch):
+    write_imagefolder(tmp_path / "src")
+    first = shard(str(tmp_path / "src"), str(tmp_path / "out"))
+    monkeypatch.chdir(tmp_path)
+    again = shard("./src/", "out")
+    assert again.already_complete and again.manifest.total_rows == first.manifest.total_rows
+
+
+def test_an_unfinished_run_of_another_source_is_refused_naming_both(tmp_path):
+    write_imagefolder(tmp_path / "a")
+    write_imagefolder(tmp_path / "b")
+    (tmp_path / "b" / "cat" / "bad.jpg").write_bytes(b"junk")
+    with pytest.raises(BadImageError):
+        shard(str(tmp_path / "b"), str(tmp_path / "out"), ShardOptions(bad_images="strict"))
+    with pytest.raises(ConfigError, match="unfinished shard run of") as refused:
+        shard(str(tmp_path / "a"), str(tmp_path / "out"), ShardOptions(bad_images="strict"))
+    for path in ("a", "b", "out"):
+        assert str(tmp_path / path) in str(refused.value)
+
+
+def test_the_cli_exits_2_naming_both_paths(tmp_path, capsys):
+    from pipelines.cli import main
+
+    write_imagefolder(tmp_path / "src")
+    dest = tmp_path / "src" / "out"
+    assert main(["shard", str(tmp_path / "src"), str(dest), "--workers", "0"]) == 2
+    err = capsys.readouterr().err
+    assert str(dest) in err and f"SRC {tmp_path / 'src'}" in err
+    assert not dest.exists()
 
 
 # --- odd inputs are skipped and counted, or stop a strict run ---------------------------------

@@ -3,13 +3,16 @@
 ``run_unit`` is what one shard task does with one unit of a source plan (see ``inputs``): it
 writes ``part-<unit>-<k>.parquet`` files of about ``target_bytes`` each, then a small marker
 ``_parts/unit-<unit>.json`` naming them. The marker is written last, so a unit either counts
-as done with all its files, or is redone from scratch by the next run (``job.py``).
+as done with all its files, or is redone from scratch by the next run (``job.py``). Before each
+file it records the name as started (``_parts/started/<name>``): the only way a file of an
+interrupted task, which no marker names, is known to be this run's to delete.
 """
 
 import hashlib
 import io
 import json
 import logging
+import re
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from importlib.metadata import PackageNotFoundError, version
@@ -38,6 +41,8 @@ DEFAULT_TARGET_BYTES = 256 * 2**20
 ROW_GROUP_BYTES = 16 * 2**20  # what a reader holds per row group: bounded memory per task
 DEFAULT_MAX_RECORD_BYTES = 64 * 2**20
 PARTS_DIR = "_parts"
+STARTED_DIR = f"{PARTS_DIR}/started"
+_PART = re.compile(r"part-(\d{6,})-(\d{3,})\.parquet")
 
 
 @dataclass(frozen=True)
@@ -151,6 +156,17 @@ def marker_name(index: int) -> str:
     return f"{PARTS_DIR}/unit-{index:06d}.json"
 
 
+def part_name(index: int, k: int) -> str:
+    """The ``k``-th Parquet file of unit ``index``."""
+    return f"part-{index:06d}-{k:03d}.parquet"
+
+
+def is_part_name(name: str, units: int) -> bool:
+    """Whether ``name`` is exactly a name :func:`part_name` gives a unit of a plan of ``units``."""
+    match = _PART.fullmatch(name)
+    return bool(match) and int(match[1]) < units and part_name(*map(int, match.groups())) == name
+
+
 def run_unit(unit, index: int, dest: str, options: ShardOptions) -> UnitResult:
     """One shard task: read the unit's records, write its files, then its marker. A record
     whose key an earlier record of the unit had is bad (the planners make keys unique across
@@ -163,7 +179,9 @@ def run_unit(unit, index: int, dest: str, options: ShardOptions) -> UnitResult:
 
     def flush() -> None:
         nonlocal pending, size
-        name = f"part-{index:06d}-{len(result.files):03d}.parquet"
+        name = part_name(index, len(result.files))
+        with fs.open_output_stream(join(root, f"{STARTED_DIR}/{name}")):
+            pass  # recorded before the file exists: a crash in between leaves nothing unknown
         result.files.append(write_file(fs, root, name, pending))
         result.rows += len(pending)
         pending, size = [], 0
