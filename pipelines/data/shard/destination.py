@@ -57,17 +57,18 @@ def _check_overlap(src: str, dest: str) -> None:
         place = _location(path)
         shown = f" (resolved: SRC {place}, DEST {where})" if (place, where) != (src, dest) else ""
         if where == place:
-            relation = "is"
+            relation, why = "is", "the shards would be written among the source's own files"
         elif _within(where, place):
             relation = "is inside"
+            why = "the shards would be read as part of SRC by the next run (in an ImageFolder, "
+            why += "a new class that shifts every label)"
         elif _within(place, where):
-            relation = "contains"
+            relation, why = "contains", "the source would lie among the shards"
         else:
             continue
         raise ConfigError(
-            f"DEST {dest} {relation} SRC {src}{shown}: shards written there would be read as "
-            "part of the source on the next run (a new class, every label shifted) or "
-            "overwrite it; choose a DEST that neither is, lies in, nor holds SRC"
+            f"DEST {dest} {relation} SRC {src}{shown}: {why}; choose a DEST that neither is, "
+            "lies in, nor holds SRC"
         )
 
 
@@ -117,11 +118,12 @@ def check_destination(src: str, dest: str, endpoint: str = "") -> Manifest | Non
             return None  # ours to resume (the plan's fingerprint checks the options)
     entries = fs.get_file_info(pafs.FileSelector(root))
     if entries:
-        names = ", ".join(sorted(e.base_name for e in entries)[:3])
+        names = sorted(e.base_name for e in entries)
+        shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
         raise ConfigError(
-            f"DEST {dest} is not empty ({len(entries)} entries: {names}...) and holds no shard "
-            f"run of SRC {src}; sslpipe shard writes only into a new or empty directory, or "
-            "resumes its own run there: choose another DEST"
+            f"DEST {dest} is not empty (it holds {shown}) and holds no shard run of SRC {src}; "
+            "sslpipe shard writes only into a new or empty directory, or resumes its own run "
+            "there: choose another DEST"
         )
     return None
 
