@@ -19,7 +19,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description="SRC: an ImageFolder directory, a tar of class folders, ImageNet's train "
         "tar of per-class tars, WebDataset .tar shards (a directory or shards-{000..099}.tar), "
         "or a .csv/.parquet list of (uri, label). SRC and DEST: local paths or s3://bucket/prefix. "
-        "An interrupted run, re-run with the same arguments, finishes the job.",
+        "DEST must be new or empty, and must neither be, lie in, nor hold SRC. An interrupted "
+        "run, re-run with the same arguments, finishes the job.",
     )
     s.add_argument("paths", nargs="+", metavar="SRC DEST", help="source and shard directory")
     s.add_argument("--verify", action="store_true", help="re-check DEST's checksums and counts")
@@ -38,6 +39,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         choices=["skip", "strict"],
         default="skip",
         help="undecodable records: skip and count them (default), or stop at the first",
+    )
+    s.add_argument(
+        "--max-record-mb",
+        type=float,
+        default=64,
+        help="a record (image file, tar member) larger than this is bad: skipped unread and "
+        "counted, or the stop of a --bad-images strict run (default 64)",
     )
     s.add_argument(
         "--workers",
@@ -84,6 +92,8 @@ def run(args: argparse.Namespace) -> int:
     if len(args.paths) != 2:
         raise ConfigError("sslpipe shard takes SRC and DEST (or --verify DEST)")
     src, dest = args.paths
+    if args.max_record_mb <= 0:
+        raise ConfigError(f"--max-record-mb {args.max_record_mb}: must be positive")
     options = ShardOptions(
         target_bytes=int(args.target_mb * 2**20) if args.target_mb else DEFAULT_TARGET_BYTES,
         max_side=args.max_side,
@@ -91,11 +101,15 @@ def run(args: argparse.Namespace) -> int:
         bad_images=args.bad_images,
         format=args.format,
         seed=None if args.seed < 0 else args.seed,
+        max_record_bytes=int(args.max_record_mb * 2**20),
         endpoint=args.endpoint_url or "",
     )
+    from pipelines.data.shard.destination import check_destination
+    from pipelines.data.shard.job import shard
+
+    check_destination(src, dest, options.endpoint)  # refusals come before Ray starts
     if args.workers > 0:
         _start_ray(args.address, args.workers)
-    from pipelines.data.shard.job import shard
 
     try:
         report = shard(src, dest, options, workers=args.workers)

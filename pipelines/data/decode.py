@@ -22,7 +22,12 @@ class BadImageError(ValueError):
 
 
 def open_image(data: bytes) -> Image.Image:
-    """Open lazily (header only); raise BadImageError naming the problem."""
+    """Open lazily (header only); raise BadImageError naming the problem.
+
+    An image over ``Image.MAX_IMAGE_PIXELS`` is bad. PIL itself refuses only beyond twice that
+    and merely warns in between, after which PNG and TIFF decode at full size whatever the
+    draft: a 1.9× bomb would cost its full memory in every task that meets it.
+    """
     if not data:
         raise BadImageError("empty record")
     try:
@@ -31,6 +36,12 @@ def open_image(data: bytes) -> Image.Image:
         raise BadImageError(f"not an image ({type(e).__name__}: {e})") from e
     if img.width < 1 or img.height < 1:
         raise BadImageError(f"image has no pixels ({img.width}×{img.height})")
+    limit = Image.MAX_IMAGE_PIXELS  # read at call time: None disables the check, as in PIL
+    if limit and img.width * img.height > limit:
+        raise BadImageError(
+            f"{img.width}×{img.height} pixels is over PIL's limit of {limit} "
+            "(Image.MAX_IMAGE_PIXELS; a decompression bomb, or an image too large to decode)"
+        )
     return img
 
 

@@ -214,3 +214,14 @@ def test_a_batch_of_only_bad_records_yields_empty_arrays_of_the_right_shape():
     batch = {"key": np.array(list(bad), object), "image": np.array(list(bad.values()), object)}
     out = ViewMaker(views_config())(batch)
     assert out["global"].shape == (0, 2, 3, 24, 24) and out["label"].shape == (0,)
+
+
+def test_an_image_between_the_pixel_limit_and_twice_it_is_bad(monkeypatch):
+    """PIL only warns up to twice ``MAX_IMAGE_PIXELS``, then decodes PNGs at full size."""
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    assert check_image(encode(photo(25, 40), "PNG")) == (25, 40)  # exactly the limit
+    over = encode(photo(40, 40), "PNG")  # 1600 pixels: PIL warns, does not refuse
+    with pytest.raises(BadImageError, match="40×40 pixels is over PIL's limit of 1000"):
+        check_image(over)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", None)  # the user switched the check off
+    assert check_image(over) == (40, 40)

@@ -35,6 +35,12 @@ def test_tar_of_class_folders_is_cut_into_spans_read_in_parallel(tmp_path):
     assert rows == {f"train/{k}": (0 if k.startswith("cat") else 1, v) for k, v in written.items()}
 
 
+def test_a_tar_of_classes_holding_the_same_file_names_is_no_webdataset(tmp_path):
+    members = {"cat/0.jpg": jpeg(20, 16, seed=1), "dog/0.jpg": jpeg(20, 16, seed=2)}
+    (tmp_path / "a.tar").write_bytes(tar_bytes(members))  # keys cat/0 and dog/0 differ
+    assert detect_format(str(tmp_path / "a.tar"), "") == "tar"
+
+
 def test_imagenet_train_tar_of_per_class_tars(tmp_path):
     images = {
         wnid: {f"{wnid}_{i}.JPEG": jpeg(30, 20, seed=10 * c + i) for i in range(3)}
@@ -133,8 +139,6 @@ def test_list_errors_name_the_problem(tmp_path):
     (tmp_path / "a.csv").write_text("file,label\nx.jpg,1\n")
     with pytest.raises(ValueError, match="no uri column"):
         plan_source(str(tmp_path / "a.csv"))
-    (tmp_path / "b.csv").write_text("uri\nx.jpg\nx.jpg\n")
-    with pytest.raises(ValueError, match="must be unique"):
-        plan_source(str(tmp_path / "b.csv"))
+    (tmp_path / "b.csv").write_text("uri\nx.jpg\n")
     with pytest.raises(ValueError, match="unknown input format"):
         plan_source(str(tmp_path / "b.csv"), fmt="zip")

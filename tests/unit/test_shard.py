@@ -5,6 +5,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from pipelines.config.typed import ConfigError
 from pipelines.data.decode import BadImageError
 from pipelines.data.manifest import MANIFEST_NAME, read_manifest
 from pipelines.data.shard.job import shard
@@ -85,7 +86,7 @@ def test_bad_records_are_skipped_and_counted_or_stop_the_strict_run(tmp_path):
         "dog/0.jpg",
         "dog/1.jpg",
     }
-    with pytest.raises(BadImageError, match=r"bad image cat/\S+\.jpg: .*policy 'strict'"):
+    with pytest.raises(BadImageError, match=r"bad record cat/\S+\.jpg: .*policy 'strict'"):
         shard(str(tmp_path / "src"), str(tmp_path / "strict"), ShardOptions(bad_images="strict"))
     assert not (tmp_path / "strict" / MANIFEST_NAME).exists()
 
@@ -117,7 +118,7 @@ def test_rerun_of_a_finished_set_does_nothing_and_other_options_are_refused(tmp_
     (tmp_path / "out" / MANIFEST_NAME).unlink()
     (tmp_path / "out" / "_parts").mkdir()
     (tmp_path / "out" / "_parts" / "plan.json").write_text('{"fingerprint": "other"}')
-    with pytest.raises(ValueError, match="different source or different options"):
+    with pytest.raises(ConfigError, match=r"unfinished shard run of SRC .* with different options"):
         shard(str(tmp_path / "src"), str(tmp_path / "out"))
 
 
@@ -126,28 +127,34 @@ def test_resume_skips_finished_units_and_replaces_partial_files(tmp_path):
     options = ShardOptions(target_bytes=1500)
     full = shard(str(tmp_path / "src"), str(tmp_path / "ref"), options)
     assert full.units >= 3
-    # an interrupted run: the plan claimed, unit 0 finished, unit 1 half-written, no manifest
+    # an interrupted run: the plan claimed, unit 0 finished, unit 1 half-written (its second
+    # file recorded as started, which the re-run will not write again), no manifest
     from pipelines.data.manifest import resolve
+    from pipelines.data.shard.destination import claim
     from pipelines.data.shard.inputs import plan_source
-    from pipelines.data.shard.job import _claim_plan, fingerprint
+    from pipelines.data.shard.job import fingerprint
     from pipelines.data.shard.writer import run_unit
 
-    dest = str(tmp_path / "out")
-    plan = plan_source(str(tmp_path / "src"), target_bytes=options.target_bytes)
+    src, dest = str(tmp_path / "src"), str(tmp_path / "out")
+    plan = plan_source(src, target_bytes=options.target_bytes)
     fs, root = resolve(dest)
     fs.create_dir(root)
-    _claim_plan(fs, root, dest, fingerprint(str(tmp_path / "src"), plan, options), 0)
+    claim(fs, root, src, dest, fingerprint(src, plan, options), len(plan.units))
     run_unit(plan.units[0], 0, dest, options)
     (tmp_path / "out" / "part-000001-000.parquet").write_bytes(b"PAR1 partial garbage")
-    (tmp_path / "out" / "part-000099-000.parquet").write_bytes(b"from nowhere")
+    (tmp_path / "out" / "_parts" / "started" / "part-000001-009.parquet").write_bytes(b"")
+    (tmp_path / "out" / "part-000001-009.parquet").write_bytes(b"PAR1 from the crash")
+    (tmp_path / "out" / "part-000099-000.parquet").write_bytes(b"not ours: no record says so")
 
-    report = shard(str(tmp_path / "src"), dest, options)
+    report = shard(src, dest, options)
     assert report.resumed == 1 and report.units == full.units
     rows = rows_of(tmp_path / "out")
     keys = [r["key"] for r in rows]
     assert len(keys) == len(set(keys)) == 8
     assert sorted(keys) == sorted(r["key"] for r in rows_of(tmp_path / "ref"))
-    assert not (tmp_path / "out" / "part-000099-000.parquet").exists()
+    assert not (tmp_path / "out" / "part-000001-009.parquet").exists()
+    assert (tmp_path / "out" / "part-000099-000.parquet").read_bytes().startswith(b"not ours")
+    assert not (tmp_path / "out" / "_parts").exists()
 
 
 def test_write_shards_keeps_the_embedded_dataset_path(tmp_path):

@@ -2,13 +2,13 @@
 
 Resuming: the plan (units in a fixed order, see ``inputs``) is fingerprinted into
 ``DEST/_parts/plan.json`` on the first run. Each finished unit leaves a marker naming its files
-(``shard.run_unit``). A re-run with the same source and options skips units with a marker and
+(``writer.run_unit``). A re-run with the same source and options skips units with a marker and
 redoes the others, overwriting whatever an interrupted task left of their files: no row is
-written twice into the manifest and none is missing. The manifest is written last; leftover
-files no marker names are deleted after it.
+written twice into the manifest and none is missing. The manifest is written last; then files
+recorded as started that it does not name are deleted, and the run's own records. What DEST
+may hold before a run, and what is refused, is ``destination``'s.
 """
 
-import contextlib
 import hashlib
 import json
 import logging
@@ -16,15 +16,12 @@ from dataclasses import asdict, dataclass
 
 import pyarrow.fs as pafs
 
-from pipelines.data.manifest import (
-    MAX_LISTED_BAD_KEYS,
-    Manifest,
-    join,
-    manifest_exists,
-    read_manifest,
-    resolve,
-    write_bytes_atomic,
-    write_manifest,
+from pipelines.data.manifest import MAX_LISTED_BAD_KEYS, Manifest, join, resolve, write_manifest
+from pipelines.data.shard.destination import (
+    check_destination,
+    claim,
+    normalized_source,
+    remove_leftovers,
 )
 from pipelines.data.shard.inputs import SourcePlan, plan_source
 from pipelines.data.shard.tasks import progress_bar, run_parallel
@@ -32,14 +29,13 @@ from pipelines.data.shard.writer import (
     PARTS_DIR,
     ShardOptions,
     UnitResult,
+    marker_name,
     read_marker,
     run_unit,
     tool_version,
 )
 
 log = logging.getLogger(__name__)
-
-PLAN_NAME = f"{PARTS_DIR}/plan.json"
 
 
 @dataclass
@@ -63,47 +59,17 @@ def fingerprint(src: str, plan: SourcePlan, options: ShardOptions) -> str:
     return hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()
 
 
-def _claim_plan(fs: pafs.FileSystem, root: str, dest: str, digest: str, units: int) -> None:
-    location = join(root, PLAN_NAME)
-    try:
-        with fs.open_input_stream(location) as f:
-            earlier = json.loads(f.read())
-    except FileNotFoundError:
-        fs.create_dir(join(root, PARTS_DIR), recursive=True)
-        payload = json.dumps({"fingerprint": digest, "units": units}).encode()
-        write_bytes_atomic(fs, location, payload)
-        return
-    if earlier.get("fingerprint") != digest:
-        raise ValueError(
-            f"{dest} holds an unfinished shard run of a different source or different options; "
-            f"re-run with the same ones to finish it, or delete {dest} (or choose another DEST)"
-        )
-
-
 def _finished_units(fs: pafs.FileSystem, root: str, count: int) -> dict[int, UnitResult]:
     """Markers of earlier runs, found with one listing rather than one request per unit."""
     infos = fs.get_file_info(pafs.FileSelector(join(root, PARTS_DIR), allow_not_found=True))
+    present = {info.base_name for info in infos}
     done = {}
-    for info in infos:
-        name = info.base_name
-        if name.startswith("unit-") and name.endswith(".json"):
-            index = int(name[len("unit-") : -len(".json")])
-            marker = read_marker(fs, root, index) if index < count else None
+    for index in range(count):
+        if marker_name(index).rpartition("/")[2] in present:
+            marker = read_marker(fs, root, index)
             if marker is not None:
                 done[index] = marker
     return done
-
-
-def _remove_leftovers(fs: pafs.FileSystem, root: str, manifest: Manifest) -> None:
-    """Delete files of interrupted tasks that no marker names, then the markers."""
-    keep = {f.name for f in manifest.files}
-    for info in fs.get_file_info(pafs.FileSelector(root)):
-        stray = info.base_name.startswith("part-") or info.base_name.startswith(".part-")
-        if info.type == pafs.FileType.File and stray and info.base_name not in keep:
-            fs.delete_file(info.path)
-    fs.delete_dir_contents(join(root, PARTS_DIR), missing_dir_ok=True)
-    with contextlib.suppress(OSError):  # object stores have no directories to delete
-        fs.delete_dir(join(root, PARTS_DIR))
 
 
 def shard(
@@ -112,10 +78,10 @@ def shard(
     """Shard ``src`` into ``dest`` (see the module docstring). ``workers`` > 0 runs that many
     Ray tasks at a time (Ray must be initialised); 0 runs the units in this process."""
     options = options or ShardOptions()
-    fs, root = resolve(dest, options.endpoint)
-    if manifest_exists(fs, root):
-        manifest, _, _ = read_manifest(dest, options.endpoint)
-        return ShardReport(manifest, len(manifest.files), 0, already_complete=True)
+    src = normalized_source(src)
+    finished = check_destination(src, dest, options.endpoint)
+    if finished is not None:
+        return ShardReport(finished, len(finished.files), 0, already_complete=True)
     plan = plan_source(
         src,
         options.format,
@@ -124,8 +90,9 @@ def shard(
         options.rows_per_unit,
         options.seed,
     )
+    fs, root = resolve(dest, options.endpoint)
     fs.create_dir(root, recursive=True)
-    _claim_plan(fs, root, dest, fingerprint(src, plan, options), len(plan.units))
+    claim(fs, root, src, dest, fingerprint(src, plan, options), len(plan.units))
     done = _finished_units(fs, root, len(plan.units))
     todo = [i for i in range(len(plan.units)) if i not in done]
     if done:
@@ -147,5 +114,5 @@ def shard(
         bad_keys=bad_keys,
     )
     write_manifest(fs, root, manifest)
-    _remove_leftovers(fs, root, manifest)
+    remove_leftovers(fs, root, manifest, len(plan.units))
     return ShardReport(manifest, len(plan.units), len(done))

@@ -3,13 +3,16 @@
 ``run_unit`` is what one shard task does with one unit of a source plan (see ``inputs``): it
 writes ``part-<unit>-<k>.parquet`` files of about ``target_bytes`` each, then a small marker
 ``_parts/unit-<unit>.json`` naming them. The marker is written last, so a unit either counts
-as done with all its files, or is redone from scratch by the next run (``shard_job.py``).
+as done with all its files, or is redone from scratch by the next run (``job.py``). Before each
+file it records the name as started (``_parts/started/<name>``): the only way a file of an
+interrupted task, which no marker names, is known to be this run's to delete.
 """
 
 import hashlib
 import io
 import json
 import logging
+import re
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from importlib.metadata import PackageNotFoundError, version
@@ -36,7 +39,10 @@ log = logging.getLogger(__name__)
 
 DEFAULT_TARGET_BYTES = 256 * 2**20
 ROW_GROUP_BYTES = 16 * 2**20  # what a reader holds per row group: bounded memory per task
+DEFAULT_MAX_RECORD_BYTES = 64 * 2**20
 PARTS_DIR = "_parts"
+STARTED_DIR = f"{PARTS_DIR}/started"
+_PART = re.compile(r"part-(\d{6,})-(\d{3,})\.parquet")
 
 
 @dataclass(frozen=True)
@@ -57,6 +63,8 @@ class ShardOptions:
     format: str = "auto"  # input format (inputs.FORMATS)
     seed: int | None = 0  # shuffles file-per-record sources across shards; None keeps order
     rows_per_unit: int = 2048  # list inputs: records per task (their sizes are unknown)
+    # a larger record is bad, left unread: one huge file must not exhaust a task's memory
+    max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES
     endpoint: str = ""  # S3-compatible endpoint; empty: AWS_ENDPOINT_URL or AWS
 
 
@@ -148,30 +156,50 @@ def marker_name(index: int) -> str:
     return f"{PARTS_DIR}/unit-{index:06d}.json"
 
 
+def part_name(index: int, k: int) -> str:
+    """The ``k``-th Parquet file of unit ``index``."""
+    return f"part-{index:06d}-{k:03d}.parquet"
+
+
+def is_part_name(name: str, units: int) -> bool:
+    """Whether ``name`` is exactly a name :func:`part_name` gives a unit of a plan of ``units``."""
+    match = _PART.fullmatch(name)
+    return bool(match) and int(match[1]) < units and part_name(*map(int, match.groups())) == name
+
+
 def run_unit(unit, index: int, dest: str, options: ShardOptions) -> UnitResult:
-    """One shard task: read the unit's records, write its files, then its marker."""
+    """One shard task: read the unit's records, write its files, then its marker. A record
+    whose key an earlier record of the unit had is bad (the planners make keys unique across
+    units)."""
     fs, root = resolve(dest, options.endpoint)
     result = UnitResult(index, [], 0, 0)
     pending: list[Row] = []
     size = 0
+    seen: set[str] = set()
 
     def flush() -> None:
         nonlocal pending, size
-        name = f"part-{index:06d}-{len(result.files):03d}.parquet"
+        name = part_name(index, len(result.files))
+        with fs.open_output_stream(join(root, f"{STARTED_DIR}/{name}")):
+            pass  # recorded before the file exists: a crash in between leaves nothing unknown
         result.files.append(write_file(fs, root, name, pending))
         result.rows += len(pending)
         pending, size = [], 0
 
-    for record in unit.records(options.endpoint):
+    for record in unit.records(options.endpoint, options.max_record_bytes):
         try:
+            if not record.error:  # a record found bad before reading claims no key
+                if record.key in seen:
+                    raise BadImageError("duplicate key: an earlier record has it")
+                seen.add(record.key)
             row = encode_record(record, options)
         except BadImageError as e:
             if options.bad_images == "strict":
                 raise BadImageError(
-                    f"bad image {record.key}: {e} (policy 'strict'; --bad-images skip "
-                    "skips and counts such records)"
+                    f"bad record {record.key}: {e} (policy 'strict'; "
+                    "--bad-images skip skips and counts such records)"
                 ) from e
-            log.warning("skipping bad image %s: %s", record.key, e)
+            log.warning("skipping bad record %s: %s", record.key, e)
             result.bad_count += 1
             if len(result.bad_keys) < MAX_LISTED_BAD_KEYS:
                 result.bad_keys.append(record.key)

@@ -1,7 +1,9 @@
 """CSV or Parquet lists of ``(uri, label)`` rows; uris local, relative to the list, or s3://.
 
 ``label`` is optional: integers are used as class indices, strings become classes (sorted),
-empty values mean unknown (-1).
+empty values mean unknown (-1). A row is a bad record (skipped and counted) when it repeats an
+earlier uri (the record's key), or when its integer label is negative or over ``MAX_LABEL``:
+one typo would otherwise make a million-class name list, or a label int32 cannot hold.
 """
 
 import posixpath
@@ -12,7 +14,7 @@ import pyarrow.parquet as pq
 
 from pipelines.data.manifest import resolve
 from pipelines.data.shard.inputs.files import chunk_files
-from pipelines.data.shard.inputs.records import SourcePlan
+from pipelines.data.shard.inputs.records import SourcePlan, label_problem
 
 URI_COLUMNS = ("uri", "path", "url")
 
@@ -47,17 +49,22 @@ def plan_list(src: str, endpoint: str, rows_per_unit: int, seed: int | None) -> 
         row = next(i for i, u in enumerate(uris) if not u)
         raise ValueError(f"{src}: row {row + 1} has an empty {column}")
     raw = table.column("label").to_pylist() if "label" in table.column_names else [None] * len(uris)
+    problems = [""] * len(uris)
     if all(v is None or isinstance(v, int) for v in raw):
-        labels = [-1 if v is None else int(v) for v in raw]
+        problems = ["" if v is None else label_problem(v) for v in raw]
+        labels = [-1 if v is None or p else int(v) for v, p in zip(raw, problems, strict=True)]
         classes = [str(i) for i in range(max(labels, default=-1) + 1)]
     else:
         classes = sorted({str(v) for v in raw if v not in (None, "")})
         index = {c: i for i, c in enumerate(classes)}
         labels = [-1 if v in (None, "") else index[str(v)] for v in raw]
     seen: set[str] = set()
-    duplicates = [u for u in uris if u in seen or seen.add(u)]
-    if duplicates:
-        raise ValueError(f"{src}: uris must be unique; repeated: {duplicates[:5]}")
+    for i, uri in enumerate(uris):  # the uri is the key: a repeated row is a bad record
+        if uri in seen:
+            problems[i] = problems[i] or "duplicate key: an earlier row has this uri"
+        seen.add(uri)
     base = src.rsplit("/", 1)[0] if "://" in src else posixpath.dirname(resolve(src)[1])
-    files = [(u, _absolute(u, base), lab) for u, lab in zip(uris, labels, strict=True)]
-    return SourcePlan("list", classes, chunk_files(files, None, 0, rows_per_unit, seed))
+    rows = zip(uris, labels, problems, strict=True)
+    files = [(u, _absolute(u, base), lab) for u, lab, why in rows if not why]
+    bad = [(u, why) for u, why in zip(uris, problems, strict=True) if why]
+    return SourcePlan("list", classes, chunk_files(files, None, 0, rows_per_unit, seed, bad))

@@ -9,13 +9,21 @@ reads, which on S3 become ranged GETs.
 import io
 import itertools
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import pyarrow as pa
 
 from pipelines.data.manifest import resolve
-from pipelines.data.shard.inputs.records import Record, SourcePlan, is_image_name
+from pipelines.data.shard.inputs.records import (
+    Record,
+    SourcePlan,
+    is_image_name,
+    name_problem,
+    printable,
+    size_problem,
+)
 
 _BLOCK = 512
 _COMPRESSIONS = {".tar.gz": "gz", ".tgz": "gz", ".tar.bz2": "bz2", ".tar.xz": "xz"}
@@ -60,6 +68,19 @@ def is_tar_name(name: str) -> bool:
     return name.lower().endswith(".tar") or bool(compression_of(name))
 
 
+class Member(NamedTuple):
+    """A regular file of a tar, its data not yet read: callers check the name and the size
+    (from the header) first, and call ``read`` only for members they keep."""
+
+    name: str  # as stored: may be absolute, hold "..", or not be UTF-8 (surrogate escapes)
+    size: int
+    read: Callable[[], bytes]  # valid only until the next member is drawn (a stream)
+    duplicate: bool  # an earlier member of the archive has the same name
+
+
+DUPLICATE = "duplicate key: an earlier record has it"
+
+
 @dataclass(frozen=True)
 class TarUnit:
     """A byte range of a tar object and how its members become records.
@@ -78,10 +99,13 @@ class TarUnit:
     label: int = -1
     classes: tuple[str, ...] = ()
     strip: str = ""
+    duplicates: tuple[int, ...] = ()  # header offsets of members whose name came earlier
+    error: str = ""  # the planner found the whole unit unusable: one bad record, keyed key_prefix
 
-    def members(self, endpoint: str = "") -> Iterator[tuple[str, bytes]]:
-        """(name, bytes) of the regular files in the range, in tar order."""
+    def members(self, endpoint: str = "") -> Iterator[Member]:
+        """The regular files in the range, in tar order (see :class:`Member`)."""
         fs, path = resolve(self.uri, endpoint)
+        skip = set(self.duplicates)
         with fs.open_input_file(path) as f:
             size = f.size() - self.offset if self.size < 0 else self.size
             stream = io.BufferedReader(_Window(f, self.offset, size), buffer_size=8 * 2**20)
@@ -89,26 +113,43 @@ class TarUnit:
             with tarfile.open(fileobj=stream, mode=mode) as tar:
                 for member in tar:
                     if member.isfile():
-                        data = tar.extractfile(member)
-                        yield member.name, data.read() if data else b""
 
-    def records(self, endpoint: str = "") -> Iterator[Record]:
+                        def read(member: tarfile.TarInfo = member) -> bytes:
+                            data = tar.extractfile(member)
+                            return data.read() if data else b""
+
+                        duplicate = self.offset + member.offset in skip
+                        yield Member(member.name, member.size, read, duplicate)
+
+    def records(self, endpoint: str = "", max_bytes: int = 0) -> Iterator[Record]:
+        """One record per image member (per sample for WebDataset); a member whose name, size
+        (over ``max_bytes``) or key is unusable becomes a record with ``error``, unread."""
+        if self.error:
+            yield Record(self.key_prefix.rstrip("/"), b"", -1, self.error)
+            return
         if self.layout == "webdataset":
             from pipelines.data.shard.inputs.webdataset import samples
 
-            yield from samples(self.members(endpoint), self.key_prefix)
+            yield from samples(self.members(endpoint), self.key_prefix, max_bytes)
             return
         index = {name: i for i, name in enumerate(self.classes)}
-        for name, data in self.members(endpoint):
-            if not is_image_name(name) or not name.startswith(self.strip):
+        for member in self.members(endpoint):
+            name = printable(member.name)
+            if not is_image_name(name):
                 continue
+            problem = name_problem(member.name)
             label = self.label
-            if self.layout == "folders":
-                first, sep, _ = name[len(self.strip) :].partition("/")
-                if not sep or first not in index:
+            if not problem and self.layout == "folders":
+                first, sep, _ = member.name.removeprefix(self.strip).partition("/")
+                if not member.name.startswith(self.strip) or not sep or first not in index:
                     continue  # a file beside the class folders, not an image of a class
                 label = index[first]
-            yield Record(self.key_prefix + name, data, label)
+            problem = problem or size_problem(member.size, max_bytes)
+            problem = problem or (DUPLICATE if member.duplicate else "")
+            if problem:
+                yield Record(self.key_prefix + name, b"", -1, problem)
+            else:
+                yield Record(self.key_prefix + name, member.read(), label)
 
 
 def _open_for_scan(uri: str, endpoint: str):
@@ -125,13 +166,21 @@ def _padded_end(member: tarfile.TarInfo) -> int:
     return member.offset_data + -(-member.size // _BLOCK) * _BLOCK
 
 
+def _duplicate_offsets(members: list[tarfile.TarInfo]) -> set[int]:
+    """Header offsets of members whose name an earlier member has: the first one is the
+    record, the others are counted as bad wherever they fall (possibly in another unit)."""
+    seen: set[str] = set()
+    return {m.offset for m in members if m.name in seen or seen.add(m.name)}
+
+
 def plan_tar(uri: str, endpoint: str, target_bytes: int) -> SourcePlan:
     """A tar whose members are ``<class>/.../<image>``, optionally all under one top folder.
-    An uncompressed tar is cut into spans of about ``target_bytes``, read in parallel."""
+    An uncompressed tar is cut into spans of about ``target_bytes``, read in parallel.
+    Members with unusable names take no part in finding the classes (see ``name_problem``)."""
     f, tar, compression = _open_for_scan(uri, endpoint)
     with f, tar:
         members = [m for m in tar if m.isfile()]
-    images = [m for m in members if is_image_name(m.name)]
+    images = [m for m in members if is_image_name(m.name) and not name_problem(m.name)]
     if not images:
         raise ValueError(f"{uri}: no image files in the archive")
     tops = {m.name.split("/", 1)[0] for m in images}
@@ -140,23 +189,27 @@ def plan_tar(uri: str, endpoint: str, target_bytes: int) -> SourcePlan:
     classes = sorted({r.split("/", 1)[0] for r in rest if "/" in r})
     if not classes:
         raise ValueError(f"{uri}: no class folders in the archive (expected <class>/<image>)")
+    duplicates = _duplicate_offsets([m for m in members if is_image_name(m.name)])
     common = {"layout": "folders", "classes": tuple(classes), "strip": strip}
     if compression:  # a compressed stream cannot be entered in the middle
-        return SourcePlan("tar", classes, [TarUnit(uri, compression=compression, **common)])
+        unit = TarUnit(uri, compression=compression, duplicates=tuple(sorted(duplicates)), **common)
+        return SourcePlan("tar", classes, [unit])
     units, start, size = [], None, 0
     for i, m in enumerate(members):
         start = m.offset if start is None else start
         size += m.size
         if size >= target_bytes or i == len(members) - 1:
             end = members[i + 1].offset if i + 1 < len(members) else _padded_end(m)
-            units.append(TarUnit(uri, offset=start, size=end - start, **common))
+            inside = tuple(sorted(o for o in duplicates if start <= o < end))
+            units.append(TarUnit(uri, offset=start, size=end - start, duplicates=inside, **common))
             start, size = None, 0
     return SourcePlan("tar", classes, units)
 
 
 def plan_imagenet_tar(uri: str, endpoint: str) -> SourcePlan:
     """ImageNet's ``ILSVRC2012_img_train.tar``: one ``<wnid>.tar`` per class inside. Each inner
-    tar becomes one unit; classes are the sorted wnids."""
+    tar becomes one unit; classes are the sorted wnids. An inner tar with an unusable name, or
+    a second one of the same wnid, becomes one bad record."""
     f, tar, compression = _open_for_scan(uri, endpoint)
     if compression:
         raise ValueError(f"{uri}: a tar of per-class tars must be uncompressed")
@@ -164,19 +217,30 @@ def plan_imagenet_tar(uri: str, endpoint: str) -> SourcePlan:
         inner = [m for m in tar if m.isfile() and m.name.lower().endswith(".tar")]
     if not inner:
         raise ValueError(f"{uri}: no per-class .tar members")
-    stems = sorted(m.name.rsplit("/", 1)[-1][: -len(".tar")] for m in inner)
+
+    def stem(m: tarfile.TarInfo) -> str:
+        return m.name.rsplit("/", 1)[-1][: -len(".tar")]
+
+    usable = [m for m in inner if not name_problem(m.name) and stem(m)]
+    stems = sorted({stem(m) for m in usable})
     label = {s: i for i, s in enumerate(stems)}
-    units = []
-    for m in sorted(inner, key=lambda m: m.name):
-        stem = m.name.rsplit("/", 1)[-1][: -len(".tar")]
+    units, taken = [], set()
+    for m in sorted(inner, key=lambda m: printable(m.name)):
+        problem = name_problem(m.name) or ("" if stem(m) else "no class name")
+        if not problem and stem(m) in taken:
+            problem = f"a second tar of class {stem(m)}"
+        if problem:
+            units.append(TarUnit(uri, key_prefix=printable(m.name), error=problem))
+            continue
+        taken.add(stem(m))
         units.append(
             TarUnit(
                 uri,
                 offset=m.offset_data,
                 size=m.size,
                 layout="fixed",
-                label=label[stem],
-                key_prefix=f"{stem}/",
+                label=label[stem(m)],
+                key_prefix=f"{stem(m)}/",
             )
         )
     return SourcePlan("imagenet-tar", stems, units)
@@ -194,7 +258,8 @@ def tar_kind(uri: str, endpoint: str) -> str:
                 break
     if names and all(n.lower().endswith(".tar") for n in names):
         return "imagenet-tar"
-    # WebDataset: consecutive members sharing a key (000123.jpg, 000123.cls) make one sample
-    keys = [n.rsplit("/", 1)[-1].split(".", 1)[0] for n in names]
+    # WebDataset: consecutive members sharing a key (000123.jpg, 000123.cls) make one sample;
+    # the key keeps its folder, or cat/0.jpg then dog/0.jpg would look like one sample
+    keys = [n.rsplit("/", 1)[0] + "/" + n.rsplit("/", 1)[-1].split(".", 1)[0] for n in names]
     grouped = any(a == b for a, b in itertools.pairwise(keys))
     return "webdataset" if grouped else "tar"

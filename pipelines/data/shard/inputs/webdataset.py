@@ -7,8 +7,16 @@ from collections.abc import Iterable, Iterator
 import pyarrow.fs as pafs
 
 from pipelines.data.manifest import resolve
-from pipelines.data.shard.inputs.records import Record, SourcePlan, is_image_name
-from pipelines.data.shard.inputs.tar import TarUnit, compression_of, is_tar_name
+from pipelines.data.shard.inputs.records import (
+    Record,
+    SourcePlan,
+    is_image_name,
+    label_problem,
+    name_problem,
+    printable,
+    size_problem,
+)
+from pipelines.data.shard.inputs.tar import DUPLICATE, Member, TarUnit, compression_of, is_tar_name
 
 
 def split_name(name: str) -> tuple[str, str]:
@@ -18,7 +26,8 @@ def split_name(name: str) -> tuple[str, str]:
     return (f"{folder}/{stem}" if folder else stem), ext.lower()
 
 
-def _label(parts: dict[str, bytes]) -> int:
+def _label(parts: dict[str, bytes]) -> int | None:
+    """The sample's label as its ``.cls`` or ``.json`` gives it; None when it gives none."""
     try:
         if "cls" in parts:
             return int(parts["cls"].decode().strip())
@@ -29,25 +38,38 @@ def _label(parts: dict[str, bytes]) -> int:
                     return meta[field]
     except (ValueError, UnicodeDecodeError):
         pass
-    return -1
+    return None
 
 
-def samples(members: Iterable[tuple[str, bytes]], key_prefix: str = "") -> Iterator[Record]:
-    """Group consecutive members by key; one record per sample that holds an image."""
-    key, parts, image_ext = None, {}, ""
+def samples(
+    members: Iterable[Member], key_prefix: str = "", max_bytes: int = 0
+) -> Iterator[Record]:
+    """Group consecutive members by key; one record per sample that holds an image. A sample
+    with an unusable member name, a member over ``max_bytes`` (left unread) or an unusable
+    label becomes a record with ``error``."""
+    key, parts, image_ext, problem = None, {}, "", ""
 
     def flush() -> Iterator[Record]:
-        if key is not None and image_ext:
-            yield Record(key_prefix + key, parts[image_ext], _label(parts))
+        if key is None or not image_ext:
+            return
+        label = _label(parts) if not problem else None
+        why = problem or (label_problem(label) if label is not None else "")
+        if why:
+            yield Record(key_prefix + key, b"", -1, why)
+        else:
+            yield Record(key_prefix + key, parts[image_ext], -1 if label is None else label)
 
-    for name, data in members:
-        k, ext = split_name(name)
+    for member in members:
+        k, ext = split_name(printable(member.name))
         if k != key:
             yield from flush()
-            key, parts, image_ext = k, {}, ""
-        parts[ext] = data
+            key, parts, image_ext, problem = k, {}, "", ""
         if not image_ext and is_image_name(f"x.{ext.rsplit('.', 1)[-1]}"):
             image_ext = ext
+        problem = problem or name_problem(member.name) or size_problem(member.size, max_bytes)
+        problem = problem or (DUPLICATE if member.duplicate else "")
+        if not problem:
+            parts[ext] = member.read()
     yield from flush()
 
 
@@ -85,18 +107,23 @@ def shard_uris(src: str, endpoint: str) -> list[str]:
     )
 
 
+def _key_prefixes(uris: list[str]) -> list[str]:
+    """Each shard's name, as the prefix of its samples' keys; the path below the shards'
+    common folder where names repeat (``{00..01}/shard.tar``), so keys stay unique."""
+    paths = [u.split("/") for u in uris]
+    keep = 1  # path components kept: the name, and as many folders as tell the shards apart
+    while len({tuple(p[-keep:]) for p in paths}) < len(paths):
+        keep += 1
+    return ["/".join(p[-keep:]) + "/" for p in paths]
+
+
 def plan_webdataset(src: str, endpoint: str) -> SourcePlan:
-    uris = shard_uris(src, endpoint)
+    uris = list(dict.fromkeys(shard_uris(src, endpoint)))  # a pattern may name a shard twice
     if not uris:
         raise ValueError(f"{src}: no .tar shards")
     units = [
-        TarUnit(
-            uri,
-            compression=compression_of(uri),
-            layout="webdataset",
-            key_prefix=f"{uri.rsplit('/', 1)[-1]}/",
-        )
-        for uri in uris
+        TarUnit(uri, compression=compression_of(uri), layout="webdataset", key_prefix=prefix)
+        for uri, prefix in zip(uris, _key_prefixes(uris), strict=True)
     ]
     # classes are not named by WebDataset; the writer derives them from the labels it sees
     return SourcePlan("webdataset", [], units)
