@@ -70,10 +70,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def _start_ray(address: str | None, workers: int) -> None:
     import ray
 
-    if not ray.is_initialized():
-        # "local": a new instance even if a `ray start` cluster runs on this machine
-        ray.init(address=address or "local", num_cpus=None if address else max(1, workers))
-        ray.data.DataContext.get_current().enable_progress_bars = False
+    if ray.is_initialized():
+        return
+    if address:  # submit_or_connect joins a cluster first; this is the fallback
+        ray.init(address=address)
+    else:
+        from pipelines.cluster.local import start_local_ray
+
+        start_local_ray(max(1, workers))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -9,8 +9,9 @@ from pipelines.config.typed import ConfigError
 from pipelines.data.decode import BadImageError
 from pipelines.data.manifest import MANIFEST_NAME, read_manifest
 from pipelines.data.shard.job import shard
-from pipelines.data.shard.tasks import progress_bar, run_parallel
+from pipelines.data.shard.tasks import run_parallel
 from pipelines.data.shard.writer import ShardOptions, write_shards
+from pipelines.tracking.console import progress_bar
 from tests.images import bad_records, encode, photo, write_imagefolder
 
 

@@ -24,7 +24,7 @@ from pipelines.data.shard.destination import (
     remove_leftovers,
 )
 from pipelines.data.shard.inputs import SourcePlan, plan_source
-from pipelines.data.shard.tasks import progress_bar, run_parallel
+from pipelines.data.shard.tasks import run_parallel
 from pipelines.data.shard.writer import (
     PARTS_DIR,
     ShardOptions,
@@ -34,6 +34,7 @@ from pipelines.data.shard.writer import (
     run_unit,
     tool_version,
 )
+from pipelines.tracking.console import progress_bar
 
 log = logging.getLogger(__name__)
 

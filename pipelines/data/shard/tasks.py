@@ -5,8 +5,6 @@ from typing import Any
 
 from tqdm import tqdm
 
-from pipelines.tracking.console import progress_bar  # noqa: F401  (shard and verify use it)
-
 
 def run_parallel(
     fn: Callable[..., Any],

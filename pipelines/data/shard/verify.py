@@ -7,7 +7,8 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from pipelines.data.manifest import SHARD_SCHEMA, ShardFile, join, read_manifest, resolve
-from pipelines.data.shard.tasks import progress_bar, run_parallel
+from pipelines.data.shard.tasks import run_parallel
+from pipelines.tracking.console import progress_bar
 
 _CHUNK = 8 * 2**20
 
