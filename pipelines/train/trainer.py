@@ -24,6 +24,7 @@ from pipelines.data.synthetic import ensure_embedded
 from pipelines.eval.encoders import encoders_from_state, eval_image_size
 from pipelines.eval.sets import HOLDOUT, EvalSplit, split_views
 from pipelines.tracking import runs as tracking
+from pipelines.tracking.run_names import default_run_name, refuse_taken_name
 from pipelines.train.assets import log_assets, prepare_assets
 from pipelines.train.checkpoint import load_state
 from pipelines.train.finish import evaluate_and_log, finish
@@ -89,7 +90,7 @@ def storage_root(cfg: Config) -> str:
 def resolved(cfg: Config) -> Config:
     """The config as this run uses it: run name fixed, storage and tracking URI absolute, so
     ``sslpipe pretrain --resume`` from any directory finds the same run."""
-    name = cfg.train.name or f"{cfg.method}-{time.strftime('%Y%m%d-%H%M%S')}"
+    name = cfg.train.name or default_run_name(cfg.method)
     train = dataclasses.replace(cfg.train, name=name, storage=storage_root(cfg))
     track = dataclasses.replace(cfg.tracking, uri=tracking.absolute_uri(cfg.tracking.uri))
     return dataclasses.replace(cfg, train=train, tracking=track)
@@ -151,6 +152,8 @@ def pretrain(cfg: Config, resume_run_id: str | None = None) -> dict[str, Any]:
     started earlier with this resolved config) continue that run and its MLflow run."""
     started = time.time()
     cfg = resolved(cfg)
+    if not resume_run_id:
+        refuse_taken_name(cfg.train.storage, cfg.train.name)
     split, eval_note = resolve_data(cfg)
     ensure_ray(cfg)
     ray.data.DataContext.get_current().enable_progress_bars = False
