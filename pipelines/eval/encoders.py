@@ -50,20 +50,23 @@ def register_checkpoint(
 
     run = tracking.find_run(tracking_uri, experiment, run_ref)
     records = tracking.checkpoints_of(run)
+    kept = ", ".join(str(r["step"]) for r in records if not r.get("pruned")) or "none"
     match = [r for r in records if r["step"] == step]
     if not match:
-        steps = ", ".join(str(r["step"]) for r in records) or "none"
         raise LookupError(
-            f"run {run.info.run_id} recorded no checkpoint at step {step}; it has: {steps}"
+            f"run {run.info.run_id} recorded no checkpoint at step {step}; it keeps: {kept}"
         )
     uri = match[0]["uri"]
+    pruned = (
+        f"checkpoint of step {step} is gone: pruned from {uri}, as a run keeps only its latest "
+        f"train.keep_checkpoints; the run keeps steps: {kept}"
+    )
+    if match[0].get("pruned"):
+        raise FileNotFoundError(pruned)
     try:
         state = load_state_uri(uri)
     except FileNotFoundError as e:
-        raise FileNotFoundError(
-            f"checkpoint of step {step} is gone from {uri} (only the last train.keep_checkpoints "
-            f"are kept); recorded steps: {[r['step'] for r in records]}"
-        ) from e
+        raise FileNotFoundError(pruned) from e
     cfg = build_config(state["config"])
     encoder = encoders_from_state(cfg, state, random_init=False)["trained"]
     size = eval_image_size(cfg)

@@ -25,6 +25,7 @@ from pipelines.config.layers import build_config
 from pipelines.config.schema import Config
 from pipelines.data.stream.bad_images import bad_image_count
 from pipelines.eval.monitors import KnnMonitor
+from pipelines.tracking.secrets import redact_tree
 from pipelines.train.checkpoint import capture_rng, gather_rng, load_state, save_state
 from pipelines.train.faults import FaultInjector
 from pipelines.train.model import build_method
@@ -40,10 +41,16 @@ def _logger(cfg: Config, loop_config: dict[str, Any], rank: int):
     # exponential sleeps would hold a batch for minutes after the server is back
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+    from pipelines.tracking.checkpoint_records import CheckpointRecords
     from pipelines.tracking.metric_logger import MetricLogger
 
+    records = CheckpointRecords(loop_config.get("run_dir", ""), cfg.train.keep_checkpoints)
     return MetricLogger(
-        loop_config["tracking_uri"], loop_config["run_id"], cfg.tracking.flush_seconds, True
+        loop_config["tracking_uri"],
+        loop_config["run_id"],
+        cfg.tracking.flush_seconds,
+        True,
+        checkpoints=records,
     )
 
 
@@ -132,7 +139,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             "step": step,
             "epoch": epoch,
             "epoch_step": epoch_step,
-            "config": loop_config["cfg"],
+            "config": redact_tree(loop_config["cfg"]),  # no credentials in checkpoint files
             "pending_metrics": pending,
         }
         with tempfile.TemporaryDirectory() as d:
@@ -240,9 +247,9 @@ def record(
     metrics_log, cfg: Config, loop_config: dict[str, Any], d: str, uri: str, step: int, epoch: int
 ) -> None:
     """Note a persisted checkpoint in the MLflow run; copy its files when the config asks."""
-    from pipelines.tracking.runs import checkpoint_tags, log_artifacts
+    from pipelines.tracking.runs import log_artifacts
 
-    metrics_log.set_tags(checkpoint_tags(uri, step, epoch))
+    metrics_log.record_checkpoint(uri, step, epoch)
     if cfg.tracking.log_checkpoint_artifacts:
         try:
             name = os.path.basename(uri)
