@@ -109,23 +109,33 @@ def log_artifacts(run_id: str, tracking_uri: str, local_dir: str, path: str) -> 
 def log_encoder(
     run_id: str, tracking_uri: str, encoder, input_example, name: str = "encoder"
 ) -> str:
-    """Log the encoder as an MLflow PyTorch model with its signature (float32 images
-    ``(-1, 3, S, S)`` in [0, 1] -> features ``(-1, D)``) and input example; return its URI."""
+    """Log the encoder as an MLflow model that loads without unpickling
+    (:mod:`pipelines.tracking.encoder_model`: safetensors weights, this package as its pyfunc
+    loader), with its signature (float32 images ``(-1, 3, S, S)`` in [0, 1] -> features
+    ``(-1, D)``) and input example; return its URI."""
+    import tempfile
+
     import torch
     from mlflow.models import infer_signature
+
+    from pipelines.tracking import encoder_model
 
     with torch.no_grad():
         features = encoder.eval()(torch.as_tensor(input_example)).numpy()
     signature = infer_signature(input_example, features)
+    requirements = [
+        f"{package}=={_version(package)}" for package in ("torch", "safetensors", "sslpipe")
+    ]
     mlflow.set_tracking_uri(absolute_uri(tracking_uri))
-    with mlflow.start_run(run_id=run_id):
-        info = mlflow.pytorch.log_model(
-            encoder,
+    with tempfile.TemporaryDirectory() as d, mlflow.start_run(run_id=run_id):
+        info = mlflow.pyfunc.log_model(
             name=name,
-            serialization_format="pickle",  # loads back as our own class, not a GraphModule
+            loader_module=encoder_model.__name__,
+            data_path=str(encoder_model.save_encoder(encoder, d)),
             signature=signature,
             input_example=input_example,
-            pip_requirements=[f"torch=={_version('torch')}", f"sslpipe=={_version('sslpipe')}"],
+            pip_requirements=requirements,
+            metadata={"sslpipe_format": encoder_model.FORMAT},
         )
     return info.model_uri
 
