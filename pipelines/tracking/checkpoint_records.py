@@ -83,3 +83,24 @@ class CheckpointRecords:
                 record = self.kept.pop(old)
                 tags.update(checkpoint_tags(record["uri"], old, record["epoch"], pruned=True))
         return tags
+
+
+def mark_pruned(run_id: str, tracking_uri: str) -> list[int]:
+    """At a run's end, on the driver: mark every recorded checkpoint no longer in storage as
+    pruned (a worker killed before its tags left loses its marks); return their steps."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    listed = [r for r in checkpoints_of(client.get_run(run_id)) if not r.get("pruned")]
+    stored: dict[str, dict[int, str]] = {}
+    gone = []
+    for record in listed:
+        run_dir = record["uri"].rstrip("/").rsplit("/", 1)[0]
+        if run_dir not in stored:
+            stored[run_dir] = stored_checkpoints(run_dir)
+        if record["step"] not in stored[run_dir]:
+            tags = checkpoint_tags(record["uri"], record["step"], record.get("epoch"), True)
+            for key, value in tags.items():
+                client.set_tag(run_id, key, value)
+            gone.append(record["step"])
+    return gone

@@ -222,3 +222,24 @@ def test_registering_a_checkpoint_deleted_from_storage_says_it_was_pruned(store,
             client.set_tag(run_id, key, value)
     with pytest.raises(FileNotFoundError, match=r"step 2 is gone: pruned from .*latest"):
         register_checkpoint(run_id, 2, store, "gone")
+
+
+def test_the_driver_marks_what_a_killed_worker_could_not(store, tmp_path):
+    from pipelines.tracking.checkpoint_records import mark_pruned
+
+    client = MlflowClient(store)
+    run_id = client.create_run(client.create_experiment("killed")).info.run_id
+    for step in (3, 6, 9):
+        uri = f"{tmp_path}/checkpoint_{step:09d}"
+        if step > 3:
+            (tmp_path / f"checkpoint_{step:09d}").mkdir()
+        for key, value in checkpoint_tags(uri, step, step // 3).items():
+            client.set_tag(run_id, key, value)
+    assert mark_pruned(run_id, store) == [3]
+    records = checkpoints_of(client.get_run(run_id))
+    assert [(r["step"], r.get("pruned", False)) for r in records] == [
+        (3, True),
+        (6, False),
+        (9, False),
+    ]
+    assert mark_pruned(run_id, store) == []  # nothing left to mark
