@@ -47,7 +47,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def resume_config(args: argparse.Namespace, overrides: dict):
-    """The stopped run's resolved config (its ``config.yaml`` artifact) under the overrides."""
+    """The stopped run's resolved config (its ``config.yaml`` artifact) under the overrides.
+
+    The artifact was redacted (``pipelines.tracking.secrets``): the tracking URI is the live one
+    the run was found at (``--tracking-uri`` or the default), never the artifact's, and any
+    other redacted value must come again from the command line."""
     import tempfile
 
     import mlflow
@@ -56,6 +60,7 @@ def resume_config(args: argparse.Namespace, overrides: dict):
     from pipelines.config.schema import Config, TrackingConfig
     from pipelines.config.typed import ConfigError
     from pipelines.tracking.runs import absolute_uri, find_run
+    from pipelines.tracking.secrets import redacted_keys
 
     tracking = overrides.get("tracking", {})
     uri = absolute_uri(tracking.get("uri", TrackingConfig.uri))
@@ -68,7 +73,16 @@ def resume_config(args: argparse.Namespace, overrides: dict):
         data = read_yaml(path)
     if args.method and args.method != data.get("method", Config.method):
         raise ConfigError(f"--method {args.method}: run {args.resume} trained {data['method']}")
-    return build_config(deep_merge(data, overrides)), run.info.run_id
+    merged = deep_merge(data, overrides)
+    merged.setdefault("tracking", {})["uri"] = uri
+    missing = redacted_keys(merged)
+    if missing:
+        sets = " ".join(f"--set {key}=..." for key in missing)
+        raise ConfigError(
+            f"run {args.resume} logged its config with credentials redacted from "
+            f"{', '.join(missing)}: give them again ({sets})"
+        )
+    return build_config(merged), run.info.run_id
 
 
 def profile_line(cfg) -> str:

@@ -17,13 +17,28 @@ nodes must be able to hold ``demands`` (e.g. the train workers with their CPU/GP
 resources): a wrong address or a cluster without ``train`` nodes is an error in seconds, not a
 job that waits forever.
 An autoscaling cluster whose groups start from zero nodes passes ``--no-resource-check``.
+
+Credentials stay off a job's command line, which Ray prints and keeps in its job table: an
+argument that holds one (a tracking URI with a password, ``--set`` of a secret-named key; see
+``pipelines.tracking.secrets``) travels in an environment variable of the job's runtime_env,
+``SSLPIPE_JOB_SECRET_<i>``, and the entrypoint reads ``"$SSLPIPE_JOB_SECRET_<i>"`` in its place.
+Ray keeps the runtime_env too, but does not print it; credentials the cluster's nodes already
+hold in their environment (``MLFLOW_TRACKING_USERNAME`` / ``MLFLOW_TRACKING_PASSWORD``, the AWS
+variables) never leave them at all.
+
+The job's working_dir is this project, minus :data:`EXCLUDES` and minus untracked files that
+look like credentials (:data:`SECRET_FILES`: ``.env``, ``*.pem``, ``*.key``, ``credentials*``…;
+files git tracks are part of the code and go). To upload those too, set
+``SSLPIPE_JOB_UPLOAD_SECRET_FILES=1`` where the job is submitted.
 """
 
 import argparse
 import asyncio
+import fnmatch
 import json
 import os
 import shlex
+import subprocess
 import sys
 import time
 import uuid
@@ -40,6 +55,7 @@ from pipelines.cluster.checks import (
     probe_http,
 )
 from pipelines.config.typed import ConfigError
+from pipelines.tracking.secrets import has_secret, is_secret_key, redact_tree
 
 SUMMARY_MARKER = "SSLPIPE_SUMMARY_JSON "  # a job's summary line in its log
 IN_JOB_ENV = "SSLPIPE_IN_RAY_JOB"  # set in a submitted job: print the summary with the marker
@@ -60,6 +76,22 @@ EXCLUDES = [
     "*.db",
     "__pycache__",
 ]
+# untracked files of these names never go with a job (gitignore syntax, any directory)
+SECRET_FILES = [
+    ".env",
+    ".env.*",
+    "*.pem",
+    "*.key",
+    "credentials*",
+    "*.p12",
+    "*.pfx",
+    ".netrc",
+    ".pgpass",
+    "id_rsa*",
+    "id_ed25519*",
+]
+UPLOAD_SECRET_FILES_ENV = "SSLPIPE_JOB_UPLOAD_SECRET_FILES"  # "1": upload them anyway
+SECRET_ARG_ENV = "SSLPIPE_JOB_SECRET_"  # + index: an argument that holds a credential
 
 
 def add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
@@ -209,12 +241,53 @@ def config_as_sets(path: str) -> list[str]:
     return sets
 
 
-def runtime_env_for_job() -> dict[str, Any]:
+def secret_file_excludes(root: Path) -> list[str]:
+    """:data:`SECRET_FILES` as excludes, with every file git tracks under ``root`` that they
+    match let back in (``!/path``); nothing when ``SSLPIPE_JOB_UPLOAD_SECRET_FILES=1``."""
+    if os.environ.get(UPLOAD_SECRET_FILES_ENV) == "1":
+        return []
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(root), "ls-files", "-z"], capture_output=True, timeout=30
+        )
+        tracked = out.stdout.decode().split("\0") if out.returncode == 0 else []
+    except (OSError, subprocess.SubprocessError):
+        tracked = []  # no git: every such file is untracked
+    keep = [
+        f"!/{path}"
+        for path in tracked
+        if path and any(fnmatch.fnmatch(Path(path).name, p) for p in SECRET_FILES)
+    ]
+    return SECRET_FILES + keep
+
+
+def runtime_env_for_job(env_vars: dict[str, str] | None = None) -> dict[str, Any]:
     return {
         "working_dir": str(PROJECT_ROOT),
-        "excludes": EXCLUDES,
-        "env_vars": {IN_JOB_ENV: "1"},
+        "excludes": EXCLUDES + secret_file_excludes(PROJECT_ROOT),
+        "env_vars": {IN_JOB_ENV: "1", **(env_vars or {})},
     }
+
+
+def holds_secret(token: str) -> bool:
+    """Whether a command-line argument carries a credential: a URL's password or token, a
+    signed query, or ``KEY=VALUE`` with a secret-named key."""
+    key, eq, value = token.partition("=")
+    return has_secret(token) or bool(eq and value and is_secret_key(key.lstrip("-")))
+
+
+def job_entrypoint(argv: list[str]) -> tuple[str, dict[str, str]]:
+    """The job's shell command, ``python -m pipelines.cli ARGV``, and the environment variables
+    it reads the arguments that hold credentials from (Ray runs the entrypoint in a shell)."""
+    words, env = ["python", "-m", "pipelines.cli"], {}
+    for token in argv:
+        if holds_secret(token):
+            var = f"{SECRET_ARG_ENV}{len(env)}"
+            env[var] = token
+            words.append(f'"${{{var}}}"')
+        else:
+            words.append(shlex.quote(token))
+    return " ".join(words), env
 
 
 def submit(address: str, argv: list[str], summary_json: str | None) -> int:
@@ -222,10 +295,10 @@ def submit(address: str, argv: list[str], summary_json: str | None) -> int:
     from ray.job_submission import JobStatus, JobSubmissionClient
 
     client = JobSubmissionClient(address)
-    entrypoint = shlex.join(["python", "-m", "pipelines.cli", *argv])
+    entrypoint, secret_env = job_entrypoint(argv)
     job_id = f"sslpipe-{argv[0]}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     client.submit_job(
-        entrypoint=entrypoint, runtime_env=runtime_env_for_job(), submission_id=job_id
+        entrypoint=entrypoint, runtime_env=runtime_env_for_job(secret_env), submission_id=job_id
     )
     print(f"sslpipe: submitted job {job_id} to {address}: {entrypoint}", flush=True)
     summary: dict | None = None
@@ -268,4 +341,4 @@ async def _stream(client: Any, job_id: str) -> dict | None:
 def emit_summary(summary: dict) -> None:
     """In a submitted job: print the summary on one marked line for the submitter to fetch."""
     if os.environ.get(IN_JOB_ENV) == "1":
-        print(SUMMARY_MARKER + json.dumps(summary), flush=True)
+        print(SUMMARY_MARKER + json.dumps(redact_tree(summary)), flush=True)

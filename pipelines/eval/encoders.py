@@ -11,7 +11,7 @@ import torch
 from pipelines.config.layers import build_config
 from pipelines.config.schema import Config
 from pipelines.train.checkpoint import load_state_uri
-from pipelines.train.model import build_method
+from pipelines.train.model import backbone_spec, build_method
 from ssl_models.export import Encoder
 
 
@@ -29,15 +29,16 @@ def encoders_from_state(
     """The trained encoder from a checkpoint state and, when ``random_init`` (default:
     ``eval.knn_random_init``), the same architecture at its random initialisation, seeded
     exactly as the training run started."""
-    size = eval_image_size(cfg)
+    size, spec = eval_image_size(cfg), backbone_spec(cfg)
     out = {}
     if state is not None:
         method = build_method(cfg)
         method.load_state_dict(state["model"])
-        out["trained"] = Encoder(method.encoder, cfg.views.mean, cfg.views.std, size)
+        out["trained"] = Encoder(method.encoder, cfg.views.mean, cfg.views.std, size, spec)
     if cfg.eval.knn_random_init if random_init is None else random_init:
         torch.manual_seed(cfg.train.seed)
-        out["random_init"] = Encoder(build_method(cfg).encoder, cfg.views.mean, cfg.views.std, size)
+        backbone = build_method(cfg).encoder
+        out["random_init"] = Encoder(backbone, cfg.views.mean, cfg.views.std, size, spec)
     return out
 
 
@@ -50,20 +51,23 @@ def register_checkpoint(
 
     run = tracking.find_run(tracking_uri, experiment, run_ref)
     records = tracking.checkpoints_of(run)
+    kept = ", ".join(str(r["step"]) for r in records if not r.get("pruned")) or "none"
     match = [r for r in records if r["step"] == step]
     if not match:
-        steps = ", ".join(str(r["step"]) for r in records) or "none"
         raise LookupError(
-            f"run {run.info.run_id} recorded no checkpoint at step {step}; it has: {steps}"
+            f"run {run.info.run_id} recorded no checkpoint at step {step}; it keeps: {kept}"
         )
     uri = match[0]["uri"]
+    pruned = (
+        f"checkpoint of step {step} is gone: pruned from {uri}, as a run keeps only its latest "
+        f"train.keep_checkpoints; the run keeps steps: {kept}"
+    )
+    if match[0].get("pruned"):
+        raise FileNotFoundError(pruned)
     try:
         state = load_state_uri(uri)
     except FileNotFoundError as e:
-        raise FileNotFoundError(
-            f"checkpoint of step {step} is gone from {uri} (only the last train.keep_checkpoints "
-            f"are kept); recorded steps: {[r['step'] for r in records]}"
-        ) from e
+        raise FileNotFoundError(pruned) from e
     cfg = build_config(state["config"])
     encoder = encoders_from_state(cfg, state, random_init=False)["trained"]
     size = eval_image_size(cfg)
@@ -83,13 +87,22 @@ def register_checkpoint(
 
 def load_registered(model_uri: str, tracking_uri: str) -> Encoder:
     """Any encoder logged by sslpipe, by ``models:/NAME@ALIAS``, ``models:/NAME/VERSION`` or
-    ``runs:/ID/encoder``."""
+    ``runs:/ID/encoder``. Only the safetensors format is read (no pickled module, whose loading
+    could run code); an encoder logged as a pickle by an older sslpipe is refused with the way
+    to re-register it."""
     import mlflow
+    from mlflow.models import Model
 
+    from pipelines.tracking import encoder_model
     from pipelines.tracking.runs import absolute_uri
 
     mlflow.set_tracking_uri(absolute_uri(tracking_uri))
-    encoder = mlflow.pytorch.load_model(model_uri, map_location="cpu")
-    if not hasattr(encoder, "image_size"):
-        raise TypeError(f"{model_uri} is not an sslpipe encoder (ssl_models.export.Encoder)")
-    return encoder.eval()
+    flavor = Model.load(model_uri).flavors.get("python_function", {})
+    if flavor.get("loader_module") != encoder_model.__name__:
+        raise TypeError(
+            f"{model_uri} is not an sslpipe encoder in the safetensors format (a pickled model "
+            "is never loaded: it could run code); register the run's checkpoint again with "
+            "`sslpipe register RUN --step N`"
+        )
+    local = mlflow.artifacts.download_artifacts(model_uri)
+    return encoder_model.load_encoder(f"{local}/{flavor['data']}").eval()

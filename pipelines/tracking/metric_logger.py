@@ -1,7 +1,7 @@
 """Rank 0's metrics on their way to MLflow: :class:`MetricLogger`, a buffer a background thread
 sends in batches. An unreachable tracking server costs training nothing, and what could not be
 sent is kept, retried, carried in checkpoints (``pending_metrics``) and finally sent by the
-driver.
+driver. Checkpoint records go the same way (:meth:`MetricLogger.record_checkpoint`).
 """
 
 import logging
@@ -11,6 +11,7 @@ import time
 from mlflow import MlflowClient
 from mlflow.entities import Metric, RunTag
 
+from pipelines.tracking.checkpoint_records import CheckpointRecords, checkpoint_tags
 from pipelines.tracking.runs import absolute_uri, redact
 
 log = logging.getLogger(__name__)
@@ -28,9 +29,11 @@ class MetricLogger:
         flush_seconds: float = 5.0,
         background: bool = False,
         client: MlflowClient | None = None,
+        checkpoints: CheckpointRecords | None = None,
     ) -> None:
         self.client = client or MlflowClient(absolute_uri(tracking_uri))
         self.run_id = run_id
+        self.checkpoints = checkpoints
         self.flush_seconds = flush_seconds
         self._metrics: list[Metric] = []
         self._tags: dict[str, str] = {}
@@ -52,6 +55,14 @@ class MetricLogger:
     def set_tags(self, tags: dict[str, str]) -> None:
         with self._cond:
             self._tags.update(redact(tags))
+
+    def record_checkpoint(self, uri: str, step: int, epoch: int) -> None:
+        """Tag a persisted checkpoint, and mark those it pushed out of storage as pruned (with
+        ``checkpoints``; see :mod:`pipelines.tracking.checkpoint_records`)."""
+        if self.checkpoints is not None:
+            self.set_tags(self.checkpoints.add(uri, step, epoch))
+        else:
+            self.set_tags(checkpoint_tags(uri, step, epoch))
 
     def pending(self, max_step: int | None = None) -> list[list]:
         """Unsent metrics as ``[key, value, timestamp, step]`` (for a checkpoint)."""

@@ -2,7 +2,6 @@
 registry. Metrics from rank 0 go through :class:`pipelines.tracking.metric_logger.MetricLogger`.
 """
 
-import json
 import re
 from pathlib import Path
 from typing import Any
@@ -14,28 +13,10 @@ from mlflow.entities import Param
 from pipelines.config.schema import Config
 from pipelines.config.typed import flatten, to_dict
 
-CHECKPOINT_TAG = "sslpipe.checkpoint."  # + zero-padded step -> JSON {uri, step, epoch}
-REDACTED = "***"
-# key fragments that mark a credential: aws_secret_access_key, api_token, db_password, …
-_SECRET_KEY = re.compile(
-    r"secret|token|passw(or)?d|pwd|credential|access[_.-]?key|api[_.-]?key|private[_.-]?key"
-    r"|authorization|session[_.-]?key",
-    re.IGNORECASE,
-)
-_URL_USERINFO = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^/@:\s]*):[^/@\s]*@")
-
-
-def redact(values: dict[str, Any]) -> dict[str, str]:
-    """Stringified values with credentials removed: the value of any key that looks like a
-    secret, token, password or access key, and the password of any ``scheme://user:pw@host``."""
-    out = {}
-    for key, value in values.items():
-        text = str(value)
-        if _SECRET_KEY.search(key) and text:
-            out[key] = REDACTED
-        else:
-            out[key] = _URL_USERINFO.sub(rf"\g<scheme>\g<user>:{REDACTED}@", text)
-    return out
+# checkpoint records live beside this module; callers reach them through it too
+from pipelines.tracking.checkpoint_records import checkpoint_tags as checkpoint_tags
+from pipelines.tracking.checkpoint_records import checkpoints_of as checkpoints_of
+from pipelines.tracking.secrets import redact, redact_text, redact_tree
 
 
 def is_local_store(uri: str) -> bool:
@@ -102,17 +83,6 @@ def find_run(tracking_uri: str, experiment: str, run: str):
     return found[0]
 
 
-def checkpoint_tags(uri: str, step: int, epoch: int) -> dict[str, str]:
-    """The run's record of one persisted checkpoint (see :func:`checkpoints_of`)."""
-    return {f"{CHECKPOINT_TAG}{step:09d}": json.dumps({"uri": uri, "step": step, "epoch": epoch})}
-
-
-def checkpoints_of(run) -> list[dict[str, Any]]:
-    """Every checkpoint recorded in an MLflow run, by step (older ones may since be deleted)."""
-    records = [json.loads(v) for k, v in run.data.tags.items() if k.startswith(CHECKPOINT_TAG)]
-    return sorted(records, key=lambda r: r["step"])
-
-
 def latest_per_step(history) -> list:
     """A metric history with one value per step, the last logged: a run resumed from a
     checkpoint re-logs the steps it rolled back, and the later value is the surviving run's."""
@@ -123,11 +93,13 @@ def latest_per_step(history) -> list:
 
 
 def log_dict(run_id: str, tracking_uri: str, data: dict[str, Any], name: str) -> None:
-    MlflowClient(absolute_uri(tracking_uri)).log_dict(run_id, data, name)
+    """``data`` as a JSON/YAML artifact, credentials redacted (``summary.json``)."""
+    MlflowClient(absolute_uri(tracking_uri)).log_dict(run_id, redact_tree(data), name)
 
 
 def log_text(run_id: str, tracking_uri: str, text: str, name: str) -> None:
-    MlflowClient(absolute_uri(tracking_uri)).log_text(run_id, text, name)
+    """``text`` as an artifact, credentials in URLs redacted (``config.yaml``)."""
+    MlflowClient(absolute_uri(tracking_uri)).log_text(run_id, redact_text(text), name)
 
 
 def log_artifacts(run_id: str, tracking_uri: str, local_dir: str, path: str) -> None:
@@ -137,23 +109,33 @@ def log_artifacts(run_id: str, tracking_uri: str, local_dir: str, path: str) -> 
 def log_encoder(
     run_id: str, tracking_uri: str, encoder, input_example, name: str = "encoder"
 ) -> str:
-    """Log the encoder as an MLflow PyTorch model with its signature (float32 images
-    ``(-1, 3, S, S)`` in [0, 1] -> features ``(-1, D)``) and input example; return its URI."""
+    """Log the encoder as an MLflow model that loads without unpickling
+    (:mod:`pipelines.tracking.encoder_model`: safetensors weights, this package as its pyfunc
+    loader), with its signature (float32 images ``(-1, 3, S, S)`` in [0, 1] -> features
+    ``(-1, D)``) and input example; return its URI."""
+    import tempfile
+
     import torch
     from mlflow.models import infer_signature
+
+    from pipelines.tracking import encoder_model
 
     with torch.no_grad():
         features = encoder.eval()(torch.as_tensor(input_example)).numpy()
     signature = infer_signature(input_example, features)
+    requirements = [
+        f"{package}=={_version(package)}" for package in ("torch", "safetensors", "sslpipe")
+    ]
     mlflow.set_tracking_uri(absolute_uri(tracking_uri))
-    with mlflow.start_run(run_id=run_id):
-        info = mlflow.pytorch.log_model(
-            encoder,
+    with tempfile.TemporaryDirectory() as d, mlflow.start_run(run_id=run_id):
+        info = mlflow.pyfunc.log_model(
             name=name,
-            serialization_format="pickle",  # loads back as our own class, not a GraphModule
+            loader_module=encoder_model.__name__,
+            data_path=str(encoder_model.save_encoder(encoder, d)),
             signature=signature,
             input_example=input_example,
-            pip_requirements=[f"torch=={_version('torch')}", f"sslpipe=={_version('sslpipe')}"],
+            pip_requirements=requirements,
+            metadata={"sslpipe_format": encoder_model.FORMAT},
         )
     return info.model_uri
 

@@ -14,6 +14,7 @@ from pipelines.eval.frozen import KNN, evaluate_encoders
 from pipelines.eval.sets import EvalSplit
 from pipelines.tracking import console
 from pipelines.tracking import runs as tracking
+from pipelines.tracking.checkpoint_records import mark_pruned
 from pipelines.tracking.metric_logger import MetricLogger
 from ssl_models.export import Encoder
 
@@ -87,6 +88,7 @@ def finish(
         "wall_seconds": round(time.time() - started, 1),
         "mlflow_ui": tracking.ui_command(uri),
     }
+    mark_pruned(run_id, uri)  # the tags of a killed worker may not have left it
     tracking.log_dict(run_id, uri, summary, "summary.json")
     tracking.end_run(run_id, uri)
     return summary

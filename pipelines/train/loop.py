@@ -32,6 +32,7 @@ from pipelines.config.layers import build_config
 from pipelines.config.schema import Config
 from pipelines.data.stream.bad_images import bad_image_count
 from pipelines.eval.monitors import KnnMonitor
+from pipelines.tracking.secrets import redact_tree
 from pipelines.train import progress
 from pipelines.train.checkpoint import capture_rng, gather_rng, load_state, save_state
 from pipelines.train.faults import FaultInjector
@@ -295,7 +296,7 @@ def checkpoint(w: Worker, epoch: int, epoch_step: int, metrics: dict[str, Any]) 
         "step": w.step,
         "epoch": epoch + 1,  # from 1, as on the console and in MLflow
         "epoch_step": epoch_step,
-        "config": w.loop_config["cfg"],
+        "config": redact_tree(w.loop_config["cfg"]),  # no credentials in checkpoint files
         "pending_metrics": pending,
     }
     with tempfile.TemporaryDirectory() as d:

@@ -79,10 +79,16 @@ def metric_logger(cfg: Config, loop_config: dict[str, Any], rank: int):
     # exponential sleeps would hold a batch for minutes after the server is back
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+    from pipelines.tracking.checkpoint_records import CheckpointRecords
     from pipelines.tracking.metric_logger import MetricLogger
 
+    records = CheckpointRecords(loop_config.get("run_dir", ""), cfg.train.keep_checkpoints)
     return MetricLogger(
-        loop_config["tracking_uri"], loop_config["run_id"], cfg.tracking.flush_seconds, True
+        loop_config["tracking_uri"],
+        loop_config["run_id"],
+        cfg.tracking.flush_seconds,
+        True,
+        checkpoints=records,
     )
 
 
@@ -90,9 +96,9 @@ def record_checkpoint(
     metrics_log, cfg: Config, loop_config: dict[str, Any], d: str, uri: str, step: int, epoch: int
 ) -> None:
     """Note a persisted checkpoint in the MLflow run; copy its files when the config asks."""
-    from pipelines.tracking.runs import checkpoint_tags, log_artifacts
+    from pipelines.tracking.runs import log_artifacts
 
-    metrics_log.set_tags(checkpoint_tags(uri, step, epoch))
+    metrics_log.record_checkpoint(uri, step, epoch)
     if cfg.tracking.log_checkpoint_artifacts:
         try:
             name = os.path.basename(uri)

@@ -28,6 +28,7 @@ from pipelines.eval.sets import HOLDOUT, EvalSplit, split_views
 from pipelines.tracking import console
 from pipelines.tracking import runs as tracking
 from pipelines.tracking.console import TrainingBar
+from pipelines.tracking.run_names import default_run_name, refuse_taken_name
 from pipelines.train import progress
 from pipelines.train.assets import log_assets, prepare_assets
 from pipelines.train.checkpoint import load_state
@@ -93,7 +94,7 @@ def storage_root(cfg: Config) -> str:
 def resolved(cfg: Config) -> Config:
     """The config as this run uses it: run name fixed, storage and tracking URI absolute, so
     ``sslpipe pretrain --resume`` from any directory finds the same run."""
-    name = cfg.train.name or f"{cfg.method}-{time.strftime('%Y%m%d-%H%M%S')}"
+    name = cfg.train.name or default_run_name(cfg.method)
     train = dataclasses.replace(cfg.train, name=name, storage=storage_root(cfg))
     track = dataclasses.replace(cfg.tracking, uri=tracking.absolute_uri(cfg.tracking.uri))
     return dataclasses.replace(cfg, train=train, tracking=track)
@@ -155,6 +156,8 @@ def pretrain(cfg: Config, resume_run_id: str | None = None) -> dict[str, Any]:
     started earlier with this resolved config) continue that run and its MLflow run."""
     started = time.time()
     cfg = resolved(cfg)
+    if not resume_run_id:
+        refuse_taken_name(cfg.train.storage, cfg.train.name)
     if "://" not in cfg.train.storage:
         console.attach_log(f"{cfg.train.storage}/{cfg.train.name}/sslpipe.log")
     split, eval_note = resolve_data(cfg)
@@ -237,8 +240,9 @@ class RunFailed(RuntimeError):
 
 def resumed_step(run_dir: str) -> int:
     """The step of the newest checkpoint a relaunch of this run resumes from (0: none)."""
-    steps = [int(p.name.split("_")[-1]) for p in Path(run_dir).glob("checkpoint_*")]
-    return max(steps, default=0) if "://" not in run_dir else 0
+    found = Path(run_dir).glob("checkpoint_*") if "://" not in run_dir else []
+    steps = [int(p.name[len("checkpoint_") :]) for p in found if p.name[11:].isdigit()]
+    return max(steps, default=0)
 
 
 def failure_report(cfg: Config, error: BaseException, step: int, run_dir: str) -> str:

@@ -75,7 +75,7 @@ def test_pretrain_on_the_embedded_default(tmp_path):
     versions = client.search_model_versions("name='sslpipe-simclr'")
     assert len(versions) == 1 and summary["registered_model_uri"] == "models:/sslpipe-simclr/1"
     mlflow.set_tracking_uri(summary["tracking_uri"])
-    encoder = mlflow.pytorch.load_model(summary["registered_model_uri"])
+    encoder = mlflow.pyfunc.load_model(summary["registered_model_uri"]).get_raw_model()
     import torch
 
     with torch.no_grad():

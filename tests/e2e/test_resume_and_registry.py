@@ -8,17 +8,21 @@ import pyarrow.parquet as pq
 import pytest
 from mlflow import MlflowClient
 
+from pipelines.train.checkpoint import load_state
 from tests.e2e.test_cli import TINY, sslpipe
 
 pytestmark = pytest.mark.e2e
 
 
-def test_stopped_run_resumes_registers_evaluates_and_embeds(tmp_path):
+def test_stopped_run_resumes_registers_evaluates_and_embeds(tmp_path, monkeypatch):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    # the data is local, so the endpoint is never used: a credential that must never be written
+    endpoint = "--set", "data.s3_endpoint=http://minio:m1n10pw@127.0.0.1:9"
     # 160 images, 2 workers × 16: 5 steps per epoch, 10 in all; checkpoints every 2 steps and
     # at epoch ends; the run dies about to take step index 7 and may not restart
     stop = [
         *TINY,
+        *endpoint,
         "--set", "train.name=stopme",
         "--set", "train.log_every_steps=1",
         "--set", "train.checkpoint_every_steps=2",
@@ -31,7 +35,14 @@ def test_stopped_run_resumes_registers_evaluates_and_embeds(tmp_path):
     (run,) = client.search_runs(["1"], filter_string="attributes.run_name = 'stopme'")
     assert run.info.status == "FAILED"
 
-    out = sslpipe("pretrain", "--resume", "stopme", "--summary-json", "s.json", cwd=tmp_path)
+    again = sslpipe("pretrain", *stop, cwd=tmp_path)  # a fresh run may not take its name
+    assert again.returncode == 2 and "--resume stopme" in again.stderr
+    # the redacted endpoint must come again from the command line
+    out = sslpipe("pretrain", "--resume", "stopme", cwd=tmp_path)
+    assert out.returncode == 2 and "data.s3_endpoint" in out.stderr
+    out = sslpipe(
+        "pretrain", "--resume", "stopme", *endpoint, "--summary-json", "s.json", cwd=tmp_path
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     summary = json.loads((tmp_path / "s.json").read_text())
     assert summary["run_id"] == run.info.run_id  # one MLflow run per pretraining
@@ -46,10 +57,24 @@ def test_stopped_run_resumes_registers_evaluates_and_embeds(tmp_path):
     assert sorted(counts) == list(range(1, 11))
     assert {s for s, n in counts.items() if n > 1} <= set(range(int(resumed.value) + 1, 8))
 
-    recorded = [json.loads(v)["step"] for k, v in run.data.tags.items() if "checkpoint." in k]
-    assert sorted(recorded) == [2, 4, 5, 6, 8, 10]
+    # no credential in what the run wrote: artifacts, checkpoint state, summary
+    written = [p for p in tmp_path.rglob("*") if p.is_file() and p.suffix != ".db"]
+    assert [p for p in written if b"m1n10pw" in p.read_bytes()] == []
+    state = load_state(tmp_path / "sslpipe-runs" / "stopme" / "checkpoint_000000010")
+    assert state["config"]["data"]["s3_endpoint"] == "http://minio:***@127.0.0.1:9"
+
+    # every checkpoint recorded; those Ray Train pruned (train.keep_checkpoints=2) say so
+    records = [json.loads(v) for k, v in run.data.tags.items() if "checkpoint." in k]
+    assert sorted(r["step"] for r in records) == [2, 4, 5, 6, 8, 10]
+    kept = sorted(r["step"] for r in records if not r.get("pruned"))
+    run_dir = tmp_path / "sslpipe-runs" / "stopme"
+    on_disk = sorted(int(p.name[-9:]) for p in run_dir.glob("checkpoint_0*"))
+    assert kept == on_disk == [8, 10]
+
+    # the registry's side runs with pickle disabled, as a careful user's machine would
+    monkeypatch.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "false")
     gone = sslpipe("register", run.info.run_id, "--step", "2", cwd=tmp_path)
-    assert gone.returncode == 1 and "is gone" in gone.stderr
+    assert gone.returncode == 1 and "is gone: pruned" in gone.stderr
     out = sslpipe("register", run.info.run_id, "--step", "8", cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     assert json.loads(out.stdout)["registered"] == "models:/sslpipe-simclr/2"

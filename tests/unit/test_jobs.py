@@ -1,6 +1,7 @@
 """``--address``: what a Ray job runs, the resource check, and failing fast without a cluster."""
 
 import argparse
+import json
 import time
 
 import pytest
@@ -183,3 +184,77 @@ def test_pretrain_and_shard_name_their_relative_outputs_for_a_job(tmp_path, caps
     assert "--storage" not in capsys.readouterr().err
     assert main(["shard", str(tmp_path), "shards", "--address", address]) == 2
     assert "DEST 'shards' would be written there" in capsys.readouterr().err
+
+
+def test_credentials_travel_in_the_environment_not_on_the_command_line():
+    import subprocess
+    import sys
+
+    argv = [
+        "pretrain",
+        "--tracking-uri",
+        "https://bob:hunter2@mlflow.example.com",
+        "--set",
+        "data.s3_endpoint=http://minio:m1n10pw@minio:9000",
+        "--set",
+        "tracking.api_token=t0ken",
+        "--set",
+        "optim.base_lr=0.5",
+        "--address",
+        "http://head:8265",
+    ]
+    command = job_argv(argv)
+    entrypoint, env = jobs.job_entrypoint(command)
+    for secret in ("hunter2", "m1n10pw", "t0ken"):
+        assert secret not in entrypoint
+    assert "optim.base_lr=0.5" in entrypoint  # what holds no secret stays readable
+    runtime_env = jobs.runtime_env_for_job(env)
+    assert runtime_env["env_vars"][jobs.IN_JOB_ENV] == "1"
+    assert set(env) <= set(runtime_env["env_vars"]) and len(env) == 3
+    # Ray runs the entrypoint in a shell: the job sees the command line as typed
+    prefix = "python -m pipelines.cli"
+    assert entrypoint.startswith(prefix)
+    show = f"{sys.executable} -c 'import json, sys; print(json.dumps(sys.argv[1:]))'"
+    out = subprocess.run(
+        ["sh", "-c", show + entrypoint[len(prefix) :]],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert json.loads(out.stdout) == command
+
+
+def test_untracked_files_that_look_like_secrets_stay_home(tmp_path, monkeypatch):
+    import subprocess
+    import zipfile
+
+    from ray._private.runtime_env.packaging import _zip_files
+
+    files = {
+        "pipelines/code.py": "x = 1",
+        "tests/fixtures/server.pem": "tracked test fixture",  # tracked: part of the code
+        ".env": "AWS_SECRET_ACCESS_KEY=x",
+        "deploy.key": "-----BEGIN PRIVATE KEY-----",
+        "infra/credentials.json": "{}",
+        "infra/.env.production": "PW=y",
+    }
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    git = ["git", "-C", str(tmp_path)]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", "pipelines/code.py", "tests/fixtures/server.pem"], check=True)
+    monkeypatch.setattr(jobs, "PROJECT_ROOT", tmp_path)
+
+    def uploaded() -> set[str]:
+        env = jobs.runtime_env_for_job()
+        out = tmp_path.parent / f"{tmp_path.name}.zip"
+        _zip_files(env["working_dir"], env["excludes"], str(out), include_gitignore=True)
+        with zipfile.ZipFile(out) as z:
+            return {n for n in z.namelist() if not n.endswith("/")}
+
+    monkeypatch.delenv(jobs.UPLOAD_SECRET_FILES_ENV, raising=False)
+    assert uploaded() == {"pipelines/code.py", "tests/fixtures/server.pem"}
+    monkeypatch.setenv(jobs.UPLOAD_SECRET_FILES_ENV, "1")  # asked for: everything goes
+    assert uploaded() == set(files)

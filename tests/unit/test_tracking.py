@@ -164,3 +164,82 @@ def _fake_register(uri: str):
         return SimpleNamespace(version=client.create_model_version(name, model_uri).version)
 
     return register
+
+
+def test_checkpoint_tags_list_what_storage_keeps_across_a_resume(store, tmp_path):
+    from pipelines.eval.encoders import register_checkpoint
+    from pipelines.tracking.checkpoint_records import CheckpointRecords
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    client = MlflowClient(store)
+    run_id = client.create_run(client.create_experiment("pruning")).info.run_id
+
+    def worker() -> MetricLogger:  # a train worker starting (or restarting after a failure)
+        return MetricLogger(store, run_id, checkpoints=CheckpointRecords(str(run_dir), keep=2))
+
+    def report(log: MetricLogger, step: int, epoch: int) -> None:
+        """Rank 0 writes and records a checkpoint; Ray Train then deletes all but the latest
+        two (train.keep_checkpoints=2)."""
+        (run_dir / f"checkpoint_{step:09d}").mkdir()
+        log.record_checkpoint(f"{run_dir}/checkpoint_{step:09d}", step, epoch)
+        for old in sorted(run_dir.iterdir())[:-2]:
+            old.rmdir()
+
+    first = worker()
+    for step, epoch in ((2, 0), (4, 1), (5, 1)):
+        report(first, step, epoch)
+    assert first.flush(timeout=30)
+    second = worker()  # the run died after step 5 and resumed from its checkpoint
+    for step, epoch in ((6, 2), (8, 3)):
+        report(second, step, epoch)
+    assert second.flush(timeout=30)
+
+    records = checkpoints_of(client.get_run(run_id))
+    on_disk = sorted(int(p.name.split("_")[1]) for p in run_dir.iterdir())
+    assert [r["step"] for r in records if not r.get("pruned")] == on_disk == [6, 8]
+    assert [r["step"] for r in records] == [2, 4, 5, 6, 8]
+    assert records[0] == {
+        "uri": f"{run_dir}/checkpoint_000000002",
+        "step": 2,
+        "epoch": 0,
+        "pruned": True,
+    }
+    with pytest.raises(FileNotFoundError, match=r"step 4 is gone: pruned .* keeps steps: 6, 8"):
+        register_checkpoint(run_id, 4, store, "pruning")
+    with pytest.raises(LookupError, match=r"no checkpoint at step 7; it keeps: 6, 8"):
+        register_checkpoint(run_id, 7, store, "pruning")
+
+
+def test_registering_a_checkpoint_deleted_from_storage_says_it_was_pruned(store, tmp_path):
+    """A record written before pruning was tracked, whose checkpoint is gone since."""
+    from pipelines.eval.encoders import register_checkpoint
+
+    client = MlflowClient(store)
+    run_id = client.create_run(client.create_experiment("gone")).info.run_id
+    for step in (2, 4):
+        for key, value in checkpoint_tags(f"{tmp_path}/checkpoint_{step:09d}", step, 0).items():
+            client.set_tag(run_id, key, value)
+    with pytest.raises(FileNotFoundError, match=r"step 2 is gone: pruned from .*latest"):
+        register_checkpoint(run_id, 2, store, "gone")
+
+
+def test_the_driver_marks_what_a_killed_worker_could_not(store, tmp_path):
+    from pipelines.tracking.checkpoint_records import mark_pruned
+
+    client = MlflowClient(store)
+    run_id = client.create_run(client.create_experiment("killed")).info.run_id
+    for step in (3, 6, 9):
+        uri = f"{tmp_path}/checkpoint_{step:09d}"
+        if step > 3:
+            (tmp_path / f"checkpoint_{step:09d}").mkdir()
+        for key, value in checkpoint_tags(uri, step, step // 3).items():
+            client.set_tag(run_id, key, value)
+    assert mark_pruned(run_id, store) == [3]
+    records = checkpoints_of(client.get_run(run_id))
+    assert [(r["step"], r.get("pruned", False)) for r in records] == [
+        (3, True),
+        (6, False),
+        (9, False),
+    ]
+    assert mark_pruned(run_id, store) == []  # nothing left to mark
