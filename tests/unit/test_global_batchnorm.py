@@ -6,7 +6,11 @@ whole batch; the training step converts every BatchNorm but the ones a method ke
 import pytest
 import torch
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
+from pipelines.config.layers import load_config, parse_set
+from pipelines.train.model import build_method
+from pipelines.train.step import TrainStep, place, sync_batchnorm
 from ssl_models.global_bn import GlobalBatchNorm, convert_batchnorm
 from tests.distributed_helpers import run_distributed
 from tests.method_helpers import tiny_method
@@ -123,3 +127,77 @@ def test_moco_keeps_its_key_encoder_out_only_under_shuffle_bn():
     assert moco.local_batchnorm_modules() == [moco.backbone_momentum, moco.projector_momentum]
     assert tiny_method("moco_v2", shuffle_bn=False).local_batchnorm_modules() == []
     assert tiny_method("simclr_v2").local_batchnorm_modules() == []
+
+
+def _step_config(method: str, sync: bool):
+    return load_config(
+        method,
+        overrides=parse_set(
+            [
+                "backbone.width=0.125",
+                "views.groups.global.size=16",
+                "train.batch_size=4",
+                "train.workers=2",
+                f"train.sync_batchnorm={str(sync).lower()}",
+            ]
+        ),
+    )
+
+
+def _bn_buffers(method: nn.Module) -> dict[str, torch.Tensor]:
+    return {
+        k: v.clone()
+        for k, v in method.state_dict().items()
+        if k.endswith(("running_mean", "running_var", "num_batches_tracked"))
+    }
+
+
+def _train_step_two_workers(rank: int, world: int) -> dict:
+    """One SimCLR step per worker on its own half of the batch, with and without
+    ``train.sync_batchnorm``; and the layer types MoCo v2 ends with under it."""
+    torch.set_num_threads(1)
+    g = torch.Generator().manual_seed(rank)
+    batch = {"global": torch.randint(0, 256, (2, 2, 3, 16, 16), generator=g, dtype=torch.uint8)}
+    out: dict = {}
+    for sync in (False, True):
+        cfg = _step_config("simclr", sync)
+        torch.manual_seed(0)
+        step = TrainStep(place(build_method(cfg), cfg, CPU), cfg, CPU, 4, 2)
+        step(batch, 0)
+        out[sync] = _bn_buffers(step.method)
+        out[f"types {sync}"] = {type(m) for m in step.method.modules()}
+    cfg = _step_config("moco_v2", True)
+    moco = sync_batchnorm(build_method(cfg), cfg, CPU)
+    out["moco"] = {
+        part: {type(m).__name__ for m in getattr(moco, part).modules() if isinstance(m, _BatchNorm)}
+        for part in ("backbone", "backbone_momentum")
+    }
+    return out
+
+
+@pytest.fixture(scope="module")
+def two_worker_steps() -> list[dict]:
+    return run_distributed(_train_step_two_workers, world=2)
+
+
+def test_sync_batchnorm_gives_cpu_workers_the_statistics_of_the_global_batch(two_worker_steps):
+    r0, r1 = two_worker_steps
+    assert GlobalBatchNorm in r0["types True"] and GlobalBatchNorm not in r0["types False"]
+    # per-worker BatchNorm: each worker's running statistics are those of its own half
+    assert any(not torch.equal(r0[False][k], r1[False][k]) for k in r0[False])
+    for key, value in r0[True].items():
+        torch.testing.assert_close(r1[True][key], value, msg=key)
+    counts = [int(v) for k, v in r0[True].items() if k.endswith("num_batches_tracked")]
+    assert counts and set(counts) == {1}  # SimCLR: one forward of both views per step
+
+
+def test_sync_batchnorm_leaves_mocos_key_encoder_per_worker(two_worker_steps):
+    for moco in (r["moco"] for r in two_worker_steps):
+        assert moco == {"backbone": {"GlobalBatchNorm"}, "backbone_momentum": {"BatchNorm2d"}}
+
+
+def test_sync_batchnorm_is_a_no_op_in_one_process():
+    cfg = _step_config("simclr", True)
+    method = build_method(cfg)
+    assert sync_batchnorm(method, cfg, CPU) is method
+    assert not any(isinstance(m, GlobalBatchNorm) for m in method.modules())
