@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from pipelines.config.layers import load_config, parse_set
+from pipelines.config.layers import load_config, parse_set, recipe_names
 from pipelines.train.model import build_method
 from pipelines.train.step import TrainStep, place, sync_batchnorm
 from ssl_models.global_bn import GlobalBatchNorm, convert_batchnorm
@@ -201,3 +201,23 @@ def test_sync_batchnorm_is_a_no_op_in_one_process():
     method = build_method(cfg)
     assert sync_batchnorm(method, cfg, CPU) is method
     assert not any(isinstance(m, GlobalBatchNorm) for m in method.modules())
+
+
+# the references that synchronise BatchNorm over the global batch (see each recipe's comment)
+GLOBAL_BN = {
+    "simclr",
+    "simclr_v2",
+    "byol",
+    "moco_v3",
+    "swav",
+    "barlow_twins",
+    "vicreg",
+    "simsiam",
+    "dino",
+}
+
+
+@pytest.mark.parametrize("method", recipe_names())
+def test_recipes_synchronise_batchnorm_where_their_references_do(method):
+    cfg = load_config(method, None, {"data": {"path": "x"}})
+    assert cfg.train.sync_batchnorm == (method in GLOBAL_BN)
