@@ -119,7 +119,7 @@ def test_conversion_keeps_parameters_buffers_and_state_dict_keys():
 def test_global_batchnorm_rejects_one_dimensional_input():
     bn = GlobalBatchNorm(3)
     with pytest.raises(ValueError, match=r"expects \(N, C, \.\.\.\) input, got \(3,\)"):
-        bn._check_input_dim(torch.zeros(3))
+        bn(torch.zeros(3))
 
 
 def test_moco_keeps_its_key_encoder_out_only_under_shuffle_bn():
