@@ -101,7 +101,9 @@ class TrainConfig:
     worker_resources: dict[str, float] = field(default_factory=dict)
     use_gpu: bool = False
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on GPU, fp32 on CPU
-    sync_batchnorm: bool = False  # BN statistics over the global batch (GPU; torch has no CPU one)
+    # BatchNorm statistics over the global batch of every worker (torch's SyncBatchNorm on GPU,
+    # ssl_models.global_bn on CPU); the recipes whose references do so turn it on; one worker: no-op
+    sync_batchnorm: bool = False
     torch_threads: int = 1  # intra-op threads per CPU worker; more oversubscribes small machines
     channels_last: bool = True  # NHWC convolutions: about 2× faster on CPU, preferred by GPUs
     seed: int = 0

@@ -31,6 +31,7 @@ from pipelines.train.optim import (
     set_weight_decay,
 )
 from ssl_models import distributed
+from ssl_models.global_bn import GlobalBatchNorm, convert_batchnorm
 from ssl_models.methods.base import Progress, SSLMethod
 from ssl_models.schedules import warmup_cosine
 
@@ -48,17 +49,29 @@ def place(method: nn.Module, cfg: Config, device: torch.device) -> nn.Module:
     return method.to(device)
 
 
-def sync_batchnorm(method: nn.Module, cfg: Config, device: torch.device) -> nn.Module:
-    """BatchNorm over the global batch when asked for and possible: torch's SyncBatchNorm runs
-    on GPU only, so on CPU the statistics stay per worker (with a warning). Converted modules
-    keep the same parameter and buffer objects, so hooks and checkpoints see no change."""
+def sync_batchnorm(method: SSLMethod, cfg: Config, device: torch.device) -> SSLMethod:
+    """BatchNorm over the global batch when ``train.sync_batchnorm`` is on and there are several
+    workers: torch's ``nn.SyncBatchNorm`` on GPU (NCCL), :class:`GlobalBatchNorm` elsewhere (torch
+    has no CPU one). Layers inside ``method.local_batchnorm_modules()`` stay per worker.
+    Converted layers keep the same parameter and buffer objects, so the optimizer, momentum
+    pairs and checkpoints see no change; with one worker nothing changes."""
     if not cfg.train.sync_batchnorm or not distributed.is_distributed():
         return method
-    if device.type != "cuda":
-        if distributed.rank() == 0:
-            log.warning("train.sync_batchnorm: torch has no CPU SyncBatchNorm; per-worker BN")
-        return method
-    return nn.SyncBatchNorm.convert_sync_batchnorm(method)
+    cls = nn.SyncBatchNorm if device.type == "cuda" else GlobalBatchNorm
+    local = method.local_batchnorm_modules()
+    converted = convert_batchnorm(method, cls, local)
+    if distributed.rank() == 0:
+        names = {id(m): name for name, m in method.named_modules()}
+        kept = ", ".join(names.get(id(m), type(m).__name__) for m in local)
+        log.info(
+            "train.sync_batchnorm: %d BatchNorm layers normalise over the global batch of %d "
+            "workers (%s)%s",
+            len(converted),
+            distributed.world_size(),
+            cls.__name__,
+            f"; per worker: {kept}" if kept else "",
+        )
+    return method
 
 
 def wrap_ddp(method: nn.Module, device: torch.device) -> nn.Module:

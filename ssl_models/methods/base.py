@@ -15,6 +15,10 @@ Two rules several methods share are declared once and applied by the base hooks:
 - layers frozen at the start: :meth:`SSLMethod.frozen_modules` get no update during the first
   ``frozen_epochs`` (DINO's, iBOT's and DINOv2's last layer, SwAV's prototypes):
   ``on_after_backward`` drops their gradients.
+
+A third is honoured by the training step: under ``train.sync_batchnorm``, the BatchNorm layers
+of :meth:`SSLMethod.local_batchnorm_modules` keep per-worker statistics (MoCo v1/v2's key
+encoder, whose substitute for synchronised BN is shuffle-BN).
 """
 
 from dataclasses import dataclass
@@ -73,6 +77,11 @@ class SSLMethod(nn.Module):
 
     def frozen_modules(self) -> list[nn.Module]:
         """Modules that get no update during the first ``frozen_epochs``; none here."""
+        return []
+
+    def local_batchnorm_modules(self) -> list[nn.Module]:
+        """Modules whose BatchNorm stays per worker when the rest normalises over the global
+        batch (``train.sync_batchnorm``); none here."""
         return []
 
     def momentum(self, progress: Progress) -> float:

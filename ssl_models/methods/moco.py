@@ -95,6 +95,12 @@ class MoCo(SSLMethod):
             (self.projector, self.projector_momentum),
         ]
 
+    def local_batchnorm_modules(self) -> list[nn.Module]:
+        """The key encoder under shuffle-BN: its statistics stay per worker, over a batch
+        shuffled across workers, so a query and its key are normalised with statistics of
+        different sub-batches (§3.3); statistics over the global batch would undo the shuffle."""
+        return [self.backbone_momentum, self.projector_momentum] if self.cfg.shuffle_bn else []
+
     def _encode_keys(self, x: torch.Tensor) -> torch.Tensor:
         return self.projector_momentum(self.backbone_momentum(x))
 
