@@ -62,7 +62,8 @@ def _blend(x: torch.Tensor, other: torch.Tensor, f: torch.Tensor) -> torch.Tenso
 
 
 # Each adjustment takes x: (N, 3, H, W) in [0, 1] and one factor per image, f: (N,); the
-# formulas are torchvision's adjust_* (tests/unit/test_photometric.py checks them against it).
+# formulas are torchvision's adjust_* (tests/unit/pipelines/data/stream/test_photometric.py
+# checks them against it).
 
 
 def adjust_brightness(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:

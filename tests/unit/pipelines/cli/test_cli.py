@@ -1,0 +1,111 @@
+"""The command line: help is light, errors are one line with exit code 2 (usage) or 1, never a
+traceback unless SSLPIPE_TRACEBACK=1."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipelines.cli import build_parser, main
+
+REPO = Path(__file__).resolve().parents[4]
+COMMANDS = ["pretrain", "shard", "eval", "embed", "register", "methods", "tune", "survey"]
+
+
+def test_help_of_every_command_imports_neither_torch_nor_ray():
+    code = (
+        "import sys\n"
+        "from pipelines.cli import main\n"
+        f"for cmd in [[]] + [[c] for c in {COMMANDS!r}]:\n"
+        "    try:\n"
+        "        main(cmd + ['--help'])\n"
+        "    except SystemExit as e:\n"
+        "        assert e.code == 0, (cmd, e.code)\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'ray', 'mlflow'}))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_every_option_has_help_and_renders():
+    parser = build_parser()
+    (sub,) = [a for a in parser._actions if a.dest == "command"]
+    assert sorted(sub.choices) == sorted(COMMANDS)
+    for name, p in sub.choices.items():
+        text = p.format_help()
+        assert "%%" not in text, name
+        for action in p._actions:
+            assert action.help, f"sslpipe {name} {action.option_strings or action.dest}: no help"
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0
+    assert capsys.readouterr().out.startswith("sslpipe ")
+
+
+def test_missing_config_file_names_it(tmp_path, capsys):
+    missing = tmp_path / "nope.yaml"
+    assert main(["pretrain", "--config", str(missing), "--print-config"]) == 2
+    err = capsys.readouterr().err
+    assert f"{missing}: No such file or directory" in err and "Traceback" not in err
+
+
+def test_data_that_is_not_a_shard_set_fails_before_anything_starts(tmp_path, capsys):
+    assert main(["pretrain", "--data", str(tmp_path / "none"), "--print-config"]) == 2
+    err = capsys.readouterr().err
+    assert f"--data {tmp_path / 'none'}: no _manifest.json" in err
+    assert "sslpipe shard SRC" in err  # says how to make one
+
+
+def test_unexpected_errors_are_one_line_unless_asked(tmp_path, monkeypatch, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [unclosed\n")
+    assert main(["pretrain", "--config", str(bad), "--print-config"]) == 2
+    assert "not valid YAML" in capsys.readouterr().err
+
+    def boom(args):
+        raise RuntimeError("the worker group died")
+
+    monkeypatch.setattr("pipelines.cli.methods.run", boom)
+    assert main(["methods"]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert err == [
+        "sslpipe methods: the worker group died",
+        "  (SSLPIPE_TRACEBACK=1 shows the traceback)",
+    ]
+    monkeypatch.setenv("SSLPIPE_TRACEBACK", "1")
+    with pytest.raises(RuntimeError, match="worker group died"):
+        main(["methods"])
+
+
+def test_eval_takes_dinos_knn_settings_and_names_a_wrong_section():
+    # DINO reports k = 20, T = 0.07; the defaults k = 200, T = 0.1 are the MoCo demo's
+    from pipelines.cli.eval import eval_settings
+    from pipelines.config.typed import ConfigError
+
+    base = ["eval", "knn", "--model", "models:/m@best", "--data", "/shards"]
+    dino = ["--set", "eval.knn_k=20", "--set", "eval.knn_temperature=0.07"]
+    settings = eval_settings(build_parser().parse_args([*base, *dino]))
+    assert (settings.knn_k, settings.knn_temperature) == (20, 0.07)
+    default = eval_settings(build_parser().parse_args(base))
+    assert (default.knn_k, default.knn_temperature) == (200, 0.1)
+    with pytest.raises(ConfigError, match=r"only eval\.\* keys apply here, got \['optim'\]"):
+        eval_settings(build_parser().parse_args([*base, "--set", "optim.base_lr=1"]))
+
+
+def test_dry_run_checks_data_model_and_one_step_without_ray(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    small = ["--set", "data.embedded_train_per_class=8", "--set", "data.embedded_test_per_class=2"]
+    assert main(["pretrain", "--dry-run", "--batch-size", "16", *small]) == 0
+    out = capsys.readouterr().out
+    assert "sslpipe pretrain --dry-run: ok" in out
+    assert "80 images, 10 classes" in out and "5 per epoch, 40 in all" in out  # 80 // 16 × 8
+    assert "global (8, 2, 3, 32, 32)" in out  # one worker's share of the batch
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "sslpipe-runs").exists()
+    import ray
+
+    assert not ray.is_initialized()
