@@ -38,7 +38,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "registered. Spaces: tuning/spaces/*.yaml.",
     )
     t.add_argument("--method", choices=recipe_names(), help="method key (default: the config's)")
-    t.add_argument("--space", help="search space YAML (choice, uniform, loguniform, grid)")
+    t.add_argument(
+        "--space",
+        help="search space: a YAML file (choice, uniform, loguniform, grid) or a shipped one by "
+        "name: clustering, context_based, contrastive, contrastive_generative, "
+        "feature_decorrelation, masked_image_modeling, self_distillation, self_distillation_mim",
+    )
     t.add_argument("--num-samples", type=int, default=1, help="samples (× each grid point)")
     t.add_argument(
         "--scheduler",
@@ -107,7 +112,8 @@ def on_cluster(args: argparse.Namespace) -> int | None:
 
     address = args.address or ""
     space = getattr(args, "space", None)
-    if address.startswith(("http://", "https://")) and space:
+    if address.startswith(("http://", "https://")) and space and Path(space).is_file():
+        # a file travels in the job's working_dir; a shipped space's name resolves there
         inside = Path(space).resolve().is_relative_to(PROJECT_ROOT) and Path.cwd() == PROJECT_ROOT
         if not inside:
             raise ConfigError(
@@ -155,8 +161,9 @@ def cmd_tune(args: argparse.Namespace) -> int:
         return 0
     if not args.space:
         raise ConfigError("sslpipe tune needs --space SPACE.yaml (examples: tuning/spaces/)")
-    from tuning.space import load_space
+    from tuning.space import load_space, space_path
 
+    args.space = space_path(args.space)
     load_space(args.space)  # malformed: fail before Ray starts
     opts = SweepOptions(
         method=args.method,

@@ -116,9 +116,24 @@ def parse_space(data: Any, source: str = "space") -> list[Dimension]:
     return [_dimension(k, v) for k, v in _leaves(data).items()]
 
 
+def space_path(name: str) -> str:
+    """``--space``: a YAML file, or the name of a space shipped in ``tuning/spaces`` (e.g.
+    ``contrastive``), so the command works from any directory."""
+    if Path(name).is_file():
+        return name
+    from importlib import resources
+
+    shipped = resources.files("tuning").joinpath("spaces", f"{Path(name).stem}.yaml")
+    if shipped.is_file():
+        return str(shipped)
+    names = sorted(
+        f.name.removesuffix(".yaml") for f in resources.files("tuning").joinpath("spaces").iterdir()
+    )
+    raise ConfigError(f"--space {name}: no such file, nor a shipped space (one of {names})")
+
+
 def load_space(path: str | Path) -> list[Dimension]:
-    if not Path(path).is_file():
-        raise ConfigError(f"--space {path}: no such file")
+    path = space_path(str(path))
     return parse_space(read_yaml(path), str(path))
 
 

@@ -109,7 +109,7 @@ def dry_run(cfg) -> int:
         f"sslpipe pretrain --dry-run: ok in {r['seconds']} s\n"
         f"  data              {r['data']}: {r['images']} images, {r['classes']} classes\n"
         f"  steps             {r['steps_per_epoch']} per epoch, {r['total_steps']} in all\n"
-        f"  views per worker  {views}\n"
+        f"  views             {views} (of a worker batch of {r['worker_batch']})\n"
         f"  parameters        {r['trainable_parameters']:,} trainable, "
         f"{r['encoder_parameters']:,} in the encoder\n"
         f"  loss at step 0    {r['loss']:.4f}",

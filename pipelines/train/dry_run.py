@@ -51,11 +51,15 @@ def first_rows(path: str, endpoint: str, rows: int) -> tuple[dict[str, np.ndarra
     return batch, manifest
 
 
+MAX_ROWS = 64  # a paper recipe's worker batch (e.g. 2048 at 224 pixels) is no quick CPU check
+
+
 def dry_run(cfg: Config, train_path: str) -> dict[str, Any]:
-    """One step on one worker's batch; returns what ``--dry-run`` prints."""
+    """One step on (up to ``MAX_ROWS`` of) one worker's batch; returns what ``--dry-run``
+    prints."""
     started = time.perf_counter()
     per_worker = cfg.train.batch_size // cfg.train.workers
-    rows, manifest = first_rows(train_path, cfg.data.s3_endpoint, per_worker)
+    rows, manifest = first_rows(train_path, cfg.data.s3_endpoint, min(per_worker, MAX_ROWS))
     spe = steps_per_epoch(cfg, manifest, train_path)
     views = view_maker(cfg.views, cfg.data.bad_images, seed=cfg.train.seed)(rows)
     labels = torch.as_tensor(views.pop("label")) if "label" in views else None
@@ -77,6 +81,7 @@ def dry_run(cfg: Config, train_path: str) -> dict[str, Any]:
         "steps_per_epoch": spe,
         "total_steps": spe * cfg.train.epochs,
         "views": {k: list(v.shape) for k, v in batch.items() if v.dtype == torch.uint8},
+        "worker_batch": per_worker,
         "trainable_parameters": params,
         "encoder_parameters": encoder,
         "loss": loss,

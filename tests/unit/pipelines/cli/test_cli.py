@@ -104,7 +104,7 @@ def test_dry_run_checks_data_model_and_one_step_without_ray(tmp_path, monkeypatc
     out = capsys.readouterr().out
     assert "sslpipe pretrain --dry-run: ok" in out
     assert "80 images, 10 classes" in out and "5 per epoch, 40 in all" in out  # 80 // 16 × 8
-    assert "global (8, 2, 3, 32, 32)" in out  # one worker's share of the batch
+    assert "global (8, 2, 3, 32, 32) (of a worker batch of 8)" in out  # one worker's share
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "sslpipe-runs").exists()
     import ray
 
