@@ -102,8 +102,7 @@ def test_own_images_shard_check_and_train(workdir):
         workdir, in_readme("sslpipe pretrain --method byol --data shards/train --print-config")
     )
     assert "profile: paper" in out.stdout and "name: resnet50" in out.stdout
-    byol = "sslpipe pretrain --method byol --data shards/train --profile laptop"
-    out = run(workdir, in_readme(f"{byol} --set optim.base_lr=0.5 --dry-run"))
+    out = run(workdir, in_readme(f"{byol} --profile laptop --set optim.base_lr=0.5 --dry-run"))
     assert "--dry-run: ok" in out.stdout
 
 
