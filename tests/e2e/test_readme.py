@@ -98,9 +98,8 @@ def test_own_images_shard_check_and_train(workdir):
     out = run(workdir, in_readme(f"{base} --epochs 20"), "--epochs", "1")
     assert "kNN top-1" in out.stdout
     assert out.stdout.startswith("sslpipe: simclr, laptop profile")
-    out = run(
-        workdir, in_readme("sslpipe pretrain --method byol --data shards/train --print-config")
-    )
+    byol = "sslpipe pretrain --method byol --data shards/train"
+    out = run(workdir, in_readme(f"{byol} --print-config"))
     assert "profile: paper" in out.stdout and "name: resnet50" in out.stdout
     out = run(workdir, in_readme(f"{byol} --profile laptop --set optim.base_lr=0.5 --dry-run"))
     assert "--dry-run: ok" in out.stdout
