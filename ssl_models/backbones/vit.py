@@ -116,6 +116,12 @@ class VisionTransformer(nn.Module):
                     block.attn.proj.weight.div_(math.sqrt(2.0 * number))
                     block.mlp[2].weight.div_(math.sqrt(2.0 * number))
 
+    @property
+    def drop_path_rate(self) -> float:
+        """The stochastic depth of the last block, the configured rate (the blocks' rates rise
+        linearly to it); 0 in a momentum copy, whose blocks have none."""
+        return self.blocks[-1].drop_path if len(self.blocks) else 0.0
+
     def enable_mask_token(self) -> None:
         """Add the learnable mask token (SimMIM, BEiT, iBOT). Separate from construction because
         methods that drop tokens must not carry an unused parameter (DDP rejects those)."""
