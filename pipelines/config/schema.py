@@ -85,6 +85,9 @@ class OptimConfig:
     # norm (DINO's and iBOT's reference clip_gradients)
     clip_grad_per_parameter: bool = False
     exclude_bias_and_norm: bool = True  # no weight decay or LARS adaptation on them
+    # learning rate of the bias and norm groups ÷ the weights' (Barlow Twins: 0.0048 / 0.2);
+    # needs exclude_bias_and_norm, which makes those groups
+    bias_lr_ratio: float = 1.0
     # cosine from weight_decay to this over the run (DINO: 0.04 -> 0.4); negative: constant
     weight_decay_end: float = -1.0
 
