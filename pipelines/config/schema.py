@@ -35,7 +35,7 @@ class ViTConfig:
     pool: Literal["cls", "mean", "cls_mean"] = "cls"  # backbone(x): CLS, patch mean, or both
     layer_scale: float = 0.0  # residual branch scale init (CaiT); BEiT and CAE use 0.1; 0: off
     drop_path: float = 0.0  # stochastic depth at the last block, linear from 0 at the first
-    init: Literal["xavier", "beit", "simmim"] = "xavier"  # weight init; see vit_layers.py
+    init: Literal["xavier", "dino", "beit", "simmim"] = "xavier"  # weight init; vit_layers.py
 
 
 @dataclass(frozen=True)
