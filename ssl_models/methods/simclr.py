@@ -1,14 +1,17 @@
 """SimCLR v1 (Chen et al. 2020, arXiv:2002.05709): two views, MLP projection, NT-Xent.
 
+The loss is NT-Xent as the reference computes it, each view's mean over its anchors summed over
+the two views (twice the mean of the paper's Algorithm 1): the scale LARS' weight decay was
+tuned against.
+
 SimCLR v2 (Chen et al. 2020, arXiv:2006.10029) is the same class with its own recipe
 (``configs/simclr_v2.yaml``): a deeper projection head (3 layers, BatchNorm after the last one as
 in the reference code, with a learned scale and no shift: google-research/simclr
 ``model_util.py`` ``projection_head``, ``linear_layer(use_bias=False, use_bn=True)``) and v2's
-optimisation (800 epochs, weight decay 1e-4, 5% warmup). What v2
-adds and we do not do: bigger and selective-kernel ResNets (ResNet-152 3× + SK), fine-tuning
-from the projector's first layer, the optional MoCo-style memory of negatives (the paper reports
-about 1%), and the distillation stage on unlabeled data. The exported encoder is the backbone,
-as in v2's linear evaluation.
+optimisation (800 epochs, weight decay 1e-4, 5% warmup). What v2 adds and we do not do: bigger
+and selective-kernel ResNets (ResNet-152 3× + SK), fine-tuning from the projector's first layer,
+the optional MoCo-style memory of negatives (the paper reports about 1%), and the distillation
+stage on unlabeled data. The exported encoder is the backbone, as in v2's linear evaluation.
 """
 
 from dataclasses import dataclass
