@@ -16,12 +16,15 @@ def mlp(
     last_batch_norm: bool = False,
     last_bias: bool = True,
     activation: type[nn.Module] = nn.ReLU,
+    last_scale: bool = False,
 ) -> nn.Sequential:
     """``num_layers`` linear layers with BatchNorm and ``activation`` between them.
 
-    ``last_batch_norm`` adds an affine-free BatchNorm after the output layer (SimCLR v2, SimSiam's
-    projector, MoCo v3), ``last_bias=False`` drops the output bias where that BatchNorm makes it
-    redundant. ``num_layers=1`` is a plain linear layer (MoCo v1's head). DINO's head uses
+    ``last_batch_norm`` adds an affine-free BatchNorm after the output layer (SimSiam's projector,
+    MoCo v3), ``last_bias=False`` drops the output bias where that BatchNorm makes it redundant.
+    ``last_scale`` gives that BatchNorm a learned per-dimension scale and still no shift (SimCLR
+    v2's ``batch_norm_relu(center=False)``, which keeps TF's default ``scale=True``).
+    ``num_layers=1`` is a plain linear layer (MoCo v1's head). DINO's head uses
     ``activation=nn.GELU`` and no BatchNorm.
     """
     if num_layers < 1:
@@ -36,7 +39,10 @@ def mlp(
         dim = hidden_dim
     layers.append(nn.Linear(dim, out_dim, bias=last_bias))
     if last_batch_norm:
-        layers.append(nn.BatchNorm1d(out_dim, affine=False))
+        norm = nn.BatchNorm1d(out_dim, affine=last_scale)
+        if last_scale:
+            norm.bias = None  # center=False: a scale γ, no shift β
+        layers.append(norm)
     return nn.Sequential(*layers)
 
 

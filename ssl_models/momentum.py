@@ -2,7 +2,11 @@
 and the per-step schedule of their momentum.
 
 Only parameters are averaged, as the MoCo, BYOL and DINO reference code do; a momentum network's
-BatchNorm buffers come from its own forward passes in training mode.
+BatchNorm buffers come from its own forward passes in training mode. A momentum network has no
+stochastic depth: the references build their teachers without it (``main_dino.py`` and
+``main_ibot.py`` pass ``drop_path_rate`` to the student only, DINOv2's ``build_model`` too, and
+its ``SSLMetaArch.train`` keeps the teacher in eval mode), so the teacher's targets are a
+deterministic function of its input; MoCo v3's ViTs have no drop path at all.
 """
 
 import copy
@@ -11,11 +15,17 @@ import math
 import torch
 from torch import nn
 
+from ssl_models.backbones.vit_layers import Block
+
 
 def momentum_copy(module: nn.Module) -> nn.Module:
-    """A copy of ``module`` that starts equal to it and is never trained by gradient."""
+    """A copy of ``module`` that starts equal to it, is never trained by gradient and runs its
+    transformer blocks without stochastic depth (the online module keeps its own)."""
     ema = copy.deepcopy(module)
     ema.requires_grad_(False)
+    for block in ema.modules():
+        if isinstance(block, Block):
+            block.drop_path = 0.0
     return ema
 
 

@@ -35,7 +35,7 @@ class ViTConfig:
     pool: Literal["cls", "mean", "cls_mean"] = "cls"  # backbone(x): CLS, patch mean, or both
     layer_scale: float = 0.0  # residual branch scale init (CaiT); BEiT and CAE use 0.1; 0: off
     drop_path: float = 0.0  # stochastic depth at the last block, linear from 0 at the first
-    init: Literal["xavier", "beit", "simmim"] = "xavier"  # weight init; see vit_layers.py
+    init: Literal["xavier", "dino", "beit", "simmim"] = "xavier"  # weight init; vit_layers.py
 
 
 @dataclass(frozen=True)
@@ -85,6 +85,9 @@ class OptimConfig:
     # norm (DINO's and iBOT's reference clip_gradients)
     clip_grad_per_parameter: bool = False
     exclude_bias_and_norm: bool = True  # no weight decay or LARS adaptation on them
+    # learning rate of the bias and norm groups ÷ the weights' (Barlow Twins: 0.0048 / 0.2);
+    # needs exclude_bias_and_norm, which makes those groups
+    bias_lr_ratio: float = 1.0
     # cosine from weight_decay to this over the run (DINO: 0.04 -> 0.4); negative: constant
     weight_decay_end: float = -1.0
 

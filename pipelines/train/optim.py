@@ -12,6 +12,10 @@ Methods shape their groups with two class attributes of :class:`ssl_models.metho
   warmup or cosine (SimSiam's predictor, the reference's ``fix_lr``);
 - ``no_weight_decay = ("backbone.cls_token",)``: parameters, by full name, kept out of weight
   decay besides biases and norms (the references' ``no_weight_decay()``).
+
+``optim.bias_lr_ratio`` gives the bias and norm groups their own rate, a fixed fraction of the
+scheduled one (Barlow Twins' ``--learning-rate-biases 0.0048`` beside ``--learning-rate-weights
+0.2``); each group carries it as ``lr_ratio``.
 """
 
 from collections.abc import Iterable
@@ -150,9 +154,15 @@ def scaled_lr(cfg: OptimConfig, global_batch: int) -> float:
 def build_optimizer(model: nn.Module, cfg: OptimConfig, global_batch: int) -> torch.optim.Optimizer:
     """The configured optimizer at the scaled peak lr; ``fixed_lr`` groups stay there."""
     lr = scaled_lr(cfg, global_batch)
+    if cfg.bias_lr_ratio != 1.0 and not cfg.exclude_bias_and_norm:
+        raise ValueError(
+            f"optim.bias_lr_ratio {cfg.bias_lr_ratio} needs optim.exclude_bias_and_norm: true "
+            "(without it biases and norms share the weights' groups)"
+        )
     groups = param_groups(model, cfg.weight_decay, cfg.exclude_bias_and_norm)
     for group in groups:
-        group["lr"] = lr
+        group["lr_ratio"] = cfg.bias_lr_ratio if group["lars_exclude"] else 1.0
+        group["lr"] = lr * group["lr_ratio"]
     if cfg.name == "lars":
         return LARS(groups, lr=lr, momentum=cfg.momentum, eta=cfg.lars_eta)
     if cfg.name == "sgd":
@@ -180,11 +190,11 @@ def clip_grad_per_parameter_(parameters: Iterable[torch.Tensor], max_norm: float
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
-    """The scheduled ``lr`` on every group; ``fixed_lr`` groups keep the lr they were built with
-    (the scaled peak: SimSiam's predictor)."""
+    """The scheduled ``lr`` on every group, times the group's ``lr_ratio``; ``fixed_lr`` groups
+    keep the lr they were built with (the scaled peak: SimSiam's predictor)."""
     for group in optimizer.param_groups:
         if not group.get("fixed_lr", False):
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_ratio", 1.0)
 
 
 def set_weight_decay(

@@ -29,6 +29,7 @@ from ssl_models.backbones.vit_layers import (
     Block,
     RelativePositionBias,
     init_weights,
+    init_weights_dino,
     init_weights_normal,
     sincos_2d,
 )
@@ -66,8 +67,8 @@ class VisionTransformer(nn.Module):
             raise ValueError(f"pos_embed must be sincos, learned or relative, got {pos_embed!r}")
         if pool not in ("cls", "mean", "cls_mean"):
             raise ValueError(f"pool must be cls, mean or cls_mean, got {pool!r}")
-        if init != "xavier" and init not in INIT_CUTS:
-            raise ValueError(f"init must be xavier, beit or simmim, got {init!r}")
+        if init not in ("xavier", "dino") and init not in INIT_CUTS:
+            raise ValueError(f"init must be xavier, dino, beit or simmim, got {init!r}")
         self.patch_size = patch_size
         self.grid = image_size // patch_size
         self.num_patches = self.grid**2
@@ -103,6 +104,9 @@ class VisionTransformer(nn.Module):
             nn.init.xavier_uniform_(self.patch_embed.weight.view(dim, -1))
             nn.init.zeros_(self.patch_embed.bias)
             nn.init.normal_(self.cls_token, std=0.02)
+        elif init == "dino":  # DINO's, iBOT's, DINOv2's; a learned position table as above
+            self.apply(init_weights_dino)
+            nn.init.trunc_normal_(self.cls_token, std=INIT_STD)  # DINO, iBOT (DINOv2: std 1e-6)
         else:
             cut = INIT_CUTS[init]
             self.apply(lambda m: init_weights_normal(m, cut))
@@ -116,6 +120,12 @@ class VisionTransformer(nn.Module):
                     block.attn.proj.weight.div_(math.sqrt(2.0 * number))
                     block.mlp[2].weight.div_(math.sqrt(2.0 * number))
 
+    @property
+    def drop_path_rate(self) -> float:
+        """The stochastic depth of the last block, the configured rate (the blocks' rates rise
+        linearly to it); 0 in a momentum copy, whose blocks have none."""
+        return self.blocks[-1].drop_path if len(self.blocks) else 0.0
+
     def enable_mask_token(self) -> None:
         """Add the learnable mask token (SimMIM, BEiT, iBOT). Separate from construction because
         methods that drop tokens must not carry an unused parameter (DDP rejects those)."""
@@ -123,6 +133,8 @@ class VisionTransformer(nn.Module):
             self.mask_token = nn.Parameter(torch.zeros(1, 1, self.dim))
             if self.init == "xavier":
                 nn.init.normal_(self.mask_token, std=0.02)
+            elif self.init == "dino":  # iBOT's masked_embed, DINOv2's mask_token: zeros
+                nn.init.zeros_(self.mask_token)
             else:  # both references cut their mask token at one standard deviation
                 nn.init.trunc_normal_(self.mask_token, std=INIT_STD, a=-INIT_STD, b=INIT_STD)
 

@@ -4,8 +4,9 @@
 Pre-norm blocks as in timm and MAE: LayerNorm eps 1e-6, multi-head attention with qkv bias, a
 GELU MLP, optional layer scale (CaiT; BEiT, CAE) and stochastic depth. The fixed 2-D sin-cos
 position embedding is MAE's; the relative position bias shared by all blocks is BEiT's and
-SimMIM's (:class:`RelativePositionBias`). Two weight initialisations: MAE's Xavier-uniform
-(:func:`init_weights`) and BEiT's / SimMIM's cut normal of std 0.02 (:func:`init_weights_normal`).
+SimMIM's (:class:`RelativePositionBias`). Three weight initialisations: MAE's Xavier-uniform
+(:func:`init_weights`), BEiT's / SimMIM's cut normal of std 0.02 (:func:`init_weights_normal`)
+and DINO's, kept by iBOT and DINOv2 (:func:`init_weights_dino`).
 """
 
 import torch
@@ -177,6 +178,20 @@ def init_weights_normal(module: nn.Module, cut: float) -> None:
     normal of std 0.02 cut at ``±cut``, zero biases, unit LayerNorms."""
     if isinstance(module, nn.Linear | nn.Conv2d):
         nn.init.trunc_normal_(module.weight, std=INIT_STD, a=-cut, b=cut)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+
+
+def init_weights_dino(module: nn.Module) -> None:
+    """DINO's ViT initialisation (``_init_weights`` of facebookresearch/dino and bytedance/ibot
+    ``vision_transformer.py``; DINOv2's ``init_weights_vit_timm``): linear weights from a normal
+    of std 0.02 cut at ±2 (timm's default, absolute: uncut in effect), zero biases, unit
+    LayerNorms. Convolutions (the patch projection) keep PyTorch's default, as there."""
+    if isinstance(module, nn.Linear):
+        nn.init.trunc_normal_(module.weight, std=INIT_STD, a=-2.0, b=2.0)
         if module.bias is not None:
             nn.init.zeros_(module.bias)
     elif isinstance(module, nn.LayerNorm):

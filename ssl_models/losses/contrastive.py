@@ -25,8 +25,12 @@ def nt_xent_loss(
 
     z1, z2: (N, D) projections of two views of the same N images; L2-normalised here.
     Each of the 2N embeddings is an anchor; its positive is the other view of its image and its
-    negatives are the remaining 2N - 2 embeddings. Returns the mean over the 2N anchors of
-    ``-log(exp(s_pos / T) / sum_{k != anchor} exp(s_k / T))`` with s the cosine similarity.
+    negatives are the remaining 2N - 2 embeddings. With ``l = -log(exp(s_pos / T) /
+    sum_{k != anchor} exp(s_k / T))``, s the cosine similarity, returns the mean of l over the N
+    anchors of each view, summed over the two views: twice the mean over the 2N anchors of the
+    paper's Algorithm 1, as the reference computes it (google-research/simclr ``objective.py``
+    ``add_contrastive_loss``: ``loss_a + loss_b``). The factor matters under LARS, where the
+    gradient's scale sets weight decay's weight relative to it.
 
     With ``gather_distributed`` the candidates are the views of the global batch gathered with
     gradient, the anchors stay local; under DDP's gradient averaging this equals one process
@@ -53,7 +57,7 @@ def nt_xent_loss(
     self_index = torch.cat([local, local + total])  # where each anchor sits among candidates
     positive_index = torch.cat([local + total, local])
     logits = logits.masked_fill(F.one_hot(self_index, num_classes=2 * total).bool(), float("-inf"))
-    return F.cross_entropy(logits, positive_index)
+    return 2 * F.cross_entropy(logits, positive_index)  # loss_a + loss_b, each a mean over N
 
 
 def info_nce_loss(

@@ -4,8 +4,14 @@ The encoder sees only the visible patches. A latent contextual regressor (cross-
 queries at the masked positions attend to the visible representations and to themselves) predicts
 the masked patches' representations; an alignment loss pulls them towards the encoder's own
 representations of the masked patches (computed without gradient, as the reference's alignment
-encoder shares the encoder's weights). A decoder predicts the masked patches' visual tokens from
-the regressed representations only. Loss: token cross-entropy + λ · alignment, λ = 2.
+encoder shares the encoder's weights). The regressor ends in a LayerNorm, whose output is both
+the aligned prediction (the encoder's tokens it is pulled towards are normalised too) and the
+decoder's input. A decoder predicts the masked patches' visual tokens from the regressed
+representations only. Loss: token cross-entropy + λ · alignment, λ = 2.
+
+As the reference's ``VisionTransformerNeck`` (lxtGH/CAE ``models/modeling_cae_helper.py``), the
+regressor's and the decoder's blocks each take stochastic depth rising linearly from 0 to the
+encoder's rate (``--drop_path``).
 """
 
 from dataclasses import dataclass, field
@@ -20,7 +26,7 @@ from ssl_models.backbones.masking import (
     step_generator,
     visible_and_masked,
 )
-from ssl_models.backbones.vit_layers import Block, Mlp, init_weights, sincos_2d
+from ssl_models.backbones.vit_layers import Block, Mlp, drop_path, init_weights, sincos_2d
 from ssl_models.losses import beit_loss, cae_alignment_loss, cae_loss
 from ssl_models.methods.base import Progress, SSLMethod
 from ssl_models.methods.single_view import require_vit, single_view, vit_no_weight_decay
@@ -44,9 +50,10 @@ class CAEConfig:
 class RegressorBlock(nn.Module):
     """One block of CAE's latent contextual regressor (reference ``RegressorBlock``):
     ``q += γ1·CrossAttn(LN(q + pos_q), LN(kv + pos_kv), LN(kv))``; ``q = LN(q)``;
-    ``q += γ2·MLP(q)``. Keys and values are the visible representations and the queries."""
+    ``q += γ2·MLP(q)``, each residual branch under stochastic depth ``drop_path``. Keys and
+    values are the visible representations and the queries."""
 
-    def __init__(self, dim: int, heads: int, layer_scale: float) -> None:
+    def __init__(self, dim: int, heads: int, layer_scale: float, drop_path: float = 0.0) -> None:
         super().__init__()
         if dim % heads:
             raise ValueError(f"cae: regressor width {dim} is not divisible by {heads} heads")
@@ -63,6 +70,7 @@ class RegressorBlock(nn.Module):
         scale = layer_scale if layer_scale > 0 else 1.0
         self.gamma1 = nn.Parameter(torch.full((dim,), scale), requires_grad=layer_scale > 0)
         self.gamma2 = nn.Parameter(torch.full((dim,), scale), requires_grad=layer_scale > 0)
+        self.drop_path = drop_path
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:  # (B, N, D) -> (B, heads, N, D / heads)
         b, n, d = x.shape
@@ -77,8 +85,8 @@ class RegressorBlock(nn.Module):
         value = self._heads(self.v(self.norm_v(kv)))
         out = F.scaled_dot_product_attention(query, key, value)  # (B, heads, M, D / heads)
         out = self.proj(out.transpose(1, 2).flatten(2))  # (B, M, D)
-        x = self.norm_out(q + self.gamma1 * out)
-        return x + self.gamma2 * self.mlp(x)
+        x = self.norm_out(q + drop_path(self.gamma1 * out, self.drop_path, self.training))
+        return x + drop_path(self.gamma2 * self.mlp(x), self.drop_path, self.training)
 
 
 class CAE(SSLMethod):
@@ -107,15 +115,20 @@ class CAE(SSLMethod):
         grid = self.backbone.grid
         self.register_buffer("decoder_pos", sincos_2d(d, grid, grid).unsqueeze(0), persistent=False)
         ls = cfg.decoder_layer_scale
+        rate = self.backbone.drop_path_rate  # the reference's neck takes the encoder's
         self.regressor = nn.ModuleList(
-            RegressorBlock(d, heads, ls) for _ in range(cfg.regressor_depth)
+            RegressorBlock(d, heads, ls, r)
+            for r in torch.linspace(0, rate, cfg.regressor_depth).tolist()
         )
+        self.regressor_norm = nn.LayerNorm(d, eps=1e-6)  # the reference neck's ``norm``
         self.decoder = nn.ModuleList(
-            Block(d, heads, layer_scale=ls) for _ in range(cfg.decoder_depth)
+            Block(d, heads, layer_scale=ls, drop_path=r)
+            for r in torch.linspace(0, rate, cfg.decoder_depth).tolist()
         )
-        self.decoder_norm = nn.LayerNorm(d, eps=1e-6)
+        self.decoder_norm = nn.LayerNorm(d, eps=1e-6)  # ``norm2``
         self.head = nn.Linear(d, self.tokenizer.codebook_size)
-        for module in (self.to_decoder, self.regressor, self.decoder, self.decoder_norm, self.head):
+        parts = (self.to_decoder, self.regressor, self.regressor_norm, self.decoder)
+        for module in (*parts, self.decoder_norm, self.head):
             module.apply(init_weights)  # the reference re-initialises everything Xavier-uniform
         nn.init.trunc_normal_(self.mask_token, std=0.02)
         self._ddp_params_and_buffers_to_ignore = ["tokenizer.codebook"]
@@ -158,6 +171,7 @@ class CAE(SSLMethod):
         pred = self.mask_token.to(visible.dtype).expand(b, num_masked, -1)  # (B, M, d)
         for block in self.regressor:
             pred = block(pred, torch.cat([visible, pred], dim=1), pos_masked, pos_kv)
+        pred = self.regressor_norm(pred)  # aligned with the target and decoded
 
         x = pred + pos_masked
         for block in self.decoder:

@@ -91,6 +91,24 @@ def test_momentum_copy_is_equal_and_frozen():
         assert torch.equal(p, q) and p.data_ptr() != q.data_ptr()
 
 
+def test_momentum_copy_of_a_vit_runs_without_stochastic_depth():
+    # DINO's, iBOT's and DINOv2's teachers are built without drop_path_rate (main_dino.py,
+    # main_ibot.py, dinov2/models/__init__.py build_model): the student's is the only one
+    from ssl_models.backbones import build_backbone
+
+    torch.manual_seed(0)
+    student = build_backbone(
+        "vit_tiny", image_size=8, patch_size=4, dim=8, depth=2, heads=2, drop_path=0.5
+    )
+    teacher = momentum_copy(student)
+    assert [b.drop_path for b in student.blocks] == [0.0, 0.5]  # the student keeps its own
+    assert [b.drop_path for b in teacher.blocks] == [0.0, 0.0]
+    x = torch.randn(16, 3, 8, 8)
+    student.train(), teacher.train()
+    torch.testing.assert_close(teacher(x), teacher(x), rtol=0, atol=0)
+    assert not torch.equal(student(x), student(x))
+
+
 def test_cosine_momentum_schedule():
     assert cosine_momentum(0.0, 0.996, 1.0) == pytest.approx(0.996)
     assert cosine_momentum(0.5, 0.996, 1.0) == pytest.approx(0.998)

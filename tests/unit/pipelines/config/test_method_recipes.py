@@ -127,6 +127,16 @@ def test_mim_recipes_carry_their_references_vit(key, layer_scale, init, pos_embe
         assert (vit.layer_scale, vit.init, vit.pos_embed) == (layer_scale, init, pos_embed)
 
 
+@pytest.mark.parametrize("key, layer_scale", [("ibot", 0.0), ("dino_v2", 1e-5)])
+def test_distillation_recipes_carry_their_references_vit(key, layer_scale):
+    # main_ibot.py's and dinov2's ViTs: learned positions, linear layers trunc-normal std 0.02,
+    # mask token zeros (init "dino"); DINOv2's layerscale 1e-5. The laptop profile keeps the
+    # plain init BENCHMARKS.md measured
+    vit = load_config(key, overrides={"data": {"path": "/shards"}}).backbone.vit
+    assert (vit.layer_scale, vit.init, vit.pos_embed) == (layer_scale, "dino", "learned")
+    assert load_config(key).backbone.vit.init == "xavier"
+
+
 TOKENS = ("beit", "cae")  # methods that predict the tokens of a tokenizer
 
 

@@ -266,9 +266,10 @@ TABLE: dict[str, Paper] = {
     # ---- feature decorrelation ----
     "barlow_twins": Paper(
         ref="Barlow Twins (arXiv:2103.03230) §4 implementation details (LARS, 1000 epochs, "
-        "batch 2048, lr 0.2 × batch/256 for the weights, weight decay 1.5e-6, 10 warmup "
-        "epochs, λ 0.0051); facebookresearch/barlowtwins main.py Transform (BYOL's pair) and "
-        "torchvision.models.resnet50(zero_init_residual=True)",
+        "batch 2048, lr 0.2 × batch/256 for the weights and 0.0048 for biases and BN, weight "
+        "decay 1.5e-6, 10 warmup epochs, λ 0.0051, 32 GPUs); facebookresearch/barlowtwins "
+        "main.py Transform (BYOL's pair), torchvision.models.resnet50(zero_init_residual=True) "
+        "and its gradient, the true one / 32 (c all-reduced without autograd, DDP's average)",
         optim="lars",
         lr=(0.2, 256),
         weight_decay=1.5e-6,
@@ -276,11 +277,9 @@ TABLE: dict[str, Paper] = {
         epochs=1000,
         batch=2048,
         crops={"global": Crops(2, 224, (0.08, 1.0), BYOL_PAIR)},
-        args={"lambda_": 0.0051},
+        args={"lambda_": 0.0051, "loss_scale": 1 / 32},
         zero_init_residual=True,
-        deviation="biases and BatchNorm parameters at the weights' 0.2, not the paper's 0.0048 "
-        "(one rate for all groups); the paper's weight decay 1.5e-6 where main.py defaults to "
-        "1e-6",
+        deviation="the paper's weight decay 1.5e-6 where main.py defaults to 1e-6",
     ),
     "vicreg": Paper(
         ref="facebookresearch/vicreg README 1000-epoch command (--epochs 1000 --batch-size 2048 "

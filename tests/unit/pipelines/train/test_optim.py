@@ -89,6 +89,23 @@ def test_fixed_lr_modules_keep_the_peak_lr():
     assert group_of(opt, model.fc.weight)["lr"] == 0.01
 
 
+def test_bias_lr_ratio_follows_the_schedule_on_bias_and_norm_groups_only():
+    # Barlow Twins' main.py: lr_biases = 0.0048 / 0.2 of lr_weights at every step
+    model = Tiny()
+    model.fixed_lr_modules = ("predictor",)
+    opt = build_optimizer(model, OptimConfig(name="lars", base_lr=0.2, bias_lr_ratio=0.024), 512)
+    assert group_of(opt, model.fc.weight)["lr"] == pytest.approx(0.4)
+    assert group_of(opt, model.fc.bias)["lr"] == pytest.approx(0.4 * 0.024)
+    assert group_of(opt, model.bn.weight)["lr"] == pytest.approx(0.4 * 0.024)
+    assert group_of(opt, model.predictor.bias)["lr"] == pytest.approx(0.4 * 0.024)  # fixed
+    set_lr(opt, 0.1)
+    assert group_of(opt, model.fc.weight)["lr"] == pytest.approx(0.1)
+    assert group_of(opt, model.fc.bias)["lr"] == pytest.approx(0.1 * 0.024)
+    assert group_of(opt, model.predictor.weight)["lr"] == pytest.approx(0.4)  # still the peak
+    with pytest.raises(ValueError, match=r"bias_lr_ratio 0\.5 needs optim\.exclude_bias_and_norm"):
+        build_optimizer(model, OptimConfig(bias_lr_ratio=0.5, exclude_bias_and_norm=False), 256)
+
+
 def test_fixed_lr_modules_names_an_unknown_module():
     model = Tiny()
     model.fixed_lr_modules = ("predictr",)

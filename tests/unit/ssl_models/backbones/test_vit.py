@@ -181,6 +181,26 @@ def test_beit_and_simmim_init_is_a_small_normal_with_deeper_outputs_shrunk(schem
     assert model.mask_token.abs().max().item() <= 0.02
 
 
+def test_dino_init_is_a_trunc_normal_on_linear_layers_and_a_zero_mask_token():
+    # DINO's and iBOT's vision_transformer.py _init_weights, DINOv2's init_weights_vit_timm:
+    # nn.Linear weights ~ N(0, 0.02²) (trunc_normal_ cut at ±2: uncut in effect), zero biases,
+    # no residual rescaling; the patch projection (a Conv2d) keeps PyTorch's default; the mask
+    # token (iBOT's masked_embed, DINOv2's mask_token) starts at zeros
+    torch.manual_seed(0)
+    model = tiny(dim=64, depth=3, heads=2, init="dino", pos_embed="learned")
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    assert len(linears) == 12
+    for m in linears:
+        assert m.weight.std().item() == pytest.approx(0.02, rel=0.1)
+        assert float(m.bias.detach().abs().max()) == 0.0
+    # nn.Conv2d's default: U(±1/sqrt(fan_in)), std 1/sqrt(3 · 3 · 4 · 4)
+    assert model.patch_embed.weight.std().item() == pytest.approx((3 * 48) ** -0.5, rel=0.1)
+    assert model.cls_token.std().item() == pytest.approx(0.02, rel=0.3)
+    assert model.pos_embed.std().item() == pytest.approx(0.02, rel=0.1)
+    model.enable_mask_token()
+    assert torch.equal(model.mask_token, torch.zeros(1, 1, 64))
+
+
 def test_default_init_is_maes_xavier():
     torch.manual_seed(0)
     model = tiny(dim=64, depth=2, heads=2)

@@ -154,3 +154,53 @@ def test_prototypes_head_shapes(b):
     assert head(torch.randn(b, 16)).shape == (b, 10) and head.bias is None
     head.normalize_()
     torch.testing.assert_close(head.weight.norm(dim=1), torch.ones(10))
+
+
+def _reference_lars_step(model: torch.nn.Module, true_grads: list, batch_size: int) -> None:
+    """One first step of facebookresearch/barlowtwins main.py at its flags: lr_weights 0.2 and
+    lr_biases 0.0048 (× batch / 256, the schedule at its peak), weight decay 1.5e-6 (the
+    paper's), LARS eta 0.001 on tensors of more than one dimension only, the momentum buffer
+    starting at the update. Its loss all-reduces c without autograd, so under DDP's average its
+    gradient is the true one / world size: 32 GPUs in the paper."""
+    scale = batch_size / 256
+    with torch.no_grad():
+        for p, g in zip(model.parameters(), true_grads, strict=True):
+            dp = g / 32
+            if p.ndim == 1:
+                p.sub_(0.0048 * scale * dp)
+            else:
+                dp = dp + 1.5e-6 * p
+                trust = 0.001 * p.norm() / dp.norm()
+                p.sub_(0.2 * scale * trust * dp)
+
+
+def test_barlow_twins_recipe_steps_as_the_reference_at_its_batch_and_32_gpus():
+    import copy
+
+    from pipelines.config.layers import load_config
+    from pipelines.train.optim import build_optimizer
+    from ssl_models.losses import barlow_twins_loss
+
+    cfg = load_config("barlow_twins", None, {"data": {"path": "x"}})
+    args = dataclasses.replace(cfg.method_args, proj_hidden_dim=32, proj_dim=32)
+    torch.manual_seed(0)
+    method = BarlowTwins(tiny_backbone(), args)
+    reference = copy.deepcopy(method)
+    views = batch()["global"]
+
+    # the built optimizer's per-group rates at the peak: the reference's flags × batch / 256
+    opt = build_optimizer(method, cfg.optim, cfg.train.batch_size)
+    rates = {g["lars_exclude"]: g["lr"] for g in opt.param_groups}
+    assert rates == pytest.approx({False: 0.2 * 2048 / 256, True: 0.0048 * 2048 / 256})
+
+    opt.zero_grad()
+    method({"global": views})["loss"].backward()
+    opt.step()
+
+    z1 = reference.projector(reference.backbone(views[:, 0]))
+    z2 = reference.projector(reference.backbone(views[:, 1]))
+    true_loss = barlow_twins_loss(z1, z2, args.lambda_)
+    grads = torch.autograd.grad(true_loss, list(reference.parameters()))
+    _reference_lars_step(reference, grads, cfg.train.batch_size)
+    for (name, p), q in zip(method.named_parameters(), reference.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-7, msg=name)

@@ -287,3 +287,20 @@ def test_exported_encoders():
         method = tiny_method(key)
         expected = method.teacher_backbone if key == "dino" else method.backbone
         assert method.encoder is expected, key
+
+
+def test_simclr_v2_output_batch_norm_learns_a_scale_and_no_shift():
+    # google-research/simclr model_util.py projection_head: the last layer is
+    # linear_layer(use_bias=False, use_bn=True), whose batch_norm_relu(center=False) keeps the
+    # scale γ (tf.layers.batch_normalization's default scale=True) and drops the shift β
+    method = tiny_method("simclr_v2")
+    bn = method.projector[-1]
+    assert isinstance(bn, torch.nn.BatchNorm1d) and bn.bias is None
+    assert bn.weight.requires_grad and torch.equal(bn.weight, torch.ones(16))
+    with torch.no_grad():
+        bn.weight.copy_(torch.linspace(0.5, 2.0, 16))
+    z = method.projector(torch.randn(64, method.backbone.out_dim))  # the batch's statistics
+    torch.testing.assert_close(z.mean(0), torch.zeros(16), atol=1e-5, rtol=0)
+    torch.testing.assert_close(z.std(0, unbiased=False), bn.weight.detach(), rtol=1e-3, atol=0)
+    method(tiny_batch())["loss"].backward()
+    assert bn.weight.grad is not None and bn.weight.grad.abs().sum() > 0

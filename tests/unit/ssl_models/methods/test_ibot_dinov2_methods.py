@@ -38,12 +38,21 @@ PAIRS = {
 }
 
 
-def build(variant: str, seed: int = 0, pos_embed: str = "sincos", **overrides):
+def build(
+    variant: str, seed: int = 0, pos_embed: str = "sincos", drop_path: float = 0.0, **overrides
+):
     key, extra = VARIANTS[variant]
     torch.manual_seed(seed)
     entry = METHODS[key]
     backbone = build_backbone(
-        "vit_tiny", image_size=16, patch_size=4, dim=16, depth=2, heads=2, pos_embed=pos_embed
+        "vit_tiny",
+        image_size=16,
+        patch_size=4,
+        dim=16,
+        depth=2,
+        heads=2,
+        pos_embed=pos_embed,
+        drop_path=drop_path,
     )
     cfg = dataclasses.replace(entry.config(), **{**HEADS, **extra, **overrides})
     return entry.cls(backbone, cfg)
@@ -86,6 +95,21 @@ def test_forward_backward_reaches_every_trainable_parameter(variant):
             not p.requires_grad and p.grad is None for p in getattr(method, copy).parameters()
         )
     assert method.encoder is method.teacher_backbone  # both papers evaluate the teacher
+
+
+@pytest.mark.parametrize("variant", ["ibot", "dino_v2"])
+def test_only_the_student_has_stochastic_depth(variant):
+    # main_ibot.py builds the teacher without --drop_path; DINOv2's build_model gives
+    # drop_path_rate to the student only (and SSLMetaArch.train keeps the teacher in eval)
+    method = build(variant, drop_path=0.5)
+    method.train()
+    crops = batch(n=8)["global"][:, 0]
+    with torch.no_grad():
+        teacher = [method.teacher_backbone.forward_tokens(crops) for _ in range(2)]
+        student = [method.backbone.forward_tokens(crops) for _ in range(2)]
+    torch.testing.assert_close(teacher[0], teacher[1], rtol=0, atol=0)
+    assert not torch.equal(student[0], student[1])
+    assert method.backbone.blocks[-1].drop_path == 0.5
 
 
 @pytest.mark.parametrize("variant", ["ibot", "dino_v2"])

@@ -4,13 +4,16 @@ import dataclasses
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from ssl_models.backbones import build_backbone
 from ssl_models.backbones.masking import (
     block_masking,
+    gather_tokens,
     random_masking,
     step_generator,
     unit_masking,
+    visible_and_masked,
 )
 from ssl_models.methods.base import Progress
 from ssl_models.registry import METHODS
@@ -35,11 +38,18 @@ def tokenizer() -> KMeansTokenizer:
     return tok
 
 
-def build(key: str, seed: int = 0, pos_embed: str = "sincos", **overrides):
+def build(key: str, seed: int = 0, pos_embed: str = "sincos", drop_path: float = 0.0, **overrides):
     torch.manual_seed(seed)
     entry = METHODS[key]
     backbone = build_backbone(
-        "vit_tiny", image_size=16, patch_size=4, dim=16, depth=2, heads=2, pos_embed=pos_embed
+        "vit_tiny",
+        image_size=16,
+        patch_size=4,
+        dim=16,
+        depth=2,
+        heads=2,
+        pos_embed=pos_embed,
+        drop_path=drop_path,
     )
     cfg = dataclasses.replace(entry.config(), **{**SMALL[key], **overrides})
     extra = {"tokenizer": tokenizer()} if key in ("beit", "cae") else {}
@@ -144,6 +154,51 @@ def test_cae_masks_the_same_number_in_every_image():
     assert {"token_loss", "align_loss", "token_accuracy"} <= set(out)
     expected = out["token_loss"] + method.cfg.align_weight * out["align_loss"]
     torch.testing.assert_close(out["loss"].detach(), expected)
+
+
+def test_cae_regressor_ends_in_a_layer_norm_that_feeds_alignment_and_decoder():
+    # lxtGH/CAE modeling_cae_helper.py VisionTransformerNeck.forward: x_masked = self.norm(...)
+    # after the regressor blocks; latent_pred (aligned with the encoder's normalised tokens) and
+    # the decoder's input (+ positions) are that normalised output
+    method = build("cae", regressor_depth=2)
+    raw, decoder_in = [], []
+    method.regressor[-1].register_forward_hook(lambda m, i, o: raw.append(o))
+    method.decoder[0].register_forward_pre_hook(lambda m, i: decoder_in.append(i[0]))
+    images = batch(2)["global"]
+    method.on_step_start(Progress(3, 10, 10))
+    out = method({"global": images})
+    mask = block_masking(
+        2,
+        (4, 4),
+        8,
+        min_block=2,
+        min_aspect=0.3,
+        exact=True,
+        generator=step_generator(method.seed, 3),
+    )
+    _, ids_masked = visible_and_masked(mask)
+    pos_masked = gather_tokens(method.decoder_pos[:, 1:].expand(2, -1, -1), ids_masked)
+    latent = F.layer_norm(raw[0], (16,), eps=1e-6)  # the norm starts at unit scale, zero shift
+    torch.testing.assert_close(decoder_in[0] - pos_masked, latent)
+    with torch.no_grad():
+        target = method.backbone.forward_tokens(images[:, 0], keep=ids_masked)[:, 1:]
+    torch.testing.assert_close(out["align_loss"], F.mse_loss(latent, target))
+
+
+def test_cae_regressor_and_decoder_take_the_encoders_drop_path():
+    # VisionTransformerNeck: linspace(0, drop_path_rate, depth) for the regressor blocks and
+    # again for the decoder blocks, drop_path_rate being the encoder's
+    method = build("cae", drop_path=0.3, regressor_depth=4, decoder_depth=2)
+    rates = [0.0, 0.1, 0.2, 0.3]
+    assert [b.drop_path for b in method.regressor] == pytest.approx(rates)
+    assert [b.drop_path for b in method.decoder] == pytest.approx([0.0, 0.3])
+    block = method.regressor[-1]
+    q, kv, pos_q, pos_kv = torch.randn(8, 3, 16), torch.randn(8, 5, 16), *torch.randn(2, 8, 1, 16)
+    block.train()  # each residual branch dropped per sample
+    assert not torch.equal(block(q, kv, pos_q, pos_kv), block(q, kv, pos_q, pos_kv))
+    block.eval()
+    torch.testing.assert_close(block(q, kv, pos_q, pos_kv), block(q, kv, pos_q, pos_kv))
+    assert all(b.drop_path == 0.0 for b in build("cae").regressor)
 
 
 @pytest.mark.parametrize("encoder_mask_tokens", [False, True])
