@@ -7,7 +7,7 @@ import time
 import pytest
 
 from pipelines.cluster import checks as cluster_checks
-from pipelines.cluster import jobs
+from pipelines.cluster import job_package, jobs
 from pipelines.cluster.checks import ClusterError, Demand, capacity, check_fits, demands_of
 from pipelines.cluster.jobs import job_argv
 from pipelines.config.layers import load_config, parse_set
@@ -245,7 +245,7 @@ def test_untracked_files_that_look_like_secrets_stay_home(tmp_path, monkeypatch)
     git = ["git", "-C", str(tmp_path)]
     subprocess.run([*git, "init", "-q"], check=True)
     subprocess.run([*git, "add", "pipelines/code.py", "tests/fixtures/server.pem"], check=True)
-    monkeypatch.setattr(jobs, "PROJECT_ROOT", tmp_path)
+    monkeypatch.setattr(job_package, "PROJECT_ROOT", tmp_path)
 
     def uploaded() -> set[str]:
         env = jobs.runtime_env_for_job()
@@ -258,3 +258,12 @@ def test_untracked_files_that_look_like_secrets_stay_home(tmp_path, monkeypatch)
     assert uploaded() == {"pipelines/code.py", "tests/fixtures/server.pem"}
     monkeypatch.setenv(jobs.UPLOAD_SECRET_FILES_ENV, "1")  # asked for: everything goes
     assert uploaded() == set(files)
+
+
+def test_a_job_uploads_the_whole_checkout():
+    # the working_dir is the project root (pyproject.toml, every package), not a package inside
+    from pipelines.cluster.job_package import PROJECT_ROOT
+
+    assert (PROJECT_ROOT / "pyproject.toml").is_file()
+    assert all((PROJECT_ROOT / p).is_dir() for p in ("pipelines", "ssl_models", "tuning"))
+    assert jobs.runtime_env_for_job()["working_dir"] == str(PROJECT_ROOT)
