@@ -58,13 +58,15 @@ def finish(
     summary_metrics: dict[str, float],
     eval_note: str,
     started: float,
+    num_classes: int = 0,
 ) -> dict[str, Any]:
-    """Curves, the encoder as a model, the registry, the summary; the run ends FINISHED."""
+    """Curves, the encoder as a model, the registry, the summary; the run ends FINISHED.
+    ``num_classes``: of the evaluation set, for the kNN curve's chance line."""
     from pipelines.tracking.curves import plot_curves
 
     uri = cfg.tracking.uri
     size = eval_image_size(cfg)
-    plot_curves(run_id, uri)
+    plot_curves(run_id, uri, num_classes)
     example = torch.rand(2, 3, size, size).numpy()
     with console.captured("mlflow"):  # MLflow prints its registry notices itself
         model_uri = tracking.log_encoder(run_id, uri, encoder, example)

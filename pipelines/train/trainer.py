@@ -231,7 +231,9 @@ def pretrain(cfg: Config, resume_run_id: str | None = None) -> dict[str, Any]:
         cfg, split, manifest, state, encoders, run_id, seconds, {"bad_images": bad.count}
     )
     console.phase("logging the encoder to MLflow and registering it")
-    return finish(cfg, run_id, state, encoders["trained"], summary_metrics, eval_note, started)
+    classes = len(manifest.class_names)
+    trained = encoders["trained"]
+    return finish(cfg, run_id, state, trained, summary_metrics, eval_note, started, classes)
 
 
 class RunFailed(RuntimeError):
