@@ -4,6 +4,7 @@
 model; ``load_registered`` reads any registered encoder back for ``sslpipe eval`` / ``embed``.
 """
 
+import re
 from typing import Any
 
 import torch
@@ -89,15 +90,12 @@ def load_registered(model_uri: str, tracking_uri: str) -> Encoder:
     """Any encoder logged by sslpipe, by ``models:/NAME@ALIAS``, ``models:/NAME/VERSION`` or
     ``runs:/ID/encoder``. Only the safetensors format is read (no pickled module, whose loading
     could run code); an encoder logged as a pickle by an older sslpipe is refused with the way
-    to re-register it."""
+    to re-register it. A model that is not there is a LookupError naming the store searched."""
     import mlflow
-    from mlflow.models import Model
 
     from pipelines.tracking import encoder_model
-    from pipelines.tracking.runs import absolute_uri
 
-    mlflow.set_tracking_uri(absolute_uri(tracking_uri))
-    flavor = Model.load(model_uri).flavors.get("python_function", {})
+    flavor = logged_model(model_uri, tracking_uri).flavors.get("python_function", {})
     if flavor.get("loader_module") != encoder_model.__name__:
         raise TypeError(
             f"{model_uri} is not an sslpipe encoder in the safetensors format (a pickled model "
@@ -106,3 +104,58 @@ def load_registered(model_uri: str, tracking_uri: str) -> Encoder:
         )
     local = mlflow.artifacts.download_artifacts(model_uri)
     return encoder_model.load_encoder(f"{local}/{flavor['data']}").eval()
+
+
+def logged_model(model_uri: str, tracking_uri: str):
+    """The ``MLmodel`` of ``model_uri`` (flavors, metadata) in the store at ``tracking_uri``;
+    a LookupError saying which store was searched and what it holds when it is not there (a
+    SQLite store that does not exist is not created)."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+    from mlflow.models import Model
+
+    from pipelines.tracking.runs import absolute_uri, require_store
+
+    uri = absolute_uri(tracking_uri)
+    require_store(uri)
+    mlflow.set_tracking_uri(uri)
+    try:
+        return Model.load(model_uri)
+    except MlflowException as e:
+        raise LookupError(_not_found(model_uri, uri, e.message)) from e
+
+
+def _not_found(model_uri: str, uri: str, error: str) -> str:
+    """What the store at ``uri`` holds instead of ``model_uri``, and the flag that searches
+    another store."""
+    from mlflow import MlflowClient
+
+    from pipelines.tracking.secrets import redact_text
+
+    shown = redact_text(uri)
+    fix = "pass --tracking-uri with the store the run logged to (the tracking_uri of its summary)"
+    match = re.fullmatch(r"models:/([^/@]+)(?:@(.+)|/(.+))", model_uri)
+    if not match:
+        return f"{model_uri} not found at tracking URI {shown} ({error}); {fix}"
+    name, alias, version = match.groups()
+    client = MlflowClient(uri)
+    names = sorted(m.name for m in client.search_registered_models(max_results=100))
+    if name not in names:
+        held = ", ".join(names) or "none"
+        return (
+            f"no registered model {name!r} at tracking URI {shown} (registered there: {held}); "
+            f"{fix}"
+        )
+    model = client.get_registered_model(name)
+    versions = sorted(int(v.version) for v in client.search_model_versions(f"name = '{name}'"))
+    if alias:
+        aliases = ", ".join(f"{a} -> {v}" for a, v in sorted(model.aliases.items())) or "none"
+        return (
+            f"registered model {name!r} at {shown} has no alias {alias!r} (its aliases: "
+            f"{aliases}; its versions: {', '.join(map(str, versions)) or 'none'}); name a "
+            f"version as models:/{name}/N"
+        )
+    return (
+        f"registered model {name!r} at {shown} has no version {version} (its versions: "
+        f"{', '.join(map(str, versions)) or 'none'})"
+    )

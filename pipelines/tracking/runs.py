@@ -31,6 +31,25 @@ def absolute_uri(uri: str) -> str:
     return uri
 
 
+def sqlite_file(uri: str) -> Path | None:
+    """The database file a ``sqlite:///`` URI names (None for other stores)."""
+    prefix = "sqlite:///"
+    return Path(uri[len(prefix) :].split("?", 1)[0]) if uri.startswith(prefix) else None
+
+
+def require_store(uri: str) -> None:
+    """A LookupError when ``uri`` names a SQLite file that does not exist. Opening it would
+    create an empty store there, which then has no run or model to find: a command that only
+    reads never makes one."""
+    path = sqlite_file(uri)
+    if path is not None and not path.is_file():
+        raise LookupError(
+            f"no MLflow store at {path}: the tracking URI {uri} names a SQLite file that does "
+            "not exist (none was created); pass --tracking-uri with the store the run logged "
+            "to (the tracking_uri of its summary)"
+        )
+
+
 def experiment_id(client: MlflowClient, uri: str, name: str) -> str:
     exp = client.get_experiment_by_name(name)
     if exp is not None:
@@ -61,6 +80,7 @@ def start_run(cfg: Config, run_name: str, tags: dict[str, str] | None = None) ->
 
 def find_run(tracking_uri: str, experiment: str, run: str):
     """The MLflow run named by id, or by run name within ``experiment`` (the newest if several)."""
+    require_store(absolute_uri(tracking_uri))
     client = MlflowClient(absolute_uri(tracking_uri))
     if re.fullmatch(r"[0-9a-f]{32}", run):
         try:

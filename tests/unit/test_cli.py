@@ -82,6 +82,18 @@ def test_unexpected_errors_are_one_line_unless_asked(tmp_path, monkeypatch, caps
         main(["methods"])
 
 
+def test_a_model_looked_up_in_a_store_that_does_not_exist(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    model = ["eval", "knn", "--model", "models:/sslpipe-byol@best", "--data", str(tmp_path)]
+    assert main(model) == 1
+    err = capsys.readouterr().err
+    assert f"sslpipe eval: no MLflow store at {tmp_path / 'mlflow.db'}: the tracking URI " in err
+    assert "pass --tracking-uri" in err
+    assert main(["register", "run-name", "--step", "5"]) == 1
+    assert "no MLflow store at" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []  # reading never creates a store
+
+
 def test_eval_takes_dinos_knn_settings_and_names_a_wrong_section():
     # DINO reports k = 20, T = 0.07; the defaults k = 200, T = 0.1 are the MoCo demo's
     from pipelines.cli.eval import eval_settings
