@@ -24,6 +24,27 @@ def eval_image_size(cfg: Config) -> int:
     return (groups.get("global") or next(iter(groups.values()))).size
 
 
+def logged_metadata(cfg: Config) -> dict[str, Any]:
+    """What the logged encoder carries so ``sslpipe eval`` scores it as its run did
+    (``MLmodel`` metadata): ``sslpipe_eval``, the run's ``eval`` section with the image side
+    resolved (crop fraction, k, T, …); ``sslpipe_embedded``, the embedded set's sizes and
+    cache, when the run trained on it (the set ``sslpipe eval`` takes without ``--data``)."""
+    from pathlib import Path
+
+    from pipelines.config.typed import to_dict
+
+    out: dict[str, Any] = {
+        "sslpipe_eval": {**to_dict(cfg.eval), "image_size": eval_image_size(cfg)}
+    }
+    if not cfg.data.path:
+        out["sslpipe_embedded"] = {
+            "train_per_class": cfg.data.embedded_train_per_class,
+            "test_per_class": cfg.data.embedded_test_per_class,
+            "cache_dir": str(Path(cfg.data.cache_dir).resolve()),
+        }
+    return out
+
+
 def encoders_from_state(
     cfg: Config, state: dict[str, Any] | None, random_init: bool | None = None
 ) -> dict[str, Encoder]:
@@ -74,7 +95,12 @@ def register_checkpoint(
     size = eval_image_size(cfg)
     example = torch.rand(2, 3, size, size).numpy()
     model_uri = tracking.log_encoder(
-        run.info.run_id, tracking_uri, encoder, example, name=f"encoder-step-{step}"
+        run.info.run_id,
+        tracking_uri,
+        encoder,
+        example,
+        name=f"encoder-step-{step}",
+        metadata=logged_metadata(cfg),
     )
     name = model_name or cfg.tracking.registered_model or f"sslpipe-{cfg.method}"
     registered, _ = tracking.register(model_uri, tracking_uri, name)
@@ -91,11 +117,18 @@ def load_registered(model_uri: str, tracking_uri: str) -> Encoder:
     ``runs:/ID/encoder``. Only the safetensors format is read (no pickled module, whose loading
     could run code); an encoder logged as a pickle by an older sslpipe is refused with the way
     to re-register it. A model that is not there is a LookupError naming the store searched."""
+    return load_logged(model_uri, tracking_uri)[0]
+
+
+def load_logged(model_uri: str, tracking_uri: str) -> tuple[Encoder, dict[str, Any]]:
+    """:func:`load_registered`'s encoder and the metadata it was logged with
+    (:func:`logged_metadata`; empty for an encoder logged without it)."""
     import mlflow
 
     from pipelines.tracking import encoder_model
 
-    flavor = logged_model(model_uri, tracking_uri).flavors.get("python_function", {})
+    model = logged_model(model_uri, tracking_uri)
+    flavor = model.flavors.get("python_function", {})
     if flavor.get("loader_module") != encoder_model.__name__:
         raise TypeError(
             f"{model_uri} is not an sslpipe encoder in the safetensors format (a pickled model "
@@ -103,7 +136,8 @@ def load_registered(model_uri: str, tracking_uri: str) -> Encoder:
             "`sslpipe register RUN --step N`"
         )
     local = mlflow.artifacts.download_artifacts(model_uri)
-    return encoder_model.load_encoder(f"{local}/{flavor['data']}").eval()
+    encoder = encoder_model.load_encoder(f"{local}/{flavor['data']}").eval()
+    return encoder, dict(model.metadata or {})
 
 
 def logged_model(model_uri: str, tracking_uri: str):

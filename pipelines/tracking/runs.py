@@ -127,12 +127,18 @@ def log_artifacts(run_id: str, tracking_uri: str, local_dir: str, path: str) -> 
 
 
 def log_encoder(
-    run_id: str, tracking_uri: str, encoder, input_example, name: str = "encoder"
+    run_id: str,
+    tracking_uri: str,
+    encoder,
+    input_example,
+    name: str = "encoder",
+    metadata: dict[str, Any] | None = None,
 ) -> str:
     """Log the encoder as an MLflow model that loads without unpickling
     (:mod:`pipelines.tracking.encoder_model`: safetensors weights, this package as its pyfunc
     loader), with its signature (float32 images ``(-1, 3, S, S)`` in [0, 1] -> features
-    ``(-1, D)``) and input example; return its URI."""
+    ``(-1, D)``), input example and ``metadata`` in its ``MLmodel`` (the run's evaluation
+    settings: ``pipelines.eval.encoders.logged_metadata``); return its URI."""
     import tempfile
 
     import torch
@@ -155,7 +161,7 @@ def log_encoder(
             signature=signature,
             input_example=input_example,
             pip_requirements=requirements,
-            metadata={"sslpipe_format": encoder_model.FORMAT},
+            metadata={"sslpipe_format": encoder_model.FORMAT, **redact_tree(metadata or {})},
         )
     return info.model_uri
 

@@ -9,7 +9,7 @@ import torch
 
 from pipelines.config.schema import Config
 from pipelines.data.manifest import Manifest
-from pipelines.eval.encoders import eval_image_size
+from pipelines.eval.encoders import eval_image_size, logged_metadata
 from pipelines.eval.frozen import KNN, evaluate_encoders
 from pipelines.eval.sets import EvalSplit
 from pipelines.tracking import console
@@ -69,7 +69,9 @@ def finish(
     plot_curves(run_id, uri, num_classes)
     example = torch.rand(2, 3, size, size).numpy()
     with console.captured("mlflow"):  # MLflow prints its registry notices itself
-        model_uri = tracking.log_encoder(run_id, uri, encoder, example)
+        model_uri = tracking.log_encoder(
+            run_id, uri, encoder, example, metadata=logged_metadata(cfg)
+        )
         registered, is_best = "", False
         if cfg.tracking.register:
             name = cfg.tracking.registered_model or f"sslpipe-{cfg.method}"

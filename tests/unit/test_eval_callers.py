@@ -38,7 +38,7 @@ def run(tmp_path):
 def test_final_eval_offline_eval_survey_and_baseline_agree(run, tmp_path):
     from benchmarks.baselines import random_init_encoders, run_data_scores
     from pipelines.data.manifest import read_manifest
-    from pipelines.eval.encoders import eval_image_size
+    from pipelines.eval.encoders import eval_image_size, logged_metadata
     from pipelines.eval.offline import evaluate_registered
     from pipelines.tracking import runs as tracking
     from pipelines.train.checkpoint import save_state
@@ -56,9 +56,11 @@ def test_final_eval_offline_eval_survey_and_baseline_agree(run, tmp_path):
 
     size = eval_image_size(cfg)
     image = torch.rand(2, 3, size, size).numpy()
-    model_uri = tracking.log_encoder(run_id, cfg.tracking.uri, encoders["trained"], image)
-    knn = evaluate_registered("knn", model_uri, cfg.tracking.uri, split, cfg.eval)
-    linear = evaluate_registered("linear", model_uri, cfg.tracking.uri, split, cfg.eval)
+    meta = logged_metadata(cfg)
+    trained = encoders["trained"]
+    model_uri = tracking.log_encoder(run_id, cfg.tracking.uri, trained, image, metadata=meta)
+    knn = evaluate_registered("knn", model_uri, cfg.tracking.uri, split)  # the logged settings
+    linear = evaluate_registered("linear", model_uri, cfg.tracking.uri, split)
     assert knn["top1"] == final["knn_top1"]
     assert (knn["train_rows"], knn["test_rows"]) == (200, 50)  # 20 and 5 per class
 
@@ -68,3 +70,42 @@ def test_final_eval_offline_eval_survey_and_baseline_agree(run, tmp_path):
 
     baseline = run_data_scores(cfg, random_init_encoders(cfg, 1))  # seed0: the run's init
     assert baseline["seed0"]["knn_top1"] == final["knn_top1_random_init"]
+
+
+def test_eval_of_the_registered_encoder_reads_back_the_runs_own_knn(run, tmp_path, capsys):
+    """`sslpipe eval knn --model <registered>` with no --data and no --set: the embedded set the
+    run trained on, the run's eval settings (crop fraction 1.0 and k = 10 here, not the
+    defaults 0.875 and 200), the run's own figure."""
+    import json
+    import time
+
+    from pipelines.cli import main
+    from pipelines.data.manifest import read_manifest
+    from pipelines.tracking import runs as tracking
+    from pipelines.train.finish import evaluate_and_log, finish
+    from pipelines.train.trainer import resolve_data
+
+    cfg, state, encoders = run
+    split, note = resolve_data(cfg)
+    manifest = read_manifest(split.train)[0]
+    run_id = tracking.start_run(cfg, "r")
+    final = evaluate_and_log(cfg, split, manifest, state, encoders, run_id, 1.0)
+    summary = finish(cfg, run_id, state, encoders["trained"], final, note, time.time(), 10)
+    assert summary["best_alias"]
+    capsys.readouterr()
+
+    uri = cfg.tracking.uri
+    out = tmp_path / "eval.json"
+    model = ["eval", "knn", "--model", "models:/sslpipe-simclr@best", "--tracking-uri", uri]
+    assert main([*model, "--summary-json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["top1"] == final["knn_top1"]
+    assert (result["train_rows"], result["test_rows"]) == (200, 50)
+    assert result["split"] == split.note
+    assert result["detail"] == ("weighted kNN, k=10, T=0.1, 32-pixel views, crop fraction 1.0")
+    assert result["settings"] == "logged with the model"
+
+    assert main([*model, "--set", "eval.crop_fraction=0.875", "--summary-json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["detail"].endswith("crop fraction 0.875")
+    assert result["settings"] == "logged with the model; --set eval.crop_fraction"
