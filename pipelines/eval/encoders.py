@@ -70,6 +70,7 @@ def register_checkpoint(
     """Register the encoder of the checkpoint a run recorded at ``step``: it is logged into the
     same run as ``encoder-step-N`` and registered (default name ``sslpipe-<method>``)."""
     from pipelines.tracking import runs as tracking
+    from pipelines.tracking.model_card import model_card
 
     run = tracking.find_run(tracking_uri, experiment, run_ref)
     records = tracking.checkpoints_of(run)
@@ -103,7 +104,8 @@ def register_checkpoint(
         metadata=logged_metadata(cfg),
     )
     name = model_name or cfg.tracking.registered_model or f"sslpipe-{cfg.method}"
-    registered, _ = tracking.register(model_uri, tracking_uri, name)
+    text, tags = model_card(cfg, run, state.get("epoch", match[0].get("epoch", 0)), {})
+    registered, _ = tracking.register(model_uri, tracking_uri, name, (), None, text, tags)
     return {
         "run_id": run.info.run_id,
         "checkpoint": uri,

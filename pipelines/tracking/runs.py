@@ -16,6 +16,7 @@ from pipelines.config.typed import flatten, to_dict
 # checkpoint records live beside this module; callers reach them through it too
 from pipelines.tracking.checkpoint_records import checkpoint_tags as checkpoint_tags
 from pipelines.tracking.checkpoint_records import checkpoints_of as checkpoints_of
+from pipelines.tracking.model_card import CARD_TAGS
 from pipelines.tracking.secrets import redact, redact_text, redact_tree
 
 
@@ -172,10 +173,16 @@ def register(
     name: str,
     aliases: tuple[str, ...] | list[str] = (),
     knn_top1: float | None = None,
+    description: str = "",
+    tags: dict[str, str] | None = None,
 ) -> tuple[str, bool]:
     """Register ``model_uri`` under ``name``, set ``aliases``, and move ``best`` here when its
     kNN top-1 beats the version holding it (or none does). Returns (``models:/name/version``,
-    whether it became ``best``). ``latest`` is MLflow's own: ``models:/name/latest``."""
+    whether it became ``best``). ``latest`` is MLflow's own: ``models:/name/latest``.
+
+    ``description`` and ``tags`` (:func:`pipelines.tracking.model_card.model_card`) go on the
+    version, and on the registered model too when this version is its first or takes
+    ``best``: the model's page describes the encoder it serves as ``best``."""
     mlflow.set_tracking_uri(absolute_uri(tracking_uri))
     version = mlflow.register_model(model_uri, name).version
     client = MlflowClient(absolute_uri(tracking_uri))
@@ -192,6 +199,18 @@ def register(
         if not held >= knn_top1:  # no holder, an untagged one, or a worse one
             client.set_registered_model_alias(name, "best", version)
             is_best = True
+    if description:
+        client.update_model_version(name, version, description=description)
+    for key, value in (tags or {}).items():
+        client.set_model_version_tag(name, version, key, value)
+    model = client.get_registered_model(name)
+    if description and (is_best or not model.description):
+        role = "holds `best`, the highest kNN top-1 registered here" if is_best else "the first"
+        client.update_registered_model(name, f"Version {version} ({role}):\n\n{description}")
+        for key in set(model.tags) & set(CARD_TAGS) - set(tags or {}):  # the previous card's
+            client.delete_registered_model_tag(name, key)
+        for key, value in (tags or {}).items():
+            client.set_registered_model_tag(name, key, value)
     return f"models:/{name}/{version}", is_best
 
 

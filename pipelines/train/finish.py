@@ -6,6 +6,7 @@ import time
 from typing import Any
 
 import torch
+from mlflow import MlflowClient
 
 from pipelines.config.schema import Config
 from pipelines.data.manifest import Manifest
@@ -16,6 +17,7 @@ from pipelines.tracking import console
 from pipelines.tracking import runs as tracking
 from pipelines.tracking.checkpoint_records import mark_pruned
 from pipelines.tracking.metric_logger import MetricLogger
+from pipelines.tracking.model_card import model_card
 from ssl_models.export import Encoder
 
 
@@ -76,7 +78,12 @@ def finish(
         if cfg.tracking.register:
             name = cfg.tracking.registered_model or f"sslpipe-{cfg.method}"
             knn = summary_metrics.get("knn_top1")
-            registered, is_best = tracking.register(model_uri, uri, name, cfg.tracking.aliases, knn)
+            run = MlflowClient(uri).get_run(run_id)
+            epochs = state.get("epoch", cfg.train.epochs)
+            text, tags = model_card(cfg, run, epochs, summary_metrics, eval_note)
+            registered, is_best = tracking.register(
+                model_uri, uri, name, cfg.tracking.aliases, knn, text, tags
+            )
     summary = {
         "run_id": run_id,
         "run_name": cfg.train.name,

@@ -79,20 +79,32 @@ def test_eval_of_the_registered_encoder_reads_back_the_runs_own_knn(run, tmp_pat
     import json
     import time
 
+    from mlflow import MlflowClient
+
     from pipelines.cli import main
     from pipelines.data.manifest import read_manifest
     from pipelines.tracking import runs as tracking
+    from pipelines.tracking.datasets import manifest_digest
     from pipelines.train.finish import evaluate_and_log, finish
     from pipelines.train.trainer import resolve_data
 
     cfg, state, encoders = run
     split, note = resolve_data(cfg)
     manifest = read_manifest(split.train)[0]
-    run_id = tracking.start_run(cfg, "r")
+    digest = manifest_digest(manifest)
+    tags = {"sslpipe.data": split.train, "sslpipe.data_manifest_sha256": digest}  # as pretrain's
+    run_id = tracking.start_run(cfg, "r", tags)
     final = evaluate_and_log(cfg, split, manifest, state, encoders, run_id, 1.0)
     summary = finish(cfg, run_id, state, encoders["trained"], final, note, time.time(), 10)
     assert summary["best_alias"]
     capsys.readouterr()
+    version = MlflowClient(cfg.tracking.uri).get_model_version_by_alias("sslpipe-simclr", "best")
+    assert version.description.startswith(
+        f"**simclr** encoder (Chen et al., ICML 2020; contrastive), trained 8 epochs on "
+        f"`{split.train}` (manifest sha256 `{digest}`)."
+    )
+    assert f"{final['knn_top1']:.3f}" in version.description
+    assert version.tags["knn_top1_random_init"] == f"{final['knn_top1_random_init']:.6f}"
 
     uri = cfg.tracking.uri
     out = tmp_path / "eval.json"
@@ -109,3 +121,30 @@ def test_eval_of_the_registered_encoder_reads_back_the_runs_own_knn(run, tmp_pat
     result = json.loads(out.read_text())
     assert result["detail"].endswith("crop fraction 0.875")
     assert result["settings"] == "logged with the model; --set eval.crop_fraction"
+
+
+def test_a_checkpoint_registered_afterwards_carries_its_card_and_settings(run, tmp_path):
+    """`sslpipe register RUN --step N`: the version says what it is (kNN not measured yet) and
+    carries the run's evaluation settings, so `sslpipe eval` scores it as the run would."""
+    from mlflow import MlflowClient
+
+    from pipelines.eval.encoders import logged_model, register_checkpoint
+    from pipelines.tracking import runs as tracking
+    from pipelines.train.checkpoint import save_state
+
+    cfg, state, _ = run
+    uri = cfg.tracking.uri
+    (tmp_path / "checkpoint").mkdir()
+    save_state(tmp_path / "checkpoint", {**state, "step": 30, "epoch": 3})
+    run_id = tracking.start_run(cfg, "later", {"sslpipe.data": "/shards/train"})
+    client = MlflowClient(uri)
+    for key, value in tracking.checkpoint_tags(str(tmp_path / "checkpoint"), 30, 3).items():
+        client.set_tag(run_id, key, value)
+
+    out = register_checkpoint(run_id, 30, uri, cfg.tracking.experiment)
+    version = client.get_model_version("sslpipe-simclr", out["registered"].rsplit("/", 1)[1])
+    assert "trained 3 epochs on `/shards/train`." in version.description
+    assert "kNN top-1 not measured" in version.description
+    assert "knn_top1" not in version.tags and version.tags["epochs"] == "3"
+    settings = logged_model(out["model_uri"], uri).metadata["sslpipe_eval"]
+    assert (settings["crop_fraction"], settings["knn_k"], settings["image_size"]) == (1.0, 10, 32)
