@@ -4,6 +4,7 @@
 model; ``load_registered`` reads any registered encoder back for ``sslpipe eval`` / ``embed``.
 """
 
+import re
 from typing import Any
 
 import torch
@@ -21,6 +22,27 @@ def eval_image_size(cfg: Config) -> int:
         return cfg.eval.image_size
     groups = cfg.views.groups
     return (groups.get("global") or next(iter(groups.values()))).size
+
+
+def logged_metadata(cfg: Config) -> dict[str, Any]:
+    """What the logged encoder carries so ``sslpipe eval`` scores it as its run did
+    (``MLmodel`` metadata): ``sslpipe_eval``, the run's ``eval`` section with the image side
+    resolved (crop fraction, k, T, …); ``sslpipe_embedded``, the embedded set's sizes and
+    cache, when the run trained on it (the set ``sslpipe eval`` takes without ``--data``)."""
+    from pathlib import Path
+
+    from pipelines.config.typed import to_dict
+
+    out: dict[str, Any] = {
+        "sslpipe_eval": {**to_dict(cfg.eval), "image_size": eval_image_size(cfg)}
+    }
+    if not cfg.data.path:
+        out["sslpipe_embedded"] = {
+            "train_per_class": cfg.data.embedded_train_per_class,
+            "test_per_class": cfg.data.embedded_test_per_class,
+            "cache_dir": str(Path(cfg.data.cache_dir).resolve()),
+        }
+    return out
 
 
 def encoders_from_state(
@@ -48,6 +70,7 @@ def register_checkpoint(
     """Register the encoder of the checkpoint a run recorded at ``step``: it is logged into the
     same run as ``encoder-step-N`` and registered (default name ``sslpipe-<method>``)."""
     from pipelines.tracking import runs as tracking
+    from pipelines.tracking.model_card import model_card
 
     run = tracking.find_run(tracking_uri, experiment, run_ref)
     records = tracking.checkpoints_of(run)
@@ -73,10 +96,16 @@ def register_checkpoint(
     size = eval_image_size(cfg)
     example = torch.rand(2, 3, size, size).numpy()
     model_uri = tracking.log_encoder(
-        run.info.run_id, tracking_uri, encoder, example, name=f"encoder-step-{step}"
+        run.info.run_id,
+        tracking_uri,
+        encoder,
+        example,
+        name=f"encoder-step-{step}",
+        metadata=logged_metadata(cfg),
     )
     name = model_name or cfg.tracking.registered_model or f"sslpipe-{cfg.method}"
-    registered, _ = tracking.register(model_uri, tracking_uri, name)
+    text, tags = model_card(cfg, run, state.get("epoch", match[0].get("epoch", 0)), {})
+    registered, _ = tracking.register(model_uri, tracking_uri, name, (), None, text, tags)
     return {
         "run_id": run.info.run_id,
         "checkpoint": uri,
@@ -89,15 +118,19 @@ def load_registered(model_uri: str, tracking_uri: str) -> Encoder:
     """Any encoder logged by sslpipe, by ``models:/NAME@ALIAS``, ``models:/NAME/VERSION`` or
     ``runs:/ID/encoder``. Only the safetensors format is read (no pickled module, whose loading
     could run code); an encoder logged as a pickle by an older sslpipe is refused with the way
-    to re-register it."""
+    to re-register it. A model that is not there is a LookupError naming the store searched."""
+    return load_logged(model_uri, tracking_uri)[0]
+
+
+def load_logged(model_uri: str, tracking_uri: str) -> tuple[Encoder, dict[str, Any]]:
+    """:func:`load_registered`'s encoder and the metadata it was logged with
+    (:func:`logged_metadata`; empty for an encoder logged without it)."""
     import mlflow
-    from mlflow.models import Model
 
     from pipelines.tracking import encoder_model
-    from pipelines.tracking.runs import absolute_uri
 
-    mlflow.set_tracking_uri(absolute_uri(tracking_uri))
-    flavor = Model.load(model_uri).flavors.get("python_function", {})
+    model = logged_model(model_uri, tracking_uri)
+    flavor = model.flavors.get("python_function", {})
     if flavor.get("loader_module") != encoder_model.__name__:
         raise TypeError(
             f"{model_uri} is not an sslpipe encoder in the safetensors format (a pickled model "
@@ -105,4 +138,60 @@ def load_registered(model_uri: str, tracking_uri: str) -> Encoder:
             "`sslpipe register RUN --step N`"
         )
     local = mlflow.artifacts.download_artifacts(model_uri)
-    return encoder_model.load_encoder(f"{local}/{flavor['data']}").eval()
+    encoder = encoder_model.load_encoder(f"{local}/{flavor['data']}").eval()
+    return encoder, dict(model.metadata or {})
+
+
+def logged_model(model_uri: str, tracking_uri: str):
+    """The ``MLmodel`` of ``model_uri`` (flavors, metadata) in the store at ``tracking_uri``;
+    a LookupError saying which store was searched and what it holds when it is not there (a
+    SQLite store that does not exist is not created)."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+    from mlflow.models import Model
+
+    from pipelines.tracking.runs import absolute_uri, require_store
+
+    uri = absolute_uri(tracking_uri)
+    require_store(uri)
+    mlflow.set_tracking_uri(uri)
+    try:
+        return Model.load(model_uri)
+    except MlflowException as e:
+        raise LookupError(_not_found(model_uri, uri, e.message)) from e
+
+
+def _not_found(model_uri: str, uri: str, error: str) -> str:
+    """What the store at ``uri`` holds instead of ``model_uri``, and the flag that searches
+    another store."""
+    from mlflow import MlflowClient
+
+    from pipelines.tracking.secrets import redact_text
+
+    shown = redact_text(uri)
+    fix = "pass --tracking-uri with the store the run logged to (the tracking_uri of its summary)"
+    match = re.fullmatch(r"models:/([^/@]+)(?:@(.+)|/(.+))", model_uri)
+    if not match:
+        return f"{model_uri} not found at tracking URI {shown} ({error}); {fix}"
+    name, alias, version = match.groups()
+    client = MlflowClient(uri)
+    names = sorted(m.name for m in client.search_registered_models(max_results=100))
+    if name not in names:
+        held = ", ".join(names) or "none"
+        return (
+            f"no registered model {name!r} at tracking URI {shown} (registered there: {held}); "
+            f"{fix}"
+        )
+    model = client.get_registered_model(name)
+    versions = sorted(int(v.version) for v in client.search_model_versions(f"name = '{name}'"))
+    if alias:
+        aliases = ", ".join(f"{a} -> {v}" for a, v in sorted(model.aliases.items())) or "none"
+        return (
+            f"registered model {name!r} at {shown} has no alias {alias!r} (its aliases: "
+            f"{aliases}; its versions: {', '.join(map(str, versions)) or 'none'}); name a "
+            f"version as models:/{name}/N"
+        )
+    return (
+        f"registered model {name!r} at {shown} has no version {version} (its versions: "
+        f"{', '.join(map(str, versions)) or 'none'})"
+    )

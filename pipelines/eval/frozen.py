@@ -11,6 +11,7 @@ The online kNN monitor (``monitors.py``) shares only the kNN maths: it embeds wi
 being trained, whose mode and memory format this pass would change.
 """
 
+import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
@@ -20,10 +21,22 @@ import torch
 from torch import nn
 
 from pipelines.config.schema import EvalConfig
+from pipelines.data.manifest import read_manifest
 from pipelines.eval.probes import knn_top1, linear_probe_top1
-from pipelines.eval.sets import EvalSplit, split_views
+from pipelines.eval.sets import HOLDOUT, EvalSplit, split_views
 
 KNN, LINEAR = "knn_top1", "linear_top1"  # the metric names every caller reports
+
+log = logging.getLogger(__name__)
+
+
+class EmptySet(ValueError):
+    """Nothing to embed: every row unlabeled, outside the key-hash range, or undecodable.
+    ``side``: ``bank`` or ``queries`` once :func:`evaluate_views` knows which."""
+
+    def __init__(self, message: str, side: str = "") -> None:
+        super().__init__(message)
+        self.side = side
 
 
 class Views(Protocol):
@@ -68,7 +81,7 @@ def embed(
         if with_keys:
             keys.extend(str(k) for k in batch["key"])
     if not labels:
-        raise ValueError("no images to embed (all rows filtered out or undecodable)")
+        raise EmptySet("no images to embed (all rows filtered out or undecodable)")
     out = ({n: torch.cat(f) for n, f in feats.items()}, torch.cat(labels))
     return (*out, keys) if with_keys else out
 
@@ -88,8 +101,14 @@ def evaluate_views(
     if not (knn or linear):
         raise ValueError("evaluation needs kNN, the linear probe or both")
     s = settings
-    bank_x, bank_y = embed(encoders, bank, s.batch_size)  # {name: (N, D)}, (N,)
-    query_x, query_y = embed(encoders, queries, s.batch_size)  # {name: (M, D)}, (M,)
+    embedded = {}
+    for side, views in (("bank", bank), ("queries", queries)):
+        try:
+            embedded[side] = embed(encoders, views, s.batch_size)
+        except EmptySet as e:
+            raise EmptySet(f"the {side}: {e}", side) from e
+    bank_x, bank_y = embedded["bank"]  # {name: (N, D)}, (N,)
+    query_x, query_y = embedded["queries"]  # {name: (M, D)}, (M,)
     top1: dict[str, dict[str, float]] = {}
     for name in encoders:
         b, q = bank_x[name], query_x[name]
@@ -112,14 +131,24 @@ def evaluate_views(
     return Scores(top1, len(bank_y), len(query_y))
 
 
-def labeled_classes(path: str) -> int:
-    """The number of classes of the shard set at ``path``; an error for fewer than two."""
-    from pipelines.data.manifest import read_manifest
-
-    classes = len(read_manifest(path)[0].class_names)
-    if classes < 2:
-        raise ValueError(f"{path}: evaluation needs labeled shards (2+ classes)")
-    return classes
+def warn_if_shared(split: EvalSplit, bank_manifest, query_manifest) -> None:
+    """Warn when the bank and the queries hold the same shard files (by checksum, so a copy
+    counts too): a query then finds itself in the bank, and the top-1 reads too high."""
+    bank = {f.sha256 for f in bank_manifest.files if f.rows}
+    queries = {f.sha256 for f in query_manifest.files if f.rows}
+    shared = len(bank & queries)
+    if shared:
+        log.warning(
+            "warning: the bank %s and the queries %s share %d of %d shard files (same "
+            "checksums): a query finds itself among its neighbours (and in the probe's training "
+            "set), so top-1 reads too high; give held-out shards as --eval-data "
+            "(data.eval_path), or leave it out to hold out %s of the bank's rows",
+            split.train,
+            split.eval,
+            shared,
+            len(queries),
+            f"{HOLDOUT:.0%}",
+        )
 
 
 def evaluate_encoders(
@@ -140,7 +169,12 @@ def evaluate_encoders(
             f"encoders must share one input side (ssl_models.export.Encoder.image_size), "
             f"got {sorted(map(str, sizes))}"
         )
-    classes = labeled_classes(split.train)
+    manifest = read_manifest(split.train)[0]
+    classes = len(manifest.class_names)
+    if classes < 2:
+        raise ValueError(f"{split.train}: evaluation needs labeled shards (2+ classes)")
+    if split.eval:
+        warn_if_shared(split, manifest, read_manifest(split.eval)[0])
     bank, queries = split_views(
         split,
         sizes.pop(),
@@ -148,4 +182,7 @@ def evaluate_encoders(
         resources=resources,
         in_process_rows=settings.in_process_rows,
     )
-    return evaluate_views(encoders, bank, queries, classes, settings, knn, linear)
+    try:
+        return evaluate_views(encoders, bank, queries, classes, settings, knn, linear)
+    except EmptySet as e:
+        raise EmptySet(split.empty(e.side, manifest.total_rows), e.side) from e

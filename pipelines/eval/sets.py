@@ -36,6 +36,20 @@ class EvalSplit:
             return f"bank {self.train}, queries {self.eval}"
         return f"a fixed {HOLDOUT:.0%} of {self.train}'s rows (by key hash) as queries"
 
+    def empty(self, side: str, train_rows: int) -> str:
+        """Why the ``bank`` or the ``queries`` hold no labeled image, and what to do about it
+        (``train_rows``: rows of the training shards, labeled or not)."""
+        if side == "queries" and not self.eval:
+            return (
+                f"no queries: the fixed {HOLDOUT:.0%} of {self.train}'s {train_rows} rows held "
+                "out by key hash holds no labeled, decodable image (a set this small leaves it "
+                "empty); give a labeled set as queries with --eval-data (data.eval_path)"
+            )
+        if side == "queries":
+            return f"no queries: {self.eval} holds no labeled, decodable image"
+        rest = f" outside the {HOLDOUT:.0%} held out as queries" if not self.eval else ""
+        return f"no bank: {self.train} ({train_rows} rows) holds no labeled, decodable image{rest}"
+
 
 def key_fraction(key: str) -> float:
     """A stable pseudo-random number in [0, 1) per row key, for deterministic splits."""

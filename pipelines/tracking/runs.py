@@ -16,6 +16,7 @@ from pipelines.config.typed import flatten, to_dict
 # checkpoint records live beside this module; callers reach them through it too
 from pipelines.tracking.checkpoint_records import checkpoint_tags as checkpoint_tags
 from pipelines.tracking.checkpoint_records import checkpoints_of as checkpoints_of
+from pipelines.tracking.model_card import CARD_TAGS
 from pipelines.tracking.secrets import redact, redact_text, redact_tree
 
 
@@ -29,6 +30,25 @@ def absolute_uri(uri: str) -> str:
     if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
         return prefix + str(Path(uri[len(prefix) :]).resolve())
     return uri
+
+
+def sqlite_file(uri: str) -> Path | None:
+    """The database file a ``sqlite:///`` URI names (None for other stores)."""
+    prefix = "sqlite:///"
+    return Path(uri[len(prefix) :].split("?", 1)[0]) if uri.startswith(prefix) else None
+
+
+def require_store(uri: str) -> None:
+    """A LookupError when ``uri`` names a SQLite file that does not exist. Opening it would
+    create an empty store there, which then has no run or model to find: a command that only
+    reads never makes one."""
+    path = sqlite_file(uri)
+    if path is not None and not path.is_file():
+        raise LookupError(
+            f"no MLflow store at {path}: the tracking URI {uri} names a SQLite file that does "
+            "not exist (none was created); pass --tracking-uri with the store the run logged "
+            "to (the tracking_uri of its summary)"
+        )
 
 
 def experiment_id(client: MlflowClient, uri: str, name: str) -> str:
@@ -61,6 +81,7 @@ def start_run(cfg: Config, run_name: str, tags: dict[str, str] | None = None) ->
 
 def find_run(tracking_uri: str, experiment: str, run: str):
     """The MLflow run named by id, or by run name within ``experiment`` (the newest if several)."""
+    require_store(absolute_uri(tracking_uri))
     client = MlflowClient(absolute_uri(tracking_uri))
     if re.fullmatch(r"[0-9a-f]{32}", run):
         try:
@@ -107,12 +128,18 @@ def log_artifacts(run_id: str, tracking_uri: str, local_dir: str, path: str) -> 
 
 
 def log_encoder(
-    run_id: str, tracking_uri: str, encoder, input_example, name: str = "encoder"
+    run_id: str,
+    tracking_uri: str,
+    encoder,
+    input_example,
+    name: str = "encoder",
+    metadata: dict[str, Any] | None = None,
 ) -> str:
     """Log the encoder as an MLflow model that loads without unpickling
     (:mod:`pipelines.tracking.encoder_model`: safetensors weights, this package as its pyfunc
     loader), with its signature (float32 images ``(-1, 3, S, S)`` in [0, 1] -> features
-    ``(-1, D)``) and input example; return its URI."""
+    ``(-1, D)``), input example and ``metadata`` in its ``MLmodel`` (the run's evaluation
+    settings: ``pipelines.eval.encoders.logged_metadata``); return its URI."""
     import tempfile
 
     import torch
@@ -135,7 +162,7 @@ def log_encoder(
             signature=signature,
             input_example=input_example,
             pip_requirements=requirements,
-            metadata={"sslpipe_format": encoder_model.FORMAT},
+            metadata={"sslpipe_format": encoder_model.FORMAT, **redact_tree(metadata or {})},
         )
     return info.model_uri
 
@@ -146,10 +173,16 @@ def register(
     name: str,
     aliases: tuple[str, ...] | list[str] = (),
     knn_top1: float | None = None,
+    description: str = "",
+    tags: dict[str, str] | None = None,
 ) -> tuple[str, bool]:
     """Register ``model_uri`` under ``name``, set ``aliases``, and move ``best`` here when its
     kNN top-1 beats the version holding it (or none does). Returns (``models:/name/version``,
-    whether it became ``best``). ``latest`` is MLflow's own: ``models:/name/latest``."""
+    whether it became ``best``). ``latest`` is MLflow's own: ``models:/name/latest``.
+
+    ``description`` and ``tags`` (:func:`pipelines.tracking.model_card.model_card`) go on the
+    version, and on the registered model too when this version is its first or takes
+    ``best``: the model's page describes the encoder it serves as ``best``."""
     mlflow.set_tracking_uri(absolute_uri(tracking_uri))
     version = mlflow.register_model(model_uri, name).version
     client = MlflowClient(absolute_uri(tracking_uri))
@@ -166,6 +199,18 @@ def register(
         if not held >= knn_top1:  # no holder, an untagged one, or a worse one
             client.set_registered_model_alias(name, "best", version)
             is_best = True
+    if description:
+        client.update_model_version(name, version, description=description)
+    for key, value in (tags or {}).items():
+        client.set_model_version_tag(name, version, key, value)
+    model = client.get_registered_model(name)
+    if description and (is_best or not model.description):
+        role = "holds `best`, the highest kNN top-1 registered here" if is_best else "the first"
+        client.update_registered_model(name, f"Version {version} ({role}):\n\n{description}")
+        for key in set(model.tags) & set(CARD_TAGS) - set(tags or {}):  # the previous card's
+            client.delete_registered_model_tag(name, key)
+        for key, value in (tags or {}).items():
+            client.set_registered_model_tag(name, key, value)
     return f"models:/{name}/{version}", is_best
 
 

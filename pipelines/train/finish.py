@@ -6,16 +6,18 @@ import time
 from typing import Any
 
 import torch
+from mlflow import MlflowClient
 
 from pipelines.config.schema import Config
 from pipelines.data.manifest import Manifest
-from pipelines.eval.encoders import eval_image_size
+from pipelines.eval.encoders import eval_image_size, logged_metadata
 from pipelines.eval.frozen import KNN, evaluate_encoders
 from pipelines.eval.sets import EvalSplit
 from pipelines.tracking import console
 from pipelines.tracking import runs as tracking
 from pipelines.tracking.checkpoint_records import mark_pruned
 from pipelines.tracking.metric_logger import MetricLogger
+from pipelines.tracking.model_card import model_card
 from ssl_models.export import Encoder
 
 
@@ -58,21 +60,30 @@ def finish(
     summary_metrics: dict[str, float],
     eval_note: str,
     started: float,
+    num_classes: int = 0,
 ) -> dict[str, Any]:
-    """Curves, the encoder as a model, the registry, the summary; the run ends FINISHED."""
+    """Curves, the encoder as a model, the registry, the summary; the run ends FINISHED.
+    ``num_classes``: of the evaluation set, for the kNN curve's chance line."""
     from pipelines.tracking.curves import plot_curves
 
     uri = cfg.tracking.uri
     size = eval_image_size(cfg)
-    plot_curves(run_id, uri)
+    plot_curves(run_id, uri, num_classes)
     example = torch.rand(2, 3, size, size).numpy()
     with console.captured("mlflow"):  # MLflow prints its registry notices itself
-        model_uri = tracking.log_encoder(run_id, uri, encoder, example)
+        model_uri = tracking.log_encoder(
+            run_id, uri, encoder, example, metadata=logged_metadata(cfg)
+        )
         registered, is_best = "", False
         if cfg.tracking.register:
             name = cfg.tracking.registered_model or f"sslpipe-{cfg.method}"
             knn = summary_metrics.get("knn_top1")
-            registered, is_best = tracking.register(model_uri, uri, name, cfg.tracking.aliases, knn)
+            run = MlflowClient(uri).get_run(run_id)
+            epochs = state.get("epoch", cfg.train.epochs)
+            text, tags = model_card(cfg, run, epochs, summary_metrics, eval_note)
+            registered, is_best = tracking.register(
+                model_uri, uri, name, cfg.tracking.aliases, knn, text, tags
+            )
     summary = {
         "run_id": run_id,
         "run_name": cfg.train.name,

@@ -2,7 +2,6 @@
 the run (evaluation, registry, summary) is in ``finish.py``."""
 
 import dataclasses
-import hashlib
 import logging
 import os
 import subprocess
@@ -28,7 +27,9 @@ from pipelines.eval.sets import HOLDOUT, EvalSplit, split_views
 from pipelines.tracking import console
 from pipelines.tracking import runs as tracking
 from pipelines.tracking.console import TrainingBar
+from pipelines.tracking.datasets import log_datasets, manifest_digest
 from pipelines.tracking.run_names import default_run_name, refuse_taken_name
+from pipelines.tracking.system_metrics import system_metrics
 from pipelines.train import progress
 from pipelines.train.assets import log_assets, prepare_assets
 from pipelines.train.checkpoint import load_state
@@ -66,10 +67,6 @@ def ensure_ray(cfg: Config) -> None:
     needed = cfg.train.workers * cfg.train.cpus_per_worker + cfg.data.decode_tasks + 1
     num_cpus = max(int(needed + 0.999), os.cpu_count() or 1)
     start_local_ray(num_cpus)
-
-
-def manifest_digest(manifest: Manifest) -> str:
-    return hashlib.sha256(manifest.to_json().encode()).hexdigest()[:16]
 
 
 def git_commit() -> str:
@@ -186,6 +183,7 @@ def pretrain(cfg: Config, resume_run_id: str | None = None) -> dict[str, Any]:
         }
         run_id = tracking.start_run(cfg, name, tags)
         tracking.log_text(run_id, uri, dump_yaml(cfg), "config.yaml")
+        log_datasets(run_id, uri, split.train, split.eval)
         log_assets(run_id, uri, assets)
     console.phase(
         f"training run {name} (MLflow run {run_id}): {manifest.total_rows} images, "
@@ -210,7 +208,7 @@ def pretrain(cfg: Config, resume_run_id: str | None = None) -> dict[str, Any]:
     bar = TrainingBar(total, cfg.train.epochs, resumed_step(run_dir))
     follower = progress.Follower(board, bar)
     try:
-        with follower:
+        with follower, system_metrics(run_id, uri, resumed=bool(resume_run_id)):
             result = trainer.fit()
     except Exception as e:
         tracking.end_run(run_id, uri, "FAILED")
@@ -231,7 +229,9 @@ def pretrain(cfg: Config, resume_run_id: str | None = None) -> dict[str, Any]:
         cfg, split, manifest, state, encoders, run_id, seconds, {"bad_images": bad.count}
     )
     console.phase("logging the encoder to MLflow and registering it")
-    return finish(cfg, run_id, state, encoders["trained"], summary_metrics, eval_note, started)
+    classes = len(manifest.class_names)
+    trained = encoders["trained"]
+    return finish(cfg, run_id, state, trained, summary_metrics, eval_note, started, classes)
 
 
 class RunFailed(RuntimeError):

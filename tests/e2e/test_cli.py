@@ -81,3 +81,19 @@ def test_pretrain_on_the_embedded_default(tmp_path):
     with torch.no_grad():
         features = encoder(torch.rand(1, 3, 32, 32))
     assert features.shape == (1, encoder.out_dim) and torch.isfinite(features).all()
+
+    # the run's shard sets as its dataset inputs; the registry says what the encoder is
+    inputs = {i.tags[0].value: i.dataset for i in run.inputs.dataset_inputs}
+    assert sorted(inputs) == ["evaluation", "training"]
+    assert inputs["training"].digest == run.data.tags["sslpipe.data_manifest_sha256"]
+    version = client.get_model_version("sslpipe-simclr", "1")
+    assert version.tags["method"] == "simclr" and version.tags["epochs"] == "2"
+    assert "(Chen et al., ICML 2020; contrastive), trained 2 epochs" in version.description
+
+    # evaluated with no --data and no --set, the registered encoder reads back the run's figure
+    out = sslpipe(
+        "eval", "knn", "--model", "models:/sslpipe-simclr@best", "--summary-json", "k.json",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert json.loads((tmp_path / "k.json").read_text())["top1"] == m["knn_top1"]

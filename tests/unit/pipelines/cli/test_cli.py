@@ -82,19 +82,32 @@ def test_unexpected_errors_are_one_line_unless_asked(tmp_path, monkeypatch, caps
         main(["methods"])
 
 
+def test_a_model_looked_up_in_a_store_that_does_not_exist(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    model = ["eval", "knn", "--model", "models:/sslpipe-byol@best", "--data", str(tmp_path)]
+    assert main(model) == 1
+    err = capsys.readouterr().err
+    assert f"sslpipe eval: no MLflow store at {tmp_path / 'mlflow.db'}: the tracking URI " in err
+    assert "pass --tracking-uri" in err
+    assert main(["register", "run-name", "--step", "5"]) == 1
+    assert "no MLflow store at" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []  # reading never creates a store
+
+
 def test_eval_takes_dinos_knn_settings_and_names_a_wrong_section():
-    # DINO reports k = 20, T = 0.07; the defaults k = 200, T = 0.1 are the MoCo demo's
+    # DINO reports k = 20, T = 0.07; without --set the encoder's logged settings stand
     from pipelines.cli.eval import eval_settings
     from pipelines.config.typed import ConfigError
 
     base = ["eval", "knn", "--model", "models:/m@best", "--data", "/shards"]
     dino = ["--set", "eval.knn_k=20", "--set", "eval.knn_temperature=0.07"]
     settings = eval_settings(build_parser().parse_args([*base, *dino]))
-    assert (settings.knn_k, settings.knn_temperature) == (20, 0.07)
-    default = eval_settings(build_parser().parse_args(base))
-    assert (default.knn_k, default.knn_temperature) == (200, 0.1)
+    assert settings == {"knn_k": 20, "knn_temperature": 0.07}
+    assert eval_settings(build_parser().parse_args(base)) == {}  # the logged ones stand
     with pytest.raises(ConfigError, match=r"only eval\.\* keys apply here, got \['optim'\]"):
         eval_settings(build_parser().parse_args([*base, "--set", "optim.base_lr=1"]))
+    with pytest.raises(ConfigError, match=r"'eval\.knn_k'"):  # checked before anything loads
+        eval_settings(build_parser().parse_args([*base, "--set", "eval.knn_k=many"]))
 
 
 def test_dry_run_checks_data_model_and_one_step_without_ray(tmp_path, monkeypatch, capsys):

@@ -100,15 +100,16 @@ def test_neither_probe_is_an_error():
         )
 
 
-def colour_shards(dest, n: int, labeled: bool = True) -> dict[str, int]:
-    """n solid-colour JPEG rows (class i mod 3 bright in channel i mod 3); key -> label."""
+def colour_shards(dest, n: int, labeled: bool = True, first: int = 0) -> dict[str, int]:
+    """n solid-colour JPEG rows, i = first…first+n-1 (class i mod 3 bright in channel
+    i mod 3); key -> label."""
     from PIL import Image
 
     from pipelines.data.shard.writer import Row, write_shards
     from tests.images import encode
 
     rows = []
-    for i in range(n):
+    for i in range(first, first + n):
         colour = [20, 20, 20]
         colour[i % 3] = 120 + (i * 37) % 130
         data = encode(Image.new("RGB", (20, 20), tuple(colour)), "JPEG", quality=95)
@@ -135,3 +136,47 @@ def test_split_errors_name_the_problem(tmp_path):
         evaluate_encoders({"a": MeanColour(8), "b": MeanColour(16)}, split, SETTINGS)
     with pytest.raises(ValueError, match=r"one input side .* got \['None'\]"):
         evaluate_encoders({"a": nn.Identity()}, split, SETTINGS)
+
+
+def test_an_empty_holdout_names_the_split_and_the_fix(tmp_path):
+    labels = colour_shards(tmp_path / "tiny", 6)
+    assert all(key_fraction(k) >= HOLDOUT for k in labels)  # no row falls in the holdout
+    split = EvalSplit(str(tmp_path / "tiny"), "")
+    with pytest.raises(ValueError) as caught:
+        evaluate_encoders({"m": MeanColour()}, split, SETTINGS)
+    message = str(caught.value)
+    assert message.startswith(f"no queries: the fixed 10% of {tmp_path / 'tiny'}'s 6 rows")
+    assert "--eval-data" in message
+    colour_shards(tmp_path / "unlabeled", 6, labeled=False)
+    split = EvalSplit(str(tmp_path / "tiny"), str(tmp_path / "unlabeled"))
+    with pytest.raises(ValueError, match=r"^no queries: .*unlabeled holds no labeled"):
+        evaluate_encoders({"m": MeanColour()}, split, SETTINGS)
+
+
+def test_bank_and_queries_from_the_same_shards_warn(tmp_path):
+    import logging
+    import shutil
+
+    class Records(logging.Handler):
+        def __init__(self) -> None:
+            super().__init__(logging.WARNING)
+            self.messages: list[str] = []
+
+        def emit(self, record: logging.LogRecord) -> None:
+            self.messages.append(record.getMessage())
+
+    colour_shards(tmp_path / "a", 40)
+    shutil.copytree(tmp_path / "a", tmp_path / "copy")  # the same files under another name
+    colour_shards(tmp_path / "b", 20, first=40)  # other images
+    records, frozen = Records(), logging.getLogger("pipelines.eval.frozen")
+    frozen.addHandler(records)
+    try:
+        for queries in ("a", "copy", "b"):
+            split = EvalSplit(str(tmp_path / "a"), str(tmp_path / queries))
+            evaluate_encoders({"m": MeanColour()}, split, SETTINGS)
+    finally:
+        frozen.removeHandler(records)
+    assert len(records.messages) == 2  # "a" itself and its copy
+    message = records.messages[1]
+    assert message.startswith(f"warning: the bank {tmp_path / 'a'} and the queries ")
+    assert "share 3 of 3 shard files" in message and "reads too high" in message

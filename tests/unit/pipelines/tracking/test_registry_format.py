@@ -157,3 +157,20 @@ def test_an_encoder_logged_as_a_pickle_is_refused_not_loaded(registry):
         )
     with pytest.raises(TypeError, match=r"never loaded.*sslpipe register RUN --step N"):
         load_registered(info.model_uri, uri)
+
+
+def test_a_model_not_there_names_the_store_and_what_it_holds(registry):
+    from pipelines.eval.encoders import load_registered
+
+    uri, _, _, _ = registry
+    with pytest.raises(LookupError) as caught:
+        load_registered("models:/nope@best", uri)
+    assert str(caught.value) == (
+        f"no registered model 'nope' at tracking URI {uri} (registered there: enc-resnet, "
+        "enc-torchvision, enc-vit); pass --tracking-uri with the store the run logged to (the "
+        "tracking_uri of its summary)"
+    )
+    with pytest.raises(LookupError, match=r"has no alias 'best' \(its aliases: candidate -> 1;"):
+        load_registered("models:/enc-vit@best", uri)
+    with pytest.raises(LookupError, match=r"has no version 7 \(its versions: 1\)"):
+        load_registered("models:/enc-vit/7", uri)

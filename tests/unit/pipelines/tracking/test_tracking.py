@@ -243,3 +243,116 @@ def test_the_driver_marks_what_a_killed_worker_could_not(store, tmp_path):
         (9, False),
     ]
     assert mark_pruned(run_id, store) == []  # nothing left to mark
+
+
+def test_the_registry_describes_each_encoder_and_its_best(store, monkeypatch):
+    from pipelines.tracking.model_card import model_card
+
+    client = MlflowClient(store)
+    tags = {"sslpipe.data": "/shards/train", "sslpipe.data_manifest_sha256": "0123456789abcdef"}
+    run = client.create_run(client.create_experiment("cards"), run_name="byol-1", tags=tags)
+    cfg = load_config("byol", overrides=parse_set(["eval.knn_k=20", "data.path=/shards/train"]))
+    metrics = {"knn_top1": 0.143, "knn_top1_random_init": 0.101}
+    text, card = model_card(cfg, run, 8, metrics, "bank /shards/train, queries /shards/test")
+    assert text.startswith(
+        "**byol** encoder (Grill et al., NeurIPS 2020; self-distillation), trained 8 epochs on "
+        "`/shards/train` (manifest sha256 `0123456789abcdef`)."
+    )
+    assert (
+        "kNN top-1 **0.143**, against 0.101 for the same architecture at random "
+        "initialisation (weighted kNN, k=20, T=0.1, crop fraction 0.875; bank /shards/train, "
+        "queries /shards/test)."
+    ) in text
+    assert card == {
+        "method": "byol",
+        "family": "self-distillation",
+        "data": "/shards/train",
+        "data_manifest_sha256": "0123456789abcdef",
+        "epochs": "8",
+        "knn_top1": "0.143000",
+        "knn_top1_random_init": "0.101000",
+    }
+
+    monkeypatch.setattr(tracking.mlflow, "register_model", _fake_register(store))
+    tracking.register("file:///c1", store, "card", (), 0.143, text, card)
+    worse, worse_card = model_card(cfg, run, 4, {"knn_top1": 0.12})
+    tracking.register("file:///c2", store, "card", (), 0.12, worse, worse_card)
+    model = client.get_registered_model("card")
+    assert (
+        model.description
+        == f"Version 1 (holds `best`, the highest kNN top-1 registered here):\n\n{text}"
+    )
+    assert model.tags == card
+    version = client.get_model_version("card", "2")
+    assert version.description == worse and version.tags == worse_card
+    assert "random init" not in worse and "against" not in worse
+
+    better, better_card = model_card(cfg, run, 16, {"knn_top1": 0.2})
+    tracking.register("file:///c3", store, "card", (), 0.2, better, better_card)
+    model = client.get_registered_model("card")
+    assert model.description.startswith("Version 3 (holds `best`")
+    assert model.tags == better_card  # version 1's random-init tag went with its card
+
+
+def test_the_run_logs_its_shard_sets_as_dataset_inputs(store, tmp_path):
+    import json
+
+    from pipelines.data.manifest import read_manifest
+    from pipelines.tracking.datasets import log_datasets, manifest_digest
+    from tests.unit.test_frozen_eval import colour_shards
+
+    colour_shards(tmp_path / "run" / "train", 40)
+    colour_shards(tmp_path / "run" / "test", 10, first=40)
+    train, test = str(tmp_path / "run" / "train"), str(tmp_path / "run" / "test")
+    client = MlflowClient(store)
+    run_id = client.create_run(client.create_experiment("inputs")).info.run_id
+    log_datasets(run_id, store, train, test)
+
+    inputs = client.get_run(run_id).inputs.dataset_inputs
+    by_context = {i.tags[0].value: i.dataset for i in inputs}
+    assert sorted(by_context) == ["evaluation", "training"]
+    logged = by_context["training"]
+    assert logged.name == "run/train"
+    assert logged.digest == manifest_digest(read_manifest(train)[0])
+    assert json.loads(logged.source) == {"uri": train}
+    manifest = read_manifest(train)[0]
+    assert json.loads(logged.profile) == {
+        "rows": 40,
+        "classes": 3,
+        "files": 3,  # 16 rows a file
+        "bytes": manifest.total_bytes,
+    }
+    assert json.loads(by_context["evaluation"].profile)["rows"] == 10
+    assert by_context["evaluation"].digest != logged.digest
+
+
+def test_system_metrics_without_psutil_log_nothing_and_say_nothing(store, monkeypatch, capsys):
+    import sys
+
+    from pipelines.tracking.system_metrics import system_metrics
+
+    monkeypatch.setitem(sys.modules, "psutil", None)  # as where psutil is not installed
+    for name in [m for m in sys.modules if m.startswith("mlflow.system_metrics")]:
+        monkeypatch.delitem(sys.modules, name)
+    client = MlflowClient(store)
+    run_id = client.create_run(client.create_experiment("no-psutil")).info.run_id
+    capsys.readouterr()  # MLflow's notices of a new store
+    with system_metrics(run_id, store) as sampling:
+        assert sampling is False
+    assert client.get_run(run_id).data.metrics == {}
+    assert capsys.readouterr() == ("", "")
+
+
+def test_system_metrics_sample_the_machine_while_the_run_trains(store, monkeypatch):
+    import time
+
+    pytest.importorskip("psutil")
+    from pipelines.tracking.system_metrics import system_metrics
+
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.2")
+    client = MlflowClient(store)
+    run_id = client.create_run(client.create_experiment("psutil")).info.run_id
+    with system_metrics(run_id, store) as sampling:
+        assert sampling is True
+        time.sleep(1.5)
+    assert "system/cpu_utilization_percentage" in client.get_run(run_id).data.metrics
