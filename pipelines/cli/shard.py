@@ -80,6 +80,13 @@ def _start_ray(address: str | None, workers: int) -> None:
         start_local_ray(max(1, workers))
 
 
+def check_source(src: str) -> None:
+    """A local SRC that does not exist is a usage error, found before Ray starts. (Patterns
+    such as ``shards-{000..099}.tar`` and remote sources are checked when planned.)"""
+    if "://" not in src and not any(c in src for c in "{*?[") and not os.path.exists(src):
+        raise ConfigError(f"SRC {src}: no such file or directory")
+
+
 def run(args: argparse.Namespace) -> int:
     from pipelines.data.decode import BadImageError
     from pipelines.data.shard.writer import DEFAULT_TARGET_BYTES, ShardOptions
@@ -111,6 +118,7 @@ def run(args: argparse.Namespace) -> int:
     from pipelines.data.shard.destination import check_destination
     from pipelines.data.shard.job import shard
 
+    check_source(src)
     check_destination(src, dest, options.endpoint)  # refusals come before Ray starts
     if args.workers > 0:
         _start_ray(args.address, args.workers)

@@ -122,3 +122,34 @@ def test_dry_run_checks_data_model_and_one_step_without_ray(tmp_path, monkeypatc
     import ray
 
     assert not ray.is_initialized()
+
+
+def test_shard_of_a_missing_source_fails_before_ray_starts(tmp_path, capsys):
+    import ray
+
+    assert main(["shard", str(tmp_path / "none"), str(tmp_path / "out")]) == 2
+    assert f"SRC {tmp_path / 'none'}: no such file or directory" in capsys.readouterr().err
+    assert not ray.is_initialized() and not (tmp_path / "out").exists()
+
+
+def test_a_failed_run_ends_in_a_few_lines_with_the_way_on(tmp_path):
+    from pipelines.config.layers import load_config
+    from pipelines.train.trainer import failure_report
+
+    class WorkerGroupError(RuntimeError):
+        """Ray Train's error names each failed worker's exception by rank."""
+
+    run_dir = tmp_path / "runs" / "simclr-x"
+    (run_dir / "checkpoint_000000046").mkdir(parents=True)
+    (run_dir / "checkpoint_000000023").mkdir()
+    (run_dir / "checkpoint_manager_snapshot.json").write_text("{}")
+    cfg = load_config(overrides={"train": {"name": "simclr-x"}})  # the laptop: max_failures 0
+    worker = WorkerGroupError("Training failed: a worker died\n<traceback lines>")
+    worker.worker_failures = {1: MemoryError("out of memory in forward")}
+    text = failure_report(cfg, worker, 57, str(run_dir))
+    lines = text.splitlines()
+    assert lines[0] == "worker 1 failed: MemoryError: out of memory in forward"
+    assert f"last checkpoint: {run_dir}/checkpoint_000000046" in text
+    assert "resume with: sslpipe pretrain --resume simclr-x" in text
+    assert "--set train.max_failures=3" in text and "last step shown: 57" in text
+    assert len(lines) <= 7 and "traceback" not in text
