@@ -30,7 +30,12 @@ def test_stopped_run_resumes_registers_evaluates_and_embeds(tmp_path, monkeypatc
         "--set", "train.fail_rank=0",
     ]  # fmt: skip
     out = sslpipe("pretrain", *stop, cwd=tmp_path)
-    assert out.returncode != 0
+    assert out.returncode == 1
+    # a few lines, no Ray traceback: what failed, where, and the way on
+    assert "Traceback" not in out.stderr and len(out.stderr.splitlines()) <= 10, out.stderr
+    assert "worker 0 failed" in out.stderr and "/stopme/checkpoint_000000006" in out.stderr
+    assert "resume with: sslpipe pretrain --resume stopme" in out.stderr
+    assert "--set train.max_failures=3" in out.stderr
     client = MlflowClient(uri)
     (run,) = client.search_runs(["1"], filter_string="attributes.run_name = 'stopme'")
     assert run.info.status == "FAILED"
