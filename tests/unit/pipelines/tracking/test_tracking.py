@@ -299,7 +299,7 @@ def test_the_run_logs_its_shard_sets_as_dataset_inputs(store, tmp_path):
 
     from pipelines.data.manifest import read_manifest
     from pipelines.tracking.datasets import log_datasets, manifest_digest
-    from tests.unit.test_frozen_eval import colour_shards
+    from tests.unit.pipelines.eval.test_frozen_eval import colour_shards
 
     colour_shards(tmp_path / "run" / "train", 40)
     colour_shards(tmp_path / "run" / "test", 10, first=40)
