@@ -110,8 +110,14 @@ def test_eval_takes_dinos_knn_settings_and_names_a_wrong_section():
         eval_settings(build_parser().parse_args([*base, "--set", "eval.knn_k=many"]))
 
 
+def no_ray(*args, **kwargs):
+    raise AssertionError("this command must not start Ray")
+
+
 def test_dry_run_checks_data_model_and_one_step_without_ray(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("pipelines.cluster.local.start_local_ray", no_ray)
+    monkeypatch.setattr("ray.init", no_ray)
     small = ["--set", "data.embedded_train_per_class=8", "--set", "data.embedded_test_per_class=2"]
     assert main(["pretrain", "--dry-run", "--batch-size", "16", *small]) == 0
     out = capsys.readouterr().out
@@ -119,17 +125,13 @@ def test_dry_run_checks_data_model_and_one_step_without_ray(tmp_path, monkeypatc
     assert "80 images, 10 classes" in out and "5 per epoch, 40 in all" in out  # 80 // 16 × 8
     assert "global (8, 2, 3, 32, 32) (of a worker batch of 8)" in out  # one worker's share
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "sslpipe-runs").exists()
-    import ray
-
-    assert not ray.is_initialized()
 
 
-def test_shard_of_a_missing_source_fails_before_ray_starts(tmp_path, capsys):
-    import ray
-
+def test_shard_of_a_missing_source_fails_before_ray_starts(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr("pipelines.cli.shard._start_ray", no_ray)
     assert main(["shard", str(tmp_path / "none"), str(tmp_path / "out")]) == 2
     assert f"SRC {tmp_path / 'none'}: no such file or directory" in capsys.readouterr().err
-    assert not ray.is_initialized() and not (tmp_path / "out").exists()
+    assert not (tmp_path / "out").exists()
 
 
 def test_a_failed_run_ends_in_a_few_lines_with_the_way_on(tmp_path):
