@@ -22,11 +22,10 @@ from pipelines.eval.sets import EvalSplit
 
 
 def _ray() -> None:
-    import ray
+    """A local Ray for sets too large to decode here, started as every command starts one."""
+    from pipelines.cluster.local import start_local_ray
 
-    if not ray.is_initialized():
-        ray.init(address="local", log_to_driver=False)
-    ray.data.DataContext.get_current().enable_progress_bars = False
+    start_local_ray()
 
 
 def _rows(path: str) -> int:
