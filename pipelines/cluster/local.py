@@ -1,6 +1,7 @@
 """A local Ray for commands run without ``--address``: started quietly, announced in one line."""
 
 import ray
+import ray.data  # configures its loggers when imported: import it before quieting them
 
 from pipelines.tracking import console
 
@@ -11,7 +12,7 @@ def start_local_ray(num_cpus: int | None = None) -> None:
     start-up notices go to the run log, unless ``-v``."""
     if ray.is_initialized():
         return
-    console.requiet()  # importing Ray installed its own log handlers
+    console.requiet()  # importing Ray (and Ray Data, above) installed their own log handlers
     with console.captured("ray.init"):
         ray.init(
             address="local",

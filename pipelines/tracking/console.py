@@ -94,6 +94,13 @@ def configure(verbose: bool = False) -> None:
         logger.handlers = [_run_log]
         logger.setLevel(logging.INFO)
         logger.propagate = False
+    # their children configured with handlers of their own (Ray Data's, Ray Train's) report
+    # through the parent, so to the run log too
+    for name, logger in list(logging.root.manager.loggerDict.items()):
+        family = name.split(".")[0] in THIRD_PARTY and name not in THIRD_PARTY
+        if family and isinstance(logger, logging.Logger):
+            logger.handlers = []
+            logger.propagate = True
 
 
 @contextlib.contextmanager
