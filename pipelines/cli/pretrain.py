@@ -189,7 +189,20 @@ def summary_text(summary: dict) -> str:
         f"  registered model  {summary['registered_model_uri'] or '(not registered)'}",
         f"  model             {summary['model_uri']}",
         f"  checkpoint        {summary['checkpoint']}",
-        f"  time              {summary['wall_seconds']:.0f} s",
+        f"  time              {summary['wall_seconds']:.0f} s{time_split(summary)}",
         f"  MLflow UI         {summary['mlflow_ui']}",
     ]
     return "\n".join(lines)
+
+
+def time_split(summary: dict) -> str:
+    """`` (start-up 20 s, training 90 s = 75%, evaluation and registry 10 s)``, or nothing
+    without timings."""
+    t, wall = summary.get("timings") or {}, summary["wall_seconds"]
+    if not t or wall <= 0:
+        return ""
+    share = t["training_s"] / wall
+    return (
+        f"  (start-up {t['startup_s']:.0f} s, training {t['training_s']:.0f} s = {share:.0%}, "
+        f"evaluation and registry {t['wrap_up_s']:.0f} s)"
+    )

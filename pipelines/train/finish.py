@@ -3,6 +3,7 @@ encoders, every metric still pending, the encoder as an MLflow model, the regist
 """
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -61,9 +62,11 @@ def finish(
     eval_note: str,
     started: float,
     num_classes: int = 0,
+    timings: Callable[[float], dict[str, float]] | None = None,
 ) -> dict[str, Any]:
     """Curves, the encoder as a model, the registry, the summary; the run ends FINISHED.
-    ``num_classes``: of the evaluation set, for the kNN curve's chance line."""
+    ``num_classes``: of the evaluation set, for the kNN curve's chance line. ``timings``: the
+    wall-time breakdown from ``started`` (``progress.Follower.timings``) for the summary."""
     from pipelines.tracking.curves import plot_curves
 
     uri = cfg.tracking.uri
@@ -97,6 +100,7 @@ def finish(
         "checkpoint": f"{cfg.train.storage}/{cfg.train.name}/checkpoint_{state['step']:09d}",
         "steps": state["step"],
         "wall_seconds": round(time.time() - started, 1),
+        "timings": timings(started) if timings else {},
         "mlflow_ui": tracking.ui_command(uri),
     }
     mark_pruned(run_id, uri)  # the tags of a killed worker may not have left it

@@ -183,6 +183,8 @@ def train_epoch(
             log.warning("epoch %d ended after %d of %d steps (rows skipped?)", epoch, i, budget)
             break
         result = train_step(w, batch)
+        if w.step == w.resumed_from + 1 and w.rank == 0:  # start-up ends here (summary timings)
+            progress.post(w.loop_config.get("progress_board", ""), {"kind": "first_step"})
         loss.add(result.loss)
         w.window_loss.add(result.loss)
         if w.step % w.cfg.train.log_every_steps == 0:

@@ -8,6 +8,7 @@ Ray's logs, so the console shows this and nothing else.
 
 import contextlib
 import threading
+import time
 import uuid
 from typing import Any
 
@@ -43,19 +44,24 @@ def create_board(run: str = "") -> tuple[str, ray.actor.ActorHandle]:
 
 
 def post(name: str, event: dict[str, Any]) -> None:
-    """From rank 0: put ``event`` on the board ``name``; no board, no-op; never waits."""
+    """From rank 0: put ``event`` on the board ``name``, stamped with this host's clock
+    (``time``); no board, no-op; never waits."""
     if not name:
         return
     with contextlib.suppress(ValueError):  # the board is gone (its driver stopped following)
-        ray.get_actor(name, namespace=_NAMESPACE).post.remote(event)
+        ray.get_actor(name, namespace=_NAMESPACE).post.remote({**event, "time": time.time()})
 
 
 class Follower:
-    """Driver side: a thread that moves the board's events onto a :class:`TrainingBar`."""
+    """Driver side: a thread that moves the board's events onto a :class:`TrainingBar`, and
+    keeps when rank 0 finished its first step and its last epoch (``first_step_at``,
+    ``last_epoch_at``: wall-clock seconds, None until seen)."""
 
     def __init__(self, board: ray.actor.ActorHandle, bar: TrainingBar) -> None:
         self.board, self.bar = board, bar
         self.seen = 0
+        self.first_step_at: float | None = None
+        self.last_epoch_at: float | None = None
         self.lock = threading.Lock()
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=self._run, name="sslpipe-progress", daemon=True)
@@ -85,9 +91,26 @@ class Follower:
 
     def show(self, events: list[dict[str, Any]]) -> None:
         for e in events:
-            if e["kind"] == "step":
+            if e["kind"] == "first_step":
+                self.first_step_at = self.first_step_at or e.get("time")
+            elif e["kind"] == "step":
                 self.bar.update(e["step"], e["epoch"], e["loss"], e["images_per_sec"], e["wait"])
             else:
+                self.last_epoch_at = e.get("time")
                 self.bar.epoch_done(
                     e["epoch"], e["step"], e["loss"], e["images_per_sec"], e["wait"], e.get("knn")
                 )
+
+    def timings(self, started: float) -> dict[str, float]:
+        """Where the run's wall time went, from ``started`` to now: ``startup_s`` (Ray, the
+        dataset, workers, up to the end of the first step), ``training_s`` (to the end of the
+        last epoch), ``wrap_up_s`` (evaluation, logging, registration: the rest so far).
+        Empty when the marks were not seen (a run with no steps to do)."""
+        if self.first_step_at is None or self.last_epoch_at is None:
+            return {}
+        now = time.time()
+        return {
+            "startup_s": round(self.first_step_at - started, 1),
+            "training_s": round(self.last_epoch_at - self.first_step_at, 1),
+            "wrap_up_s": round(now - self.last_epoch_at, 1),
+        }

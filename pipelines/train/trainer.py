@@ -231,7 +231,9 @@ def pretrain(cfg: Config, resume_run_id: str | None = None) -> dict[str, Any]:
     console.phase("logging the encoder to MLflow and registering it")
     classes = len(manifest.class_names)
     trained = encoders["trained"]
-    return finish(cfg, run_id, state, trained, summary_metrics, eval_note, started, classes)
+    return finish(
+        cfg, run_id, state, trained, summary_metrics, eval_note, started, classes, follower.timings
+    )
 
 
 class RunFailed(RuntimeError):
