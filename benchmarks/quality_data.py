@@ -11,8 +11,16 @@ _TARBALL = Path("shared") / "data" / "cifar10-jpeg.tar.gz"
 CIFAR_CANDIDATES = [Path(__file__).resolve().parents[1].parent / _TARBALL, Path("/work") / _TARBALL]
 
 
-def prepare_cifar(tarball: Path, cache: Path, train_per_class: int, test_per_class: int) -> tuple:
+def prepare_cifar(
+    tarball: Path,
+    cache: Path,
+    train_per_class: int,
+    test_per_class: int,
+    keep_folders: bool = False,
+) -> tuple:
     """Shards of the first ``*_per_class`` images (sorted names) of every class, train and test.
+    With ``keep_folders`` the JPEG files stay beside them in ImageFolder layout
+    (``folder-train/<class>/…``), for a reader that is not sslpipe's.
 
     The tarball is gzip-compressed: members are read in stream order (two passes: the names,
     then the chosen files), since reading them in another order re-decompresses from the start."""
@@ -22,7 +30,13 @@ def prepare_cifar(tarball: Path, cache: Path, train_per_class: int, test_per_cla
     root = cache / f"cifar10-{train_per_class}-{test_per_class}"
     splits = {"train": train_per_class, "test": test_per_class}
     dests = {split: root / f"shards-{split}" for split in splits}
-    todo = [s for s in splits if not (dests[s] / "_manifest.json").exists()]
+    folders = {split: root / f"folder-{split}" for split in splits}
+    todo = [
+        s
+        for s in splits
+        if not (dests[s] / "_manifest.json").exists()
+        or (keep_folders and not (folders[s] / ".complete").exists())
+    ]
     if todo:
         with tarfile.open(tarball) as tar:
             names = sorted(m.name for m in tar if m.isfile())
@@ -36,16 +50,19 @@ def prepare_cifar(tarball: Path, cache: Path, train_per_class: int, test_per_cla
                 taken[parts[1]] = taken.get(parts[1], 0) + 1
                 chosen[name] = root / f"folder-{split}" / parts[1] / parts[2]
         for split in todo:
-            shutil.rmtree(root / f"folder-{split}", ignore_errors=True)
+            shutil.rmtree(folders[split], ignore_errors=True)
+            shutil.rmtree(dests[split], ignore_errors=True)
         with tarfile.open(tarball) as tar:
             for m in tar:
                 if m.name in chosen:
                     chosen[m.name].parent.mkdir(parents=True, exist_ok=True)
                     chosen[m.name].write_bytes(tar.extractfile(m).read())
         for split in todo:
-            folder = root / f"folder-{split}"
-            shard(str(folder), str(dests[split]), ShardOptions(), workers=0, progress=False)
-            shutil.rmtree(folder)
+            shard(str(folders[split]), str(dests[split]), ShardOptions(), workers=0, progress=False)
+            if keep_folders:
+                (folders[split] / ".complete").touch()
+            else:
+                shutil.rmtree(folders[split])
     return tuple(str(dests[s]) for s in splits)
 
 

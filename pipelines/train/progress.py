@@ -104,8 +104,9 @@ class Follower:
     def timings(self, started: float) -> dict[str, float]:
         """Where the run's wall time went, from ``started`` to now: ``startup_s`` (Ray, the
         dataset, workers, up to the end of the first step), ``training_s`` (to the end of the
-        last epoch), ``wrap_up_s`` (evaluation, logging, registration: the rest so far).
-        Empty when the marks were not seen (a run with no steps to do)."""
+        last epoch), ``wrap_up_s`` (evaluation, logging, registration: the rest so far), and
+        ``first_step_at`` (Unix time) for a caller timing from its own start. Empty when the
+        marks were not seen (a run with no steps to do)."""
         if self.first_step_at is None or self.last_epoch_at is None:
             return {}
         now = time.time()
@@ -113,4 +114,5 @@ class Follower:
             "startup_s": round(self.first_step_at - started, 1),
             "training_s": round(self.last_epoch_at - self.first_step_at, 1),
             "wrap_up_s": round(now - self.last_epoch_at, 1),
+            "first_step_at": round(self.first_step_at, 3),
         }

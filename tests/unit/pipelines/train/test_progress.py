@@ -27,6 +27,7 @@ def test_timings_split_the_run_at_the_first_step_and_the_last_epoch():
     assert t["startup_s"] == 20.0
     assert t["training_s"] == 60.0  # the first step's end to the last epoch's end
     assert 19.5 <= t["wrap_up_s"] <= 21.0  # the last epoch's end to now
+    assert t["first_step_at"] == round(started + 20.0, 3)
     assert f.bar.step == 20
 
 
