@@ -1,4 +1,5 @@
-"""Input-pipeline throughput, SimCLR two views at 224, in one run (not a test: no assertions).
+"""Input-pipeline throughput, SimCLR two views at 224, in one run (not a test: no assertions);
+with --per-recipe, one core's cost per image of each paper recipe.
 
     flock /tmp/sslpipe-heavy.lock env PYTHONPATH=$PWD .venv/bin/python \\
         benchmarks/data_throughput.py --images 3000
@@ -25,7 +26,7 @@ does not inflate them; ``wall_over_cpu`` above 1 says how much it slowed the run
 docs/capacity.md turns the rates into cores per GPU:
 
     flock /tmp/sslpipe-heavy.lock env PYTHONPATH=$PWD .venv/bin/python \\
-        benchmarks/data_throughput.py --per-recipe --photos 200
+        benchmarks/data_throughput.py --per-recipe --photos 1000
 """
 
 import argparse
@@ -38,6 +39,7 @@ import platform
 import random
 import tarfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 # the checkout's sibling ``shared/`` (main in /work/main) or the machine's /work/shared: a
@@ -231,7 +233,7 @@ def describe_views(views) -> str:
     return " + ".join(f"{g.count}×{g.size}" for g in views.groups.values() if g.count > 0)
 
 
-def recipe_costs(method: str, photos: list[bytes], sets: list[str] = (), seed: int = 0) -> dict:
+def recipe_costs(method: str, photos: list[bytes], sets: Sequence[str] = (), seed: int = 0) -> dict:
     """One core's cost per image of ``method``'s paper-profile views: decode, geometry and
     photometric in CPU ms, and the images/s of one core with photometric on the CPU and on the
     GPU (``sets``: ``KEY=VALUE`` overrides, as ``--set``)."""
@@ -322,7 +324,7 @@ def main() -> None:
         help="one core's decode / geometry / photometric cost per image of each paper recipe",
     )
     parser.add_argument("--recipes", nargs="+", default=list(RECIPES), help="with --per-recipe")
-    parser.add_argument("--photos", type=int, default=200, help="with --per-recipe")
+    parser.add_argument("--photos", type=int, default=1000, help="with --per-recipe")
     parser.add_argument(
         "--set",
         action="append",
