@@ -232,6 +232,11 @@ class TrainingBar:
         self.bar = progress_bar("training", total_steps, "step", self.stream, start_step, interval)
         self.step = start_step
 
+    def started(self) -> None:
+        """The first step is done: rate and ETA count from now, not from before the start-up
+        (tens of seconds of Ray, workers and the first batch would read as seconds per step)."""
+        self.bar.unpause()
+
     def update(
         self, step: int, epoch: int, loss: float, images_per_sec: float, wait: float
     ) -> None:

@@ -92,6 +92,8 @@ class Follower:
     def show(self, events: list[dict[str, Any]]) -> None:
         for e in events:
             if e["kind"] == "first_step":
+                if self.first_step_at is None:
+                    self.bar.started()
                 self.first_step_at = self.first_step_at or e.get("time")
             elif e["kind"] == "step":
                 self.bar.update(e["step"], e["epoch"], e["loss"], e["images_per_sec"], e["wait"])

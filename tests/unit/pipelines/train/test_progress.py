@@ -54,3 +54,14 @@ def test_the_summary_line_gives_the_training_share():
         "  (start-up 30 s, training 150 s = 75%, evaluation and registry 20 s)"
     )
     assert time_split({"wall_seconds": 200.0, "timings": {}}) == ""
+
+
+def test_rate_and_eta_count_from_the_first_step_not_the_start_up():
+    f = follower()
+    f.bar.bar.start_t -= 60.0  # a minute of start-up before any step
+    f.bar.bar.last_print_t -= 60.0
+    f.show([{"kind": "first_step", "time": time.time()}])
+    f.show([step("step", 10, time.time())])
+    assert f.bar.bar.format_dict["elapsed"] < 5.0  # not the minute of start-up
+    rate = f.bar.bar.format_dict["rate"]
+    assert rate is None or rate > 1.0  # steps/s: 10 steps in well under a minute
