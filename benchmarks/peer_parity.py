@@ -229,8 +229,8 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     results = out / "parity.json"
     records = json.loads(results.read_text()) if results.exists() else []
-    for method in args.methods:
-        for seed in range(args.seeds):
+    for seed in range(args.seeds):  # every method once before any twice: a cut run covers all
+        for method in args.methods:
             sides = {"sslpipe": sslpipe_side, "lightly": lightly_side}
             order = list(sides) if seed % 2 == 0 else list(sides)[::-1]
             config, resolved = user_config(method, seed, args.epochs, data, out)
