@@ -10,7 +10,7 @@ Two halves around Ray Data's stream:
   views instead; their keys are the *fallbacks*, counted like bad images (``bad_images.py``).
 - Device side, :func:`decode_views`: decodes the batch's JPEGs at once with
   ``torchvision.io.decode_jpeg`` (nvJPEG on CUDA), applies the EXIF orientation, crops and
-  resizes with PIL's antialiased bilinear filter (``resize(box=...)``) and flips, and returns
+  resizes with PIL's antialiased bilinear filter (see :func:`crop_views`) and flips, and returns
   the uint8 views ``(B, V, 3, S, S)`` per group that the CPU path would have sent: the
   photometric step and normalisation then run in ``TrainStep`` as for every batch.
 
@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from pipelines.data.decode import (
     BadImageError,
@@ -125,39 +126,19 @@ def orient(img: torch.Tensor, exif: int) -> torch.Tensor:
     return img
 
 
-def _resample_weights(lo: float, hi: float, side: int, size: int) -> tuple[int, torch.Tensor]:
-    """PIL's bilinear resampling of the span [lo, hi) of an axis of ``side`` pixels onto
-    ``size`` pixels, as a matrix: (first input pixel used, weights (size, n)). The triangle
-    filter widens by the shrink factor (antialiasing) and reaches past the span into the image,
-    as ``Image.resize(box=...)`` does (PIL's ``precompute_coeffs``)."""
-    scale = (hi - lo) / size
-    support = max(scale, 1.0)  # the triangle's half-width in input pixels
-    centre = lo + (torch.arange(size, dtype=torch.float64) + 0.5) * scale  # (size,)
-    first = (centre - support + 0.5).floor().clamp(min=0)
-    last = (centre + support + 0.5).floor().clamp(max=side)  # exclusive
-    start, stop = int(first.min()), int(last.max())
-    x = torch.arange(start, stop, dtype=torch.float64)  # (n,)
-    w = (1 - ((x[None] - centre[:, None] + 0.5) / support).abs()).clamp(min=0)  # (size, n)
-    w = w * ((x[None] >= first[:, None]) & (x[None] < last[:, None]))
-    return start, (w / w.sum(1, keepdim=True)).float()
-
-
 def crop_views(
     img: torch.Tensor, boxes: torch.Tensor, flips: torch.Tensor, size: int
 ) -> torch.Tensor:
-    """Cut and resize views from one image as PIL's ``resize((size, size), BILINEAR, box)``.
-    img: (3, H, W) uint8 in the displayed orientation; boxes: (V, 4) (left, top, right,
-    bottom); flips: (V,) bool -> (V, 3, size, size) uint8. Each view is two small matrix
-    products over the pixels its filter reaches (one rounding where PIL rounds after each
-    pass: they differ by at most 1)."""
-    _, height, width = img.shape
+    """Cut and resize views from one image. img: (3, H, W) uint8 in the displayed orientation;
+    boxes: (V, 4) integer (left, top, right, bottom); flips: (V,) bool -> (V, 3, size, size)
+    uint8. Bilinear, antialiased when shrinking: PIL's filter and pixel centres, except that
+    the filter reads only the box, where PIL's ``resize(box=...)`` reaches up to half a
+    shrink factor past it; the two differ in the outermost pixels only (by a few levels).
+    Reading past the box as PIL does (gathered taps) cost 7× more on CPU."""
     views = []
     for (left, top, right, bottom), flip in zip(boxes.tolist(), flips.tolist(), strict=True):
-        x0, wx = _resample_weights(left, right, width, size)  # (S, nx)
-        y0, wy = _resample_weights(top, bottom, height, size)  # (S, ny)
-        region = img[:, y0 : y0 + wy.shape[1], x0 : x0 + wx.shape[1]].float()  # (3, ny, nx)
-        wx, wy = wx.to(img.device), wy.to(img.device)
-        view = torch.einsum("sy,cyx,tx->cst", wy, region, wx)  # (3, S, S)
+        crop = img[:, int(top) : int(bottom), int(left) : int(right)].unsqueeze(0).float()
+        view = F.interpolate(crop, (size, size), mode="bilinear", antialias=True)[0]
         views.append(view.flip(-1) if flip else view)
     return torch.stack(views).round_().clamp_(0, 255).to(torch.uint8)  # (V, 3, S, S)
 
