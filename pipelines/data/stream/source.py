@@ -132,7 +132,7 @@ def view_dataset(
     """Shard rows -> uint8 views per group plus labels (see ``views.ViewMaker``), or with
     ``views.decode_device: train`` the encoded rows and their crops (``plan_views``)."""
     kwargs = {"views": views, "bad_images": cfg.data.bad_images, "counter": counter}
-    on_device = views.decode_device == "train" and views.recipe == "crops"
+    on_device = views.decode_device == "train"  # crops only (config checks)
     return ds.map_batches(
         plan_views if on_device else make_views,
         fn_kwargs={**kwargs, "fallbacks": fallbacks} if on_device else kwargs,
