@@ -15,6 +15,10 @@ images/s, each from its first batch to its end (start-up excluded alike), of:
       consuming process (augment_device = train); without a GPU that device is this process's
       CPU, which shares the same cores with the decoding tasks
   (d) the decode-only ceiling: full PIL decode to RGB, no augmentation, `cores` processes
+  (e) sslpipe's Ray Data path with decoding on the "training device" too
+      (views.decode_device = train): the tasks read JPEG headers and draw crops, the consuming
+      process decodes (torchvision decode_jpeg), crops, resizes and augments; on CPU the same
+      caveat as (c)
 
 ``--per-recipe`` measures instead what one core does for each paper recipe (``--recipes``, their
 ``--profile paper`` views): one process, one torch thread, the real ``ViewMaker`` and
@@ -170,10 +174,11 @@ def decode_rate(folder: Path, cores: int) -> float:
         return n / (time.perf_counter() - start)
 
 
-def ray_rate(shards: Path, cores: int, augment_device: str) -> float:
+def ray_rate(shards: Path, cores: int, augment_device: str, decode_device: str = "cpu") -> float:
     import torch
 
     from pipelines.config.layers import load_config, parse_set
+    from pipelines.data.stream.device_views import decode_views
     from pipelines.data.stream.source import training_dataset
     from pipelines.data.stream.views import prepare_views
 
@@ -184,6 +189,7 @@ def ray_rate(shards: Path, cores: int, augment_device: str) -> float:
                 f"data.path={shards}",
                 f"data.decode_tasks={cores}",
                 f"views.augment_device={augment_device}",
+                f"views.decode_device={decode_device}",
             ]
         ),
     )
@@ -192,12 +198,17 @@ def ray_rate(shards: Path, cores: int, augment_device: str) -> float:
     torch.set_num_threads(1)
 
     def consume(batch) -> int:
+        if decode_device == "train":  # what the train loop does before TrainStep
+            batch = decode_views(batch, cfg.views, device)[0]
         if augment_device == "train":  # what TrainStep does on its device before the model
             prepare_views(batch, cfg.views, device, g)
         return len(batch["label"])
 
-    ds.iter_torch_batches(batch_size=BATCH)
-    return timed(ds.iter_torch_batches(batch_size=BATCH, prefetch_batches=2), consume)
+    if decode_device == "train":  # encoded rows: numpy batches, as the train loop reads them
+        batches = ds.iter_batches(batch_size=BATCH, prefetch_batches=2, batch_format="numpy")
+    else:
+        batches = ds.iter_torch_batches(batch_size=BATCH, prefetch_batches=2)
+    return timed(batches, consume)
 
 
 @contextlib.contextmanager
@@ -349,6 +360,7 @@ def main() -> None:
     ray.data.DataContext.get_current().enable_progress_bars = False
     rates["b_sslpipe_cpu"] = ray_rate(shards, args.cores, "cpu")
     rates["c_sslpipe_train"] = ray_rate(shards, args.cores, "train")
+    rates["e_sslpipe_decode_train"] = ray_rate(shards, args.cores, "train", "train")
     ray.shutdown()
 
     a, d = rates["a_torchvision"], rates["d_decode_only"]
@@ -360,6 +372,7 @@ def main() -> None:
         "images_per_sec": {k: round(v, 1) for k, v in rates.items()},
         "b_over_a": round(rates["b_sslpipe_cpu"] / a, 2),
         "c_over_a": round(rates["c_sslpipe_train"] / a, 2),
+        "e_over_a": round(rates["e_sslpipe_decode_train"] / a, 2),
         "fraction_of_d": {k: round(v / d, 3) for k, v in rates.items()},
     }
     print(json.dumps(report, indent=2))

@@ -1,6 +1,8 @@
 """GPU check: one bf16 training step of every registered method at its recipe's resolution (224
-for the papers' recipes), then ResNet-50 SimCLR images/s. Needs PyTorch, Pillow, numpy and
-PyYAML, not Ray or MLflow (the GPU machine has neither).
+for the papers' recipes), then ResNet-50 SimCLR images/s, then images/s of decoding and making
+SimCLR's views on the CPU (``views.decode_device: cpu``, one core) against on the GPU
+(``decode_device: train``: nvJPEG). Needs PyTorch, torchvision, Pillow, numpy and PyYAML, not
+Ray or MLflow (the GPU machine has neither).
 
     benchmarks/gpu_check.sh                 # on a GPU: the full check, under 5 minutes
     python -m benchmarks.gpu_check --tiny --device cpu   # the same code at toy sizes (a test)
@@ -162,6 +164,81 @@ def simclr_throughput(tiny: bool, device: torch.device, steps: int) -> tuple[flo
     return steps * cfg.train.batch_size / (time.perf_counter() - t0), cfg
 
 
+def decode_throughput(tiny: bool, device: torch.device, images: int) -> dict[str, float]:
+    """Images/s from JPEG bytes to augmented, normalised SimCLR views on ``device``, batches
+    of 256 (tiny: 16) ImageNet-sized JPEGs (500×375; tiny 64×48), as Ray Data's tasks and the
+    train loop would run them but in this process: ``cpu``, the CPU path (decode, crops on
+    one core, photometric on the device); ``plan``, the CPU side of ``decode_device: train``
+    alone (headers and crop geometry, one core); ``device``, its device side (decode, crops,
+    photometric on the device)."""
+    from pipelines.data.stream.device_views import CropPlanner, decode_views
+    from pipelines.data.stream.views import ViewMaker, prepare_views
+
+    cfg = load_config(
+        "simclr",
+        overrides={
+            "views": {"decode_device": "train"},
+            **({} if tiny else {"data": {"path": "x"}}),
+        },
+    )
+    batch = 16 if tiny else 256
+    w, h = (64, 48) if tiny else (500, 375)
+    jpegs = [encode_jpeg(p) for p in synthetic_photos(min(images, batch), w, h)]
+    rows = {
+        "key": np.array([f"synthetic/{i}.jpg" for i in range(batch)], dtype=object),
+        "image": np.array([jpegs[i % len(jpegs)] for i in range(batch)], dtype=object),
+        "label": np.zeros(batch, dtype=np.int64),
+    }
+    g = torch.Generator(device=device).manual_seed(0)
+    cpu_views = dataclasses.replace(cfg.views, decode_device="cpu")
+    planner, maker = CropPlanner(cfg.views, seed=0), ViewMaker(cpu_views, seed=0)
+
+    def cpu_path() -> None:
+        made = {k: torch.from_numpy(v) for k, v in maker(rows).items()}
+        prepare_views(made, cfg.views, device, g)
+
+    planned = planner(rows)
+
+    def device_path() -> None:
+        prepare_views(decode_views(planned, cfg.views, device)[0], cfg.views, device, g)
+
+    rates = {}
+    for name, run in (("cpu", cpu_path), ("plan", lambda: planner(rows)), ("device", device_path)):
+        run()  # warm-up: nvJPEG handles, kernels, allocator
+        sync(device)
+        t0, n = time.perf_counter(), 0
+        while n < images:
+            run()
+            n += batch
+        sync(device)
+        rates[name] = n / (time.perf_counter() - t0)
+    return rates
+
+
+def synthetic_photos(n: int, width: int, height: int, seed: int = 0) -> list[np.ndarray]:
+    """Smooth colour fields with mild noise: JPEG sizes like photos' (noise alone would not be)."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    out = []
+    for _ in range(n):
+        phase, freq = rng.uniform(0, 6.28, 3), rng.uniform(2, 12, 3)
+        rgb = [
+            127 + 100 * np.sin(x / width * freq[c] + phase[c]) * np.cos(y / height * freq[c])
+            for c in range(3)
+        ]
+        pixels = np.stack(rgb, -1) + rng.normal(0, 6, (height, width, 3))
+        out.append(np.clip(pixels, 0, 255).astype(np.uint8))
+    return out
+
+
+def encode_jpeg(pixels: np.ndarray, quality: int = 90) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--tiny", action="store_true", help="32-pixel laptop profile, batch 4")
@@ -170,6 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, help="timed SimCLR steps (default 20; tiny 2)")
     p.add_argument("--methods", nargs="*", help="only these method keys")
     p.add_argument("--budget-s", type=float, default=240.0, help="skip methods after this")
+    p.add_argument("--decode-images", type=int, help="images per decode path (default 1024)")
     args = p.parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cpu" and not args.tiny:
@@ -199,6 +277,14 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"\nSimCLR {cfg.backbone.name} {describe_views(cfg)} batch {cfg.train.batch_size} bf16: "
         f"{ips:.0f} images/s  ({name})"
+    )
+    n = args.decode_images or (32 if args.tiny else 1024)
+    rates = decode_throughput(args.tiny, device, n)
+    size = "64x48" if args.tiny else "500x375"
+    print(
+        f"decode + SimCLR views ({size} JPEGs): CPU path {rates['cpu']:.0f} images/s on one "
+        f"core; decode_device train: {rates['device']:.0f} images/s on {name}, its CPU side "
+        f"{rates['plan']:.0f} images/s on one core"
     )
     print(f"gpu_check: {time.perf_counter() - started:.0f} s")
     return 0 if all(r.status == "ok" for r in rows) else 1

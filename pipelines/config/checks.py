@@ -54,6 +54,24 @@ def check_training(cfg: Config) -> None:
             )
 
 
+def check_decode_device(cfg: Config) -> None:
+    """Views decoded on the training device are random crops whose photometric step follows
+    them there (``device_views.py``)."""
+    views = cfg.views
+    if views.decode_device != "train":
+        return
+    if views.recipe != "crops":
+        raise ConfigError(
+            f"config key 'views.decode_device': 'train' decodes random crops only; the "
+            f"{views.recipe} recipe cuts its views on the CPU side (set views.decode_device: cpu)"
+        )
+    if views.augment_device != "train":
+        raise ConfigError(
+            "config key 'views.augment_device': must be 'train' with views.decode_device: train "
+            "(the views are first made on the training device, so colour and blur run there too)"
+        )
+
+
 def check_recipe(cfg: Config) -> None:
     """A pretext recipe's view group must exist with its fixed view count, and its settings
     must agree with the method's (a mismatch would otherwise fail deep inside a Ray task)."""

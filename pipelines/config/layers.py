@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from pipelines.config.checks import check_recipe, check_training
+from pipelines.config.checks import check_decode_device, check_recipe, check_training
 from pipelines.config.schema import Config
 from pipelines.config.typed import ConfigError, coerce, from_dict, to_dict
 
@@ -124,6 +124,7 @@ def build_config(data: dict[str, Any]) -> Config:
     cfg = replace(cfg, method_args=args)
     check_training(cfg)
     check_recipe(cfg)
+    check_decode_device(cfg)
     return cfg
 
 

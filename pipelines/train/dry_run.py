@@ -16,6 +16,7 @@ import torch
 
 from pipelines.config.schema import Config
 from pipelines.data.manifest import Manifest, join, read_manifest
+from pipelines.data.stream.device_views import CropPlanner, decode_views
 from pipelines.data.stream.views import view_maker
 from pipelines.train.model import build_method
 from pipelines.train.step import TrainStep, place
@@ -61,10 +62,14 @@ def dry_run(cfg: Config, train_path: str) -> dict[str, Any]:
     per_worker = cfg.train.batch_size // cfg.train.workers
     rows, manifest = first_rows(train_path, cfg.data.s3_endpoint, min(per_worker, MAX_ROWS))
     spe = steps_per_epoch(cfg, manifest, train_path)
-    views = view_maker(cfg.views, cfg.data.bad_images, seed=cfg.train.seed)(rows)
+    device = torch.device("cpu")
+    if cfg.views.decode_device == "train":  # the training device's half on this CPU
+        planned = CropPlanner(cfg.views, cfg.data.bad_images, seed=cfg.train.seed)(rows)
+        views = decode_views(planned, cfg.views, device, cfg.data.bad_images)[0]
+    else:
+        views = view_maker(cfg.views, cfg.data.bad_images, seed=cfg.train.seed)(rows)
     labels = torch.as_tensor(views.pop("label")) if "label" in views else None
     batch = {k: torch.as_tensor(np.asarray(v)) for k, v in views.items() if k != "key"}
-    device = torch.device("cpu")
     torch.manual_seed(cfg.train.seed)
     method = place(build_method(cfg), cfg, device)
     step = TrainStep(method, cfg, device, spe * cfg.train.epochs, spe, len(manifest.class_names))

@@ -30,7 +30,8 @@ import torch
 
 from pipelines.config.layers import build_config
 from pipelines.config.schema import Config
-from pipelines.data.stream.bad_images import bad_image_count
+from pipelines.data.stream.bad_images import bad_image_count, record_bad_images
+from pipelines.data.stream.device_views import decode_views
 from pipelines.eval.monitors import KnnMonitor
 from pipelines.tracking.secrets import redact_tree
 from pipelines.train import progress
@@ -96,10 +97,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     shard = ray.train.get_dataset_shard("train")
     end_epoch = min(cfg.train.epochs, loop_config.get("stop_epoch") or cfg.train.epochs)
     for epoch in range(first_epoch, end_epoch):
-        batches = shard.iter_torch_batches(
-            batch_size=cfg.train.batch_size // w.world, drop_last=True, prefetch_batches=2
-        )
-        loss, throughput = train_epoch(w, iter(batches), epoch, done if epoch == first_epoch else 0)
+        batches = epoch_batches(w, shard)
+        loss, throughput = train_epoch(w, batches, epoch, done if epoch == first_epoch else 0)
         metrics = summarise_epoch(w, epoch, loss, throughput, monitor)
         every = cfg.train.checkpoint_every_steps
         if (
@@ -162,6 +161,24 @@ def resume(w: Worker) -> tuple[int, int]:
     if done >= w.steps_per_epoch:
         return index + 1, 0
     return index, done
+
+
+def epoch_batches(w: Worker, shard: Any) -> Iterator[dict[str, torch.Tensor]]:
+    """This worker's batches of one pass over its dataset shard: uint8 views as torch tensors,
+    or with ``views.decode_device: train`` encoded rows decoded into views on the training
+    device here (``device_views.py``; its time counts as waiting for data)."""
+    size = w.cfg.train.batch_size // w.world
+    if w.cfg.views.decode_device != "train":
+        yield from shard.iter_torch_batches(batch_size=size, drop_last=True, prefetch_batches=2)
+        return
+    counters = w.loop_config
+    for rows in shard.iter_batches(
+        batch_size=size, drop_last=True, prefetch_batches=2, batch_format="numpy"
+    ):
+        batch, report = decode_views(rows, w.cfg.views, w.trainer.device, w.cfg.data.bad_images)
+        record_bad_images(counters.get("decode_fallbacks_counter", ""), report.fallbacks)
+        record_bad_images(counters.get("bad_images_counter", ""), report.skipped)
+        yield batch
 
 
 def train_epoch(
@@ -228,8 +245,11 @@ def log_step(w: Worker, result: StepResult, epoch: int) -> None:
             },
         )
         if w.metrics_log is not None:
-            bad = bad_image_count(w.loop_config.get("bad_images_counter", ""))
-            w.metrics_log.log({**values, **speed, "epoch": epoch + 1, "bad_images": bad}, w.step)
+            values["bad_images"] = bad_image_count(w.loop_config.get("bad_images_counter", ""))
+            fallbacks = w.loop_config.get("decode_fallbacks_counter", "")
+            if fallbacks:
+                values["decode_fallbacks"] = bad_image_count(fallbacks)
+            w.metrics_log.log({**values, **speed, "epoch": epoch + 1}, w.step)
     w.window.reset()
     w.window_loss.reset()
 

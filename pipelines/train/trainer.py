@@ -160,7 +160,10 @@ def pretrain(cfg: Config, resume_run_id: str | None = None) -> dict[str, Any]:
     split, eval_note = resolve_data(cfg)
     ensure_ray(cfg)
     counter = create_counter()  # undecodable images skipped by the data tasks
-    ds, manifest = training_dataset(cfg, split.train, counter)
+    fallbacks = ""  # rows views.decode_device: train decoded on the CPU side after all
+    if cfg.views.decode_device == "train":
+        fallbacks = create_counter(kind="decode-fallbacks")
+    ds, manifest = training_dataset(cfg, split.train, counter, fallbacks)
 
     workers = cfg.train.workers
     steps_per_epoch = epoch_steps(cfg, manifest, split.train)
@@ -200,6 +203,7 @@ def pretrain(cfg: Config, resume_run_id: str | None = None) -> dict[str, Any]:
         "num_classes": len(manifest.class_names),
         "knn_monitor": bool(extra),
         "bad_images_counter": counter,
+        "decode_fallbacks_counter": fallbacks,
     }
     board_name, board = progress.create_board(name)
     loop_config["progress_board"] = board_name
@@ -222,6 +226,12 @@ def pretrain(cfg: Config, resume_run_id: str | None = None) -> dict[str, Any]:
     if bad.count:
         log.warning("skipped %d undecodable images, e.g. %s", bad.count, bad.keys[:10])
         tracking.log_dict(run_id, uri, {"count": bad.count, "keys": bad.keys}, "bad_images.json")
+    if fallbacks:
+        fell = bad_image_report(fallbacks)
+        log.info("views.decode_device: %d images decoded on the CPU side instead", fell.count)
+        tracking.log_dict(
+            run_id, uri, {"count": fell.count, "keys": fell.keys}, "decode_fallbacks.json"
+        )
     encoders = encoders_from_state(cfg, state)
     seconds = time.time() - started
     console.phase(f"evaluating: kNN top-1 of the trained and random-init encoders ({eval_note})")

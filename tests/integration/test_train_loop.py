@@ -14,7 +14,7 @@ from pipelines.train.trainer import build_trainer
 pytestmark = pytest.mark.integration
 
 
-def tiny_config(tmp_path, epochs):
+def tiny_config(tmp_path, epochs, *pairs):
     return load_config(
         overrides=parse_set(
             [
@@ -28,16 +28,18 @@ def tiny_config(tmp_path, epochs):
                 "data.embedded_train_per_class=8",
                 "data.embedded_test_per_class=2",
                 f"data.cache_dir={tmp_path / 'data'}",
+                *pairs,
             ]
         )
     )
 
 
-def fit(cfg, tmp_path, name):
+def fit(cfg, tmp_path, name, **counters):
     train_path, _ = ensure_embedded(cfg.data.cache_dir, 8, 2)
-    ds, manifest = training_dataset(cfg, train_path)
+    ds, manifest = training_dataset(cfg, train_path, *counters.values())
     steps_per_epoch = (manifest.total_rows // 2) // 16
     loop_config = {"cfg": to_dict(cfg), "steps_per_epoch": steps_per_epoch, "run_dir": "x"}
+    loop_config.update(counters)
     result = build_trainer(cfg, ds, loop_config, name, str(tmp_path / "runs")).fit()
     return result, steps_per_epoch
 
@@ -61,3 +63,20 @@ def test_two_workers_train_report_and_resume(ray_local, tmp_path):
     assert second["step"] == 2 * spe
     changed = [k for k in first["model"] if not first["model"][k].equal(second["model"][k])]
     assert changed, "the resumed run did not train"
+
+
+@pytest.mark.slow
+def test_views_decoded_on_the_training_device(ray_local, tmp_path):
+    """views.decode_device: train through the real loop: Ray Data sends the embedded set's JPEG
+    bytes and crop geometry, the workers decode them, train and report; nothing falls back."""
+    from pipelines.data.stream.bad_images import bad_image_count, create_counter
+
+    cfg = tiny_config(tmp_path, 1, "views.decode_device=train")
+    counters = {
+        "bad_images_counter": create_counter(),
+        "decode_fallbacks_counter": create_counter(kind="decode-fallbacks"),
+    }
+    result, spe = fit(cfg, tmp_path, "on-device", **counters)
+    assert result.metrics["step"] == spe == 2
+    assert math.isfinite(result.metrics["loss"]) and result.metrics["loss"] > 0
+    assert [bad_image_count(c) for c in counters.values()] == [0, 0]

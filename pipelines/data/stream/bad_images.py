@@ -6,6 +6,9 @@ holds it: tasks that skip images tell it (one call per batch, only when somethin
 so the common path costs nothing), rank 0 of the training loop reads it when it logs, and the
 driver reads the final count and the first keys at the end. The count is of distinct keys: a
 bad record met again in the next epoch is the same bad image.
+
+The same counter, under another name, counts the rows ``views.decode_device: train`` could not
+send to the training device and decoded on the CPU side instead (``device_views.py``).
 """
 
 import logging
@@ -40,9 +43,10 @@ class BadImageReport:
     keys: list[str]  # the first MAX_KEYS
 
 
-def create_counter(run: str = "") -> str:
-    """Start a counter (on the driver) and return its name, to hand to tasks and workers."""
-    name = f"sslpipe-bad-images-{run or uuid.uuid4().hex[:12]}"
+def create_counter(run: str = "", kind: str = "bad-images") -> str:
+    """Start a counter (on the driver) and return its name, to hand to tasks and workers;
+    ``kind`` tells counters of one run apart (``bad-images``, ``decode-fallbacks``)."""
+    name = f"sslpipe-{kind}-{run or uuid.uuid4().hex[:12]}"
     # on the driver's node (the head, in a Ray job): a worker node lost mid-run must not take
     # the count with it while the run resumes on the remaining nodes
     here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
@@ -63,9 +67,12 @@ def _lookup(name: str) -> ray.actor.ActorHandle | None:
 
 
 def record_bad_images(name: str, keys: list[str]) -> None:
-    """From a decoding task: add ``keys`` to the counter ``name`` (no-op without one)."""
+    """From a decoding task or a train worker: add ``keys`` to the counter ``name`` (no-op
+    without one)."""
+    if not keys:  # the common case costs no actor lookup
+        return
     counter = _lookup(name)
-    if counter is not None and keys:
+    if counter is not None:
         # waited for, so a count read after the data is consumed includes every skip
         ray.get(counter.add.remote(keys))
 

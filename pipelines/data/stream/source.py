@@ -24,6 +24,7 @@ from ray.data import RandomSeedConfig
 from pipelines.config.schema import Config
 from pipelines.data.manifest import Manifest, join, read_manifest
 from pipelines.data.stream.bad_images import record_bad_images
+from pipelines.data.stream.device_views import CropPlanner
 from pipelines.data.stream.view_config import ViewsConfig
 from pipelines.data.stream.views import view_maker
 
@@ -118,13 +119,30 @@ def make_views(batch: dict, views: ViewsConfig, bad_images: str, counter: str = 
     return out
 
 
+def plan_views(
+    batch: dict, views: ViewsConfig, bad_images: str, counter: str = "", fallbacks: str = ""
+) -> dict:
+    """:func:`make_views` for ``views.decode_device: train``: encoded JPEGs and their crop
+    geometry (``device_views.CropPlanner``); rows decoded here instead go to ``fallbacks``."""
+    planner = CropPlanner(views, bad_images)
+    out = planner(batch)
+    if planner.skipped:
+        record_bad_images(counter, planner.skipped)
+    if planner.fallbacks:
+        record_bad_images(fallbacks, planner.fallbacks)
+    return out
+
+
 def view_dataset(
-    ds: ray.data.Dataset, views: ViewsConfig, cfg: Config, counter: str = ""
+    ds: ray.data.Dataset, views: ViewsConfig, cfg: Config, counter: str = "", fallbacks: str = ""
 ) -> ray.data.Dataset:
-    """Shard rows -> uint8 views per group plus labels (see ``views.ViewMaker``)."""
+    """Shard rows -> uint8 views per group plus labels (see ``views.ViewMaker``), or with
+    ``views.decode_device: train`` the encoded rows and their crops (``plan_views``)."""
+    kwargs = {"views": views, "bad_images": cfg.data.bad_images, "counter": counter}
+    on_device = views.decode_device == "train"  # crops only (config checks)
     return ds.map_batches(
-        make_views,
-        fn_kwargs={"views": views, "bad_images": cfg.data.bad_images, "counter": counter},
+        plan_views if on_device else make_views,
+        fn_kwargs={**kwargs, "fallbacks": fallbacks} if on_device else kwargs,
         batch_size=cfg.data.decode_batch_size,
         batch_format="numpy",
         compute=ray.data.TaskPoolStrategy(size=cfg.data.decode_tasks),
@@ -134,10 +152,11 @@ def view_dataset(
 
 
 def training_dataset(
-    cfg: Config, path: str, counter: str = ""
+    cfg: Config, path: str, counter: str = "", fallbacks: str = ""
 ) -> tuple[ray.data.Dataset, Manifest]:
     """Streaming training views of the shards at ``path``; ``counter`` names the run's
-    bad-image counter (``bad_images.create_counter``), empty for none."""
+    bad-image counter (``bad_images.create_counter``), ``fallbacks`` its counter of rows
+    decoded on the CPU side under ``views.decode_device: train``; empty for none."""
     ds, manifest = read_shards(
         path,
         ["key", "image", "label"],
@@ -147,4 +166,4 @@ def training_dataset(
         read_tasks=max(1, -(-cfg.data.decode_tasks // 4)),  # one read keeps ~4 decoders busy
         resources=cfg.data.task_resources,
     )
-    return view_dataset(ds, cfg.views, cfg, counter), manifest
+    return view_dataset(ds, cfg.views, cfg, counter, fallbacks), manifest

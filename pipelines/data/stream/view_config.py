@@ -85,6 +85,10 @@ class ViewsConfig:
     jigsaw: JigsawViewsConfig = field(default_factory=JigsawViewsConfig)
     # where colour and blur run: on the CPU side inside Ray Data, or batched on the train device
     augment_device: Literal["cpu", "train"] = "train"
+    # where JPEGs are decoded, cropped and resized: in Ray Data's CPU tasks, or on the training
+    # device from the encoded bytes and the crop geometry drawn on the CPU side (nvJPEG on GPU;
+    # device_views.py); "train" needs the crops recipe and augment_device: train
+    decode_device: Literal["cpu", "train"] = "cpu"
     draft_decode: bool = True  # let PIL decode JPEGs at reduced size when the crop shrinks anyway
     mean: tuple[float, float, float] = IMAGENET_MEAN  # normalisation on the training device
     std: tuple[float, float, float] = IMAGENET_STD

@@ -27,3 +27,4 @@ def test_gpu_check_runs_every_method_without_ray_or_mlflow():
         (line,) = [row for row in table.splitlines() if row.split()[:1] == [key]]
         assert line.rstrip().endswith("ok"), line
     assert "images/s" in out.stdout
+    assert "decode + SimCLR views" in out.stdout and "decode_device train:" in out.stdout

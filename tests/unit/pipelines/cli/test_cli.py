@@ -114,11 +114,15 @@ def no_ray(*args, **kwargs):
     raise AssertionError("this command must not start Ray")
 
 
-def test_dry_run_checks_data_model_and_one_step_without_ray(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("decode_device", ["cpu", "train"])
+def test_dry_run_checks_data_model_and_one_step_without_ray(
+    tmp_path, monkeypatch, capsys, decode_device
+):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr("pipelines.cluster.local.start_local_ray", no_ray)
     monkeypatch.setattr("ray.init", no_ray)
     small = ["--set", "data.embedded_train_per_class=8", "--set", "data.embedded_test_per_class=2"]
+    small += ["--set", f"views.decode_device={decode_device}"]
     assert main(["pretrain", "--dry-run", "--batch-size", "16", *small]) == 0
     out = capsys.readouterr().out
     assert "sslpipe pretrain --dry-run: ok" in out

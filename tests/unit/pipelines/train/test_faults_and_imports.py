@@ -49,6 +49,7 @@ def test_step_imports_and_runs_without_ray_or_mlflow():
         "from pipelines.config.layers import build_config\n"
         "from pipelines.train.model import build_method\n"
         "from pipelines.train.step import TrainStep, place\n"
+        "import pipelines.data.stream.device_views\n"  # the GPU check decodes without Ray too
         "cfg = build_config({'method': 'simclr', 'backbone': {'name': 'resnet18', 'width': 0.125},"
         " 'views': {'groups': {'global': {'size': 16}}}, 'train': {'batch_size': 2, 'workers': 1},"
         " 'method_args': {'proj_hidden_dim': 8, 'proj_dim': 4}})\n"
