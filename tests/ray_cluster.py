@@ -41,6 +41,7 @@ class LocalCluster:
     dashboard_port: int = field(default_factory=free_port)
     client_port: int = field(default_factory=free_port)
     nodes: list[Node] = field(default_factory=list)
+    extra_env: dict[str, str] = field(default_factory=dict)  # e.g. Ray Train's poll intervals
 
     @property
     def gcs_address(self) -> str:
@@ -66,6 +67,7 @@ class LocalCluster:
         env["RAY_AUTH_MODE"] = "disabled"
         env["SSLPIPE_TRACEBACK"] = "1"  # a failing job's log shows where
         env.pop("RAY_ADDRESS", None)
+        env.update(self.extra_env)
         return env
 
     def _start(self, args: list[str], num_cpus: int, resources: dict[str, float]) -> Node:
@@ -170,6 +172,26 @@ class LocalCluster:
             except (ProcessLookupError, PermissionError):
                 pass
         node.process.wait(timeout=timeout)
+
+    def drain_node(self, node: Node, deadline_seconds: int) -> None:
+        """Tell the GCS the node will be preempted in ``deadline_seconds``, as a cloud's spot
+        notice does through Ray's autoscaler. The node keeps running: ending it at the deadline
+        is the caller's part (``kill_node``), as it is the cloud's."""
+        subprocess.run(
+            [
+                RAY,
+                "drain-node",
+                f"--address={self.gcs_address}",
+                f"--node-id={node.node_id}",
+                "--reason=DRAIN_NODE_REASON_PREEMPTION",
+                "--reason-message=spot preemption (test)",
+                f"--deadline-remaining-seconds={deadline_seconds}",
+            ],
+            env=self.env(),
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
 
     def stop(self) -> None:
         """Kill every node (workers first, the head last): nothing of a test cluster needs a
