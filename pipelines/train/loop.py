@@ -59,13 +59,14 @@ class Worker:
     loop_config: dict[str, Any]  # as train_loop_per_worker received it
     rank: int
     world: int
-    plan: BatchPlan  # this worker's cut of the global batch at this attempt's world size
     trainer: TrainStep
     metrics_log: Any = None  # rank 0's MetricLogger when the run has an MLflow run, else None
     step: int = 0  # optimizer steps done in the whole run
     resumed_from: int = 0  # the step this attempt started at
     last_checkpoint: str | None = None  # URI of the newest checkpoint, for error messages
     fault: FaultInjector | None = None
+    # this worker's cut of the global batch at this attempt's world size (start() sets it)
+    plan: BatchPlan | None = None
     drain: DrainWatch | None = None
     checkpointed_at: int = -1  # the step of the last checkpoint this attempt wrote
     # since the last log line (it may span epochs: logging steps count over the whole run)
@@ -145,7 +146,7 @@ def start(cfg: Config, loop_config: dict[str, Any], rank: int, world: int) -> Wo
             plan.accumulate,
         )
     return Worker(
-        cfg, loop_config, rank, world, plan, trainer, metrics_log, fault=fault, drain=drain
+        cfg, loop_config, rank, world, trainer, metrics_log, fault=fault, plan=plan, drain=drain
     )
 
 
