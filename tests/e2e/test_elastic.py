@@ -201,8 +201,9 @@ def test_a_draining_node_gets_a_checkpoint_and_the_run_resumes_from_it(cluster, 
     summary = finish(run, log, tmp_path)
 
     assert summary["steps"] == EPOCHS * 2
-    ((at, drain_step),) = history(summary, "drain_checkpoint_step")
-    assert drain_step == at == step  # checkpointed at the step it saw the drain
+    # one drain, checkpointed at the step it was seen (a metric the resumed worker re-sends,
+    # had MLflow not taken it before the checkpoint, may appear twice)
+    assert set(history(summary, "drain_checkpoint_step")) == {(step, step)}
     resumed = [int(v) for _, v in history(summary, "resumed_from_step")]
     # the group restarted after the deadline from the drain's checkpoint (the only one)
     assert resumed and resumed[0] == step, resumed
