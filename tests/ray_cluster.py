@@ -32,6 +32,7 @@ class Node:
     process: subprocess.Popen
     resources: dict[str, float]
     node_id: str = ""
+    lost: bool = False  # killed on purpose (kill_node): not expected alive any more
 
 
 @dataclass
@@ -124,7 +125,7 @@ class LocalCluster:
         node = self._start(
             [f"--address={self.gcs_address}", "--node-ip-address=127.0.0.1"], num_cpus, resources
         )
-        self.wait_for_nodes(len(self.nodes))
+        self.wait_for_nodes(sum(not n.lost for n in self.nodes))
         return node
 
     def alive_nodes(self) -> list:
@@ -137,7 +138,7 @@ class LocalCluster:
         deadline = time.monotonic() + timeout
         while True:
             for node in self.nodes:
-                if node.process.poll() is not None:
+                if not node.lost and node.process.poll() is not None:
                     raise RuntimeError(f"ray start exited: see {self.temp_dir}/node-*.log")
             try:
                 alive = self.alive_nodes()
@@ -162,6 +163,7 @@ class LocalCluster:
         """The node is lost at once, as when its machine dies: SIGKILL to every process of it
         (``ray start``, its raylet and agents, and the workers, which the raylet starts in
         process groups of their own but in the node's session)."""
+        node.lost = True
         session = node.process.pid
         for entry in os.listdir("/proc"):
             if not entry.isdigit():
