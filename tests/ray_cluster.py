@@ -131,19 +131,25 @@ class LocalCluster:
     def alive_nodes(self) -> list:
         from ray.util.state import list_nodes
 
-        return list_nodes(address=self.dashboard, filters=[("state", "=", "ALIVE")], timeout=10)
+        return list_nodes(
+            address=self.dashboard,
+            filters=[("state", "=", "ALIVE")],
+            timeout=10,
+            raise_on_missing_output=False,  # a node killed earlier has no agent to answer
+        )
 
     def wait_for_nodes(self, count: int, timeout: float = 90.0) -> None:
         """Until ``count`` nodes are alive; fills in each node's id from its resources."""
         deadline = time.monotonic() + timeout
+        error = None
         while True:
             for node in self.nodes:
                 if not node.lost and node.process.poll() is not None:
                     raise RuntimeError(f"ray start exited: see {self.temp_dir}/node-*.log")
             try:
                 alive = self.alive_nodes()
-            except Exception:  # the dashboard is not up yet
-                alive = []
+            except Exception as e:  # the dashboard is not up yet, or busy
+                alive, error = [], e
             if len(alive) == count:
                 for node in self.nodes:
                     if not node.node_id and node.process.poll() is None:
@@ -156,7 +162,10 @@ class LocalCluster:
                         )
                 return
             if time.monotonic() > deadline:
-                raise TimeoutError(f"{len(alive)} of {count} Ray nodes alive after {timeout} s")
+                raise TimeoutError(
+                    f"{len(alive)} of {count} Ray nodes alive after {timeout} s"
+                    + (f" (state API: {error!r})" if error and not alive else "")
+                )
             time.sleep(1)
 
     def kill_node(self, node: Node, timeout: float = 60.0) -> None:
