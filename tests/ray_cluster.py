@@ -32,6 +32,7 @@ class Node:
     process: subprocess.Popen
     resources: dict[str, float]
     node_id: str = ""
+    lost: bool = False  # killed on purpose (kill_node): not expected alive any more
 
 
 @dataclass
@@ -41,6 +42,7 @@ class LocalCluster:
     dashboard_port: int = field(default_factory=free_port)
     client_port: int = field(default_factory=free_port)
     nodes: list[Node] = field(default_factory=list)
+    extra_env: dict[str, str] = field(default_factory=dict)  # e.g. Ray Train's poll intervals
 
     @property
     def gcs_address(self) -> str:
@@ -66,6 +68,7 @@ class LocalCluster:
         env["RAY_AUTH_MODE"] = "disabled"
         env["SSLPIPE_TRACEBACK"] = "1"  # a failing job's log shows where
         env.pop("RAY_ADDRESS", None)
+        env.update(self.extra_env)
         return env
 
     def _start(self, args: list[str], num_cpus: int, resources: dict[str, float]) -> Node:
@@ -122,25 +125,31 @@ class LocalCluster:
         node = self._start(
             [f"--address={self.gcs_address}", "--node-ip-address=127.0.0.1"], num_cpus, resources
         )
-        self.wait_for_nodes(len(self.nodes))
+        self.wait_for_nodes(sum(not n.lost for n in self.nodes))
         return node
 
     def alive_nodes(self) -> list:
         from ray.util.state import list_nodes
 
-        return list_nodes(address=self.dashboard, filters=[("state", "=", "ALIVE")], timeout=10)
+        return list_nodes(
+            address=self.dashboard,
+            filters=[("state", "=", "ALIVE")],
+            timeout=10,
+            raise_on_missing_output=False,  # a node killed earlier has no agent to answer
+        )
 
     def wait_for_nodes(self, count: int, timeout: float = 90.0) -> None:
         """Until ``count`` nodes are alive; fills in each node's id from its resources."""
         deadline = time.monotonic() + timeout
+        error = None
         while True:
             for node in self.nodes:
-                if node.process.poll() is not None:
+                if not node.lost and node.process.poll() is not None:
                     raise RuntimeError(f"ray start exited: see {self.temp_dir}/node-*.log")
             try:
                 alive = self.alive_nodes()
-            except Exception:  # the dashboard is not up yet
-                alive = []
+            except Exception as e:  # the dashboard is not up yet, or busy
+                alive, error = [], e
             if len(alive) == count:
                 for node in self.nodes:
                     if not node.node_id and node.process.poll() is None:
@@ -153,13 +162,17 @@ class LocalCluster:
                         )
                 return
             if time.monotonic() > deadline:
-                raise TimeoutError(f"{len(alive)} of {count} Ray nodes alive after {timeout} s")
+                raise TimeoutError(
+                    f"{len(alive)} of {count} Ray nodes alive after {timeout} s"
+                    + (f" (state API: {error!r})" if error and not alive else "")
+                )
             time.sleep(1)
 
     def kill_node(self, node: Node, timeout: float = 60.0) -> None:
         """The node is lost at once, as when its machine dies: SIGKILL to every process of it
         (``ray start``, its raylet and agents, and the workers, which the raylet starts in
         process groups of their own but in the node's session)."""
+        node.lost = True
         session = node.process.pid
         for entry in os.listdir("/proc"):
             if not entry.isdigit():
@@ -170,6 +183,26 @@ class LocalCluster:
             except (ProcessLookupError, PermissionError):
                 pass
         node.process.wait(timeout=timeout)
+
+    def drain_node(self, node: Node, deadline_seconds: int) -> None:
+        """Tell the GCS the node will be preempted in ``deadline_seconds``, as a cloud's spot
+        notice does through Ray's autoscaler. The node keeps running: ending it at the deadline
+        is the caller's part (``kill_node``), as it is the cloud's."""
+        subprocess.run(
+            [
+                RAY,
+                "drain-node",
+                f"--address={self.gcs_address}",
+                f"--node-id={node.node_id}",
+                "--reason=DRAIN_NODE_REASON_PREEMPTION",
+                "--reason-message=spot preemption (test)",
+                f"--deadline-remaining-seconds={deadline_seconds}",
+            ],
+            env=self.env(),
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
 
     def stop(self) -> None:
         """Kill every node (workers first, the head last): nothing of a test cluster needs a

@@ -98,10 +98,12 @@ def start_ray(address: str | None, overrides: dict[str, Any], max_concurrent: in
     else:
         from pipelines.cluster.local import start_local_ray
         from pipelines.config.layers import load_config
+        from pipelines.train.batching import worker_range
 
         cfg = load_config(overrides.get("method"), None, overrides)
         # workers, decode tasks, quarter-CPU read tasks (see tuning/README.md)
-        per_trial = cfg.train.workers * cfg.train.cpus_per_worker + cfg.data.decode_tasks + 0.5
+        workers = worker_range(cfg.train.workers)[1]
+        per_trial = workers * cfg.train.cpus_per_worker + cfg.data.decode_tasks + 0.5
         start_local_ray(max(int(per_trial * max_concurrent + 0.999), os.cpu_count() or 1))
 
 

@@ -31,6 +31,7 @@ from pipelines.config.typed import to_dict
 from pipelines.data.stream.source import training_dataset
 from pipelines.tracking import runs as tracking
 from pipelines.train.checkpoint import load_state_uri
+from pipelines.train.dry_run import steps_per_epoch as epoch_steps
 from pipelines.train.trainer import build_trainer, monitor_datasets, resolve_data
 from ssl_models.registry import get_method
 from tuning.space import unflatten
@@ -101,13 +102,7 @@ def _setup(config: dict[str, Any], spec: dict[str, Any]):
     cfg = trial_config(spec, config)
     split, _ = resolve_data(cfg)
     ds, manifest = training_dataset(cfg, split.train)
-    per_worker = cfg.train.batch_size // cfg.train.workers
-    steps_per_epoch = (manifest.total_rows // cfg.train.workers) // max(1, per_worker)
-    if steps_per_epoch < 1:
-        raise ValueError(
-            f"{split.train} holds {manifest.total_rows} images, fewer than one global batch of "
-            f"train.batch_size={cfg.train.batch_size}"
-        )
+    steps_per_epoch = epoch_steps(cfg, manifest, split.train)
     storage = f"{spec['storage']}/trials"
     cfg, _ = prepare_assets(cfg, split.train, f"{storage}/{trial_id}")
     run_id = child_run(cfg, spec, trial_id, trial_name)

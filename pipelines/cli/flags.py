@@ -40,9 +40,23 @@ def add_training(p: argparse.ArgumentParser, epochs: bool = True) -> None:
     if epochs:
         p.add_argument("--epochs", type=int, help="epochs to train (default: the recipe's)")
     p.add_argument("--batch-size", type=int, help="global batch size over all workers")
-    p.add_argument("--workers", type=int, help="Ray Train workers (DDP processes)")
+    p.add_argument(
+        "--workers",
+        type=worker_count,
+        help="Ray Train workers (DDP processes); MIN-MAX (e.g. 4-8) for an elastic run that "
+        "goes on with what the cluster holds in that range",
+    )
     p.add_argument("--storage", help="checkpoint root: local path or s3://bucket/prefix")
     add_tracking(p)
+
+
+def worker_count(text: str) -> int | list[int]:
+    """``--workers``: ``4``, or ``4-8`` for ``train.workers: [4, 8]``."""
+    low, dash, high = text.partition("-")
+    try:
+        return [int(low), int(high)] if dash else int(low)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected N or MIN-MAX, got {text!r}") from None
 
 
 def add_tracking(p: argparse.ArgumentParser) -> None:

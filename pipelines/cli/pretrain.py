@@ -8,6 +8,7 @@ from pipelines.cli import flags
 from pipelines.cluster.jobs import add_cluster_arguments, submit_or_connect
 from pipelines.config.layers import recipe_names
 from pipelines.tracking import console
+from pipelines.train.batching import describe_workers
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -93,7 +94,7 @@ def profile_line(cfg) -> str:
     other = "paper" if cfg.profile == "laptop" else "laptop"
     return (
         f"{cfg.method}, {cfg.profile} profile: {net}, {sizes}-pixel views, "
-        f"batch {t.batch_size}, {plural(t.epochs, 'epoch')}, {plural(t.workers, 'worker')} "
+        f"batch {t.batch_size}, {plural(t.epochs, 'epoch')}, {describe_workers(t.workers)} "
         f"(--profile {other} for the {other} settings)"
     )
 

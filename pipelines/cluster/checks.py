@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from urllib.parse import urlparse
 
 from pipelines.config.schema import Config
+from pipelines.train.batching import worker_range
 
 PROBE_SECONDS = 5.0
 
@@ -30,13 +31,14 @@ class Demand:
 
 
 def demands_of(cfg: Config) -> list[Demand]:
-    """What ``sslpipe pretrain`` with ``cfg`` needs at once: its train workers and at least one
-    data task (each holds 1 CPU and ``data.task_resources``)."""
+    """What ``sslpipe pretrain`` with ``cfg`` needs at once: its train workers (an elastic
+    run's fewest, ``train.workers: [min, max]``) and at least one data task (each holds 1 CPU
+    and ``data.task_resources``)."""
     worker = {"CPU": cfg.train.cpus_per_worker, **cfg.train.worker_resources}
     if cfg.train.use_gpu:
         worker["GPU"] = 1.0
     return [
-        Demand("train worker", worker, cfg.train.workers),
+        Demand("train worker", worker, worker_range(cfg.train.workers)[0]),
         Demand("data task", {"CPU": 1.0, **cfg.data.task_resources}, 1),
     ]
 

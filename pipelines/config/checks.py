@@ -10,30 +10,35 @@ from typing import TYPE_CHECKING
 
 from pipelines.config.typed import ConfigError
 from pipelines.data.stream.view_config import RECIPE_GROUPS
+from pipelines.train.batching import plan_for, workable_batch, worker_range
 
 if TYPE_CHECKING:
-    from pipelines.config.schema import Config
+    from pipelines.config.schema import Config, TrainConfig
 
 
 def check_training(cfg: Config) -> None:
     """Cross-field rules of the train/optim/tracking sections, named by key."""
     t = cfg.train
+    low, _ = worker_range(t.workers)
     for key, value in (
         ("train.epochs", t.epochs),
         ("train.batch_size", t.batch_size),
         ("train.accumulate_steps", t.accumulate_steps),
-        ("train.workers", t.workers),
+        ("train.workers", low),
         ("train.log_every_steps", t.log_every_steps),
         ("train.checkpoint_every_epochs", t.checkpoint_every_epochs),
         ("train.keep_checkpoints", t.keep_checkpoints),
     ):
         if value < 1:
             raise ConfigError(f"config key '{key}': must be at least 1, got {value}")
-    if t.batch_size % (t.workers * t.accumulate_steps):
-        raise ConfigError(
-            f"config key 'train.batch_size': {t.batch_size} must divide evenly into "
-            f"train.workers={t.workers} × train.accumulate_steps={t.accumulate_steps} micro-batches"
-        )
+    for key, value in (
+        ("train.micro_batch_size", t.micro_batch_size),
+        ("train.drain_check_steps", t.drain_check_steps),
+        ("train.resize_check_seconds", t.resize_check_seconds),
+    ):
+        if value < 0:
+            raise ConfigError(f"config key '{key}': must not be negative, got {value}")
+    check_workers(t)
     for key, custom in (
         ("data.task_resources", cfg.data.task_resources),
         ("train.worker_resources", t.worker_resources),
@@ -70,6 +75,44 @@ def check_decode_device(cfg: Config) -> None:
             "config key 'views.augment_device': must be 'train' with views.decode_device: train "
             "(the views are first made on the training device, so colour and blur run there too)"
         )
+
+
+def check_workers(t: TrainConfig) -> None:
+    """``train.workers`` is a count or a [min, max] range, and the global batch has a cut at
+    every worker count Ray Train may start (``pipelines.train.batching``)."""
+    low, high = worker_range(t.workers)
+    if low > high:
+        raise ConfigError(
+            f"config key 'train.workers': [min, max] with min <= max, got {[low, high]}"
+        )
+    if t.micro_batch_size and t.accumulate_steps != 1:
+        raise ConfigError(
+            "config key 'train.micro_batch_size': sets the micro-batches from the worker count; "
+            f"leave train.accumulate_steps at 1 (got {t.accumulate_steps}) or set only that"
+        )
+    failing = []
+    for world in range(low, high + 1):
+        try:
+            plan_for(t, world)
+        except ValueError:
+            failing.append(world)
+    if not failing:
+        return
+    counts = ", ".join(map(str, failing))
+    cut = f" × train.accumulate_steps={t.accumulate_steps}" if t.accumulate_steps > 1 else ""
+    if low == high:
+        raise ConfigError(
+            f"config key 'train.batch_size': {t.batch_size} must divide evenly into "
+            f"train.workers={low}{cut} micro-batches"
+        )
+    accumulate = 1 if t.micro_batch_size else t.accumulate_steps
+    raise ConfigError(
+        f"config key 'train.batch_size': {t.batch_size} does not divide evenly over {counts} "
+        f"workers{cut}, which train.workers={[low, high]} lets Ray Train start with; every "
+        "worker takes the same share of the global batch. Use a batch that does, e.g. "
+        f"{workable_batch(t.batch_size, low, high, accumulate)}, or a range whose every count "
+        "divides it"
+    )
 
 
 def check_recipe(cfg: Config) -> None:

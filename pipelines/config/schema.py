@@ -95,9 +95,17 @@ class OptimConfig:
 @dataclass(frozen=True)
 class TrainConfig:
     epochs: int = 100
-    batch_size: int = 256  # global batch per optimizer step, split evenly over workers
+    # global batch per optimizer step, split evenly over the workers of the moment (batching.py)
+    batch_size: int = 256
     accumulate_steps: int = 1  # micro-batches per optimizer step (gradient accumulation)
-    workers: int = 2  # Ray Train workers (one DDP process each)
+    # instead: cut each worker's share into micro-batches of at most this many rows, so a run
+    # that loses workers accumulates more rather than holding more; 0: accumulate_steps rules
+    micro_batch_size: int = 0
+    # Ray Train workers (one DDP process each); [min, max]: elastic, Ray Train starts with as
+    # many as the cluster holds in that range and resizes from the latest checkpoint when nodes
+    # go or come
+    workers: int | tuple[int, int] = 2
+    resize_check_seconds: float = 60.0  # elastic: how often Ray Train looks for more workers
     cpus_per_worker: float = 1.0  # leave CPUs for Ray Data besides the train workers
     # custom Ray resources each train worker asks for besides CPU/GPU, e.g. {train: 1}: workers
     # start only on nodes advertising them (infra/ gives the GPU group `train`)
@@ -115,7 +123,11 @@ class TrainConfig:
     checkpoint_every_steps: int = 0  # also every N optimizer steps, mid-epoch; 0: epoch ends only
     keep_checkpoints: int = 2  # the last K checkpoints are kept, older ones deleted
     # worker-group restarts from the last checkpoint before giving up: preemptible nodes die
+    # (a drained node's loss is counted apart by Ray Train, without limit)
     max_failures: int = 3
+    # every N optimizer steps ask Ray Train whether a node of the run is draining (a spot
+    # preemption notice); the first time one is, checkpoint at once; 0: never ask
+    drain_check_steps: int = 10
     storage: str = "sslpipe-runs"  # checkpoint root, local path or s3://
     name: str = ""  # run name; empty: <method>-<timestamp>
     # fault injection for recovery tests: SIGKILL the worker of rank fail_rank when it is about

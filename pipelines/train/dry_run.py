@@ -18,15 +18,15 @@ from pipelines.config.schema import Config
 from pipelines.data.manifest import Manifest, join, read_manifest
 from pipelines.data.stream.device_views import CropPlanner, decode_views
 from pipelines.data.stream.views import view_maker
+from pipelines.train import batching
 from pipelines.train.model import build_method
 from pipelines.train.step import TrainStep, place
 
 
 def steps_per_epoch(cfg: Config, manifest: Manifest, where: str) -> int:
-    """Optimizer steps per epoch: each worker's equal share of the rows in whole batches."""
-    workers = cfg.train.workers
-    per_worker = cfg.train.batch_size // workers
-    steps = (manifest.total_rows // workers) // max(1, per_worker)
+    """Optimizer steps per epoch: the rows in whole global batches, at any worker count
+    (``batching.steps_per_epoch``)."""
+    steps = batching.steps_per_epoch(manifest.total_rows, cfg.train.batch_size)
     if steps < 1:
         raise ValueError(
             f"{where} holds {manifest.total_rows} images, fewer than one global batch of "
@@ -57,10 +57,12 @@ MAX_ROWS = 64  # a paper recipe's worker batch (e.g. 2048 at 224 pixels) is no q
 
 def dry_run(cfg: Config, train_path: str) -> dict[str, Any]:
     """One step on (up to ``MAX_ROWS`` of) one worker's batch; returns what ``--dry-run``
-    prints."""
+    prints. An elastic run's worker is sized at its fewest workers, the largest share."""
     started = time.perf_counter()
-    per_worker = cfg.train.batch_size // cfg.train.workers
-    rows, manifest = first_rows(train_path, cfg.data.s3_endpoint, min(per_worker, MAX_ROWS))
+    plan = batching.plan_for(cfg.train, batching.worker_range(cfg.train.workers)[0])
+    # whole micro-batches: the step cuts what it gets into plan.accumulate equal parts
+    take = max(plan.accumulate, min(plan.per_worker, MAX_ROWS) // plan.accumulate * plan.accumulate)
+    rows, manifest = first_rows(train_path, cfg.data.s3_endpoint, take)
     spe = steps_per_epoch(cfg, manifest, train_path)
     device = torch.device("cpu")
     if cfg.views.decode_device == "train":  # the training device's half on this CPU
@@ -72,7 +74,8 @@ def dry_run(cfg: Config, train_path: str) -> dict[str, Any]:
     batch = {k: torch.as_tensor(np.asarray(v)) for k, v in views.items() if k != "key"}
     torch.manual_seed(cfg.train.seed)
     method = place(build_method(cfg), cfg, device)
-    step = TrainStep(method, cfg, device, spe * cfg.train.epochs, spe, len(manifest.class_names))
+    classes = len(manifest.class_names)
+    step = TrainStep(method, cfg, device, spe * cfg.train.epochs, spe, classes, plan.accumulate)
     result = step(batch, 0, labels)
     loss = float(result.loss)
     params = sum(p.numel() for p in method.parameters() if p.requires_grad)
@@ -86,7 +89,8 @@ def dry_run(cfg: Config, train_path: str) -> dict[str, Any]:
         "steps_per_epoch": spe,
         "total_steps": spe * cfg.train.epochs,
         "views": {k: list(v.shape) for k, v in batch.items() if v.dtype == torch.uint8},
-        "worker_batch": per_worker,
+        "worker_batch": plan.per_worker,
+        "micro_batches": plan.accumulate,
         "trainable_parameters": params,
         "encoder_parameters": encoder,
         "loss": loss,

@@ -35,7 +35,9 @@ from pipelines.data.stream.device_views import decode_views
 from pipelines.eval.monitors import KnnMonitor
 from pipelines.tracking.secrets import redact_tree
 from pipelines.train import progress
+from pipelines.train.batching import BatchPlan, plan_for
 from pipelines.train.checkpoint import capture_rng, gather_rng, load_state, save_state
+from pipelines.train.drain import DrainWatch, deadline_text
 from pipelines.train.faults import FaultInjector
 from pipelines.train.model import build_method
 from pipelines.train.reporting import (
@@ -64,6 +66,10 @@ class Worker:
     resumed_from: int = 0  # the step this attempt started at
     last_checkpoint: str | None = None  # URI of the newest checkpoint, for error messages
     fault: FaultInjector | None = None
+    # this worker's cut of the global batch at this attempt's world size (start() sets it)
+    plan: BatchPlan | None = None
+    drain: DrainWatch | None = None
+    checkpointed_at: int = -1  # the step of the last checkpoint this attempt wrote
     # since the last log line (it may span epochs: logging steps count over the whole run)
     window: Throughput = field(default_factory=Throughput)
     window_loss: LossMean = field(default_factory=LossMean)
@@ -101,11 +107,12 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         loss, throughput = train_epoch(w, batches, epoch, done if epoch == first_epoch else 0)
         metrics = summarise_epoch(w, epoch, loss, throughput, monitor)
         every = cfg.train.checkpoint_every_steps
-        if (
+        due = (
             epoch == end_epoch - 1
             or (epoch + 1) % cfg.train.checkpoint_every_epochs == 0
             or (every > 0 and w.step % every == 0)
-        ):
+        )
+        if due and w.checkpointed_at != w.step:  # not already written for a drain
             checkpoint(w, epoch, w.steps_per_epoch, metrics)
         else:
             ray.train.report(metrics)
@@ -114,25 +121,32 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
 
 def start(cfg: Config, loop_config: dict[str, Any], rank: int, world: int) -> Worker:
-    """The model on this worker's device, with identical initial weights on every rank."""
+    """The model on this worker's device, with identical initial weights on every rank, and
+    this worker's share of the global batch at the group's size of this attempt (an elastic
+    run's group may differ from the last attempt's; the global batch does not)."""
     device = ray.train.torch.get_device()
     if device.type == "cpu":
         torch.set_num_threads(cfg.train.torch_threads)
-    if cfg.train.batch_size % (world * cfg.train.accumulate_steps):
-        raise ValueError(
-            f"train.batch_size={cfg.train.batch_size} must divide evenly over {world} workers × "
-            f"train.accumulate_steps={cfg.train.accumulate_steps}"
-        )
+    plan = plan_for(cfg.train, world)
     spe = loop_config["steps_per_epoch"]
     torch.manual_seed(cfg.train.seed)
     method = place(build_method(cfg), cfg, device)
-    trainer = TrainStep(
-        method, cfg, device, spe * cfg.train.epochs, spe, loop_config.get("num_classes", 0)
-    )
+    classes = loop_config.get("num_classes", 0)
+    trainer = TrainStep(method, cfg, device, spe * cfg.train.epochs, spe, classes, plan.accumulate)
     run_dir = loop_config.get("run_dir", "")
     fault = FaultInjector(cfg.train.fail_at_step, cfg.train.fail_rank, rank, run_dir)
     metrics_log = metric_logger(cfg, loop_config, rank)
-    return Worker(cfg, loop_config, rank, world, trainer, metrics_log, fault=fault)
+    drain = DrainWatch(cfg.train.drain_check_steps, ray.train.get_preemption_info)
+    if rank == 0:
+        log.info(
+            "%d workers: %d rows each per step in %d micro-batches",
+            world,
+            plan.per_worker,
+            plan.accumulate,
+        )
+    return Worker(
+        cfg, loop_config, rank, world, trainer, metrics_log, fault=fault, plan=plan, drain=drain
+    )
 
 
 def resume(w: Worker) -> tuple[int, int]:
@@ -143,6 +157,8 @@ def resume(w: Worker) -> tuple[int, int]:
     if found is None and w.loop_config.get("init_checkpoint"):
         found = ray.train.Checkpoint(w.loop_config["init_checkpoint"])
     if found is None:
+        if w.metrics_log is not None:
+            w.metrics_log.log({"workers": w.world}, 0)
         return 0, 0
     with found.as_directory() as d:
         state = load_state(d, map_location=w.trainer.device)
@@ -154,7 +170,7 @@ def resume(w: Worker) -> tuple[int, int]:
     w.last_checkpoint = f"{w.run_dir}/{name}" if w.run_dir else found.path
     if w.metrics_log is not None:
         w.metrics_log.requeue(state.get("pending_metrics", []))
-        w.metrics_log.log({"resumed_from_step": w.step}, w.step)
+        w.metrics_log.log({"resumed_from_step": w.step, "workers": w.world}, w.step)
     log.info("rank %d resumed from %s at step %d", w.rank, w.last_checkpoint, w.step)
     done = state.get("epoch_step", w.steps_per_epoch)
     index = state["epoch"] - 1  # the checkpoint numbers epochs from 1
@@ -167,7 +183,7 @@ def epoch_batches(w: Worker, shard: Any) -> Iterator[dict[str, torch.Tensor]]:
     """This worker's batches of one pass over its dataset shard: uint8 views as torch tensors,
     or with ``views.decode_device: train`` encoded rows decoded into views on the training
     device here (``device_views.py``; its time counts as waiting for data)."""
-    size = w.cfg.train.batch_size // w.world
+    size = w.plan.per_worker
     if w.cfg.views.decode_device != "train":
         yield from shard.iter_torch_batches(batch_size=size, drop_last=True, prefetch_batches=2)
         return
@@ -207,10 +223,30 @@ def train_epoch(
         if w.step % w.cfg.train.log_every_steps == 0:
             log_step(w, result, epoch)
         every = w.cfg.train.checkpoint_every_steps
-        if every and w.step % every == 0 and i < budget - 1:
+        draining = drain_requested(w)
+        if draining or (every and w.step % every == 0 and i < budget - 1):
             report = {"epoch": epoch + 1, "step": w.step, "resumed_from_step": w.resumed_from}
             checkpoint(w, epoch, done + i + 1, {**report, "loss": loss.read()})
     return loss.read(), meter.summary()
+
+
+def drain_requested(w: Worker) -> bool:
+    """Whether a node of this worker group has just been told to drain (``drain.py``): every
+    rank asks at the same steps and gets rank 0's answer, so all checkpoint together."""
+    info = w.drain.new_drain(w.step) if w.drain is not None else None
+    if info is None:
+        return False
+    if w.rank == 0:
+        log.warning(
+            "nodes %s are draining (ranks %s, deadline %s): checkpointing at step %d",
+            info.preempted_node_ids,
+            info.preempted_ranks,
+            deadline_text(info.deadline_ms),
+            w.step,
+        )
+        if w.metrics_log is not None:
+            w.metrics_log.log({"drain_checkpoint_step": w.step}, w.step)
+    return True
 
 
 def train_step(w: Worker, batch: dict[str, torch.Tensor]) -> StepResult:
@@ -307,6 +343,7 @@ def checkpoint(w: Worker, epoch: int, epoch_step: int, metrics: dict[str, Any]) 
     if w.rank != 0:
         ray.train.report(metrics, checkpoint_dir_name=name)
         w.last_checkpoint = uri
+        w.checkpointed_at = w.step
         return
     pending = []
     if w.metrics_log is not None:
@@ -328,6 +365,7 @@ def checkpoint(w: Worker, epoch: int, epoch_step: int, metrics: dict[str, Any]) 
         if w.metrics_log is not None:
             record_checkpoint(w.metrics_log, w.cfg, w.loop_config, d, uri, w.step, epoch + 1)
     w.last_checkpoint = uri
+    w.checkpointed_at = w.step
 
 
 def knn_monitor(w: Worker) -> KnnMonitor | None:

@@ -22,6 +22,7 @@ from torch.nn.parallel import DistributedDataParallel
 from pipelines.config.schema import Config
 from pipelines.data.stream.views import prepare_views
 from pipelines.eval.monitors import OnlineProbe, probe_features
+from pipelines.train.batching import plan_for
 from pipelines.train.checkpoint import capture_rng, restore_rng
 from pipelines.train.optim import (
     build_optimizer,
@@ -137,7 +138,8 @@ def check_finite(loss: torch.Tensor, step: int) -> None:
 
 class TrainStep:
     """Owns the optimizer and schedules of one worker; call it once per optimizer step with the
-    worker's whole batch (it is cut into ``train.accumulate_steps`` micro-batches)."""
+    worker's whole batch, cut into ``accumulate_steps`` micro-batches (default: the
+    :mod:`pipelines.train.batching` plan at this process group's size)."""
 
     def __init__(
         self,
@@ -147,8 +149,12 @@ class TrainStep:
         total_steps: int,
         steps_per_epoch: int,
         num_classes: int = 0,
+        accumulate_steps: int | None = None,
     ) -> None:
         self.cfg = cfg
+        if accumulate_steps is None:
+            accumulate_steps = plan_for(cfg.train, distributed.world_size()).accumulate
+        self.accumulate_steps = accumulate_steps
         self.device = device
         self.method = sync_batchnorm(method, cfg, device)
         self.model = wrap_ddp(self.method, device)
@@ -193,7 +199,7 @@ class TrainStep:
         progress = self.progress(step)
         metrics = self.schedules(step)
         metrics.update(self.method.on_step_start(progress))
-        parts = self.cfg.train.accumulate_steps
+        parts = self.accumulate_steps
         micro = split_batch(batch, parts)
 
         self.method.train()

@@ -32,6 +32,7 @@ from pipelines.tracking.run_names import default_run_name, refuse_taken_name
 from pipelines.tracking.system_metrics import system_metrics
 from pipelines.train import progress
 from pipelines.train.assets import log_assets, prepare_assets
+from pipelines.train.batching import describe_workers, worker_range
 from pipelines.train.checkpoint import load_state
 from pipelines.train.dry_run import steps_per_epoch as epoch_steps
 from pipelines.train.finish import evaluate_and_log, finish
@@ -64,7 +65,8 @@ def ensure_ray(cfg: Config) -> None:
     """Start a local Ray sized for the workers plus the data pipeline, unless one is running."""
     if ray.is_initialized():
         return
-    needed = cfg.train.workers * cfg.train.cpus_per_worker + cfg.data.decode_tasks + 1
+    workers = worker_range(cfg.train.workers)[1]
+    needed = workers * cfg.train.cpus_per_worker + cfg.data.decode_tasks + 1
     num_cpus = max(int(needed + 0.999), os.cpu_count() or 1)
     start_local_ray(num_cpus)
 
@@ -108,12 +110,20 @@ def build_trainer(
 ) -> TorchTrainer:
     """The TorchTrainer of one run. Relaunching with the same ``name`` and ``storage`` resumes
     from that run's latest checkpoint (Ray Train keeps a snapshot of reported checkpoints).
-    ``callbacks``: Ray Train user callbacks (a sweep's trial forwards reports to Tune)."""
+    ``callbacks``: Ray Train user callbacks (a sweep's trial forwards reports to Tune).
+
+    ``train.workers: [min, max]`` hands Ray Train the range (its elastic scaling policy): it
+    starts with as many workers as the cluster's nodes hold within it, restarts with fewer when a
+    node is lost and, every ``train.resize_check_seconds``, with more when nodes joined; each
+    restart resumes from the latest registered checkpoint and the loop recuts the global batch
+    (``batching.py``)."""
+    low, high = worker_range(cfg.train.workers)
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config=loop_config,
         scaling_config=ScalingConfig(
-            num_workers=cfg.train.workers,
+            num_workers=low if low == high else (low, high),
+            elastic_resize_monitor_interval_s=cfg.train.resize_check_seconds,
             use_gpu=cfg.train.use_gpu,
             # custom resources pin workers to a node group (train.worker_resources)
             resources_per_worker={"CPU": cfg.train.cpus_per_worker, **cfg.train.worker_resources},
@@ -165,7 +175,6 @@ def pretrain(cfg: Config, resume_run_id: str | None = None) -> dict[str, Any]:
         fallbacks = create_counter(kind="decode-fallbacks")
     ds, manifest = training_dataset(cfg, split.train, counter, fallbacks)
 
-    workers = cfg.train.workers
     steps_per_epoch = epoch_steps(cfg, manifest, split.train)
 
     name, storage, uri = cfg.train.name, cfg.train.storage, cfg.tracking.uri
@@ -190,7 +199,8 @@ def pretrain(cfg: Config, resume_run_id: str | None = None) -> dict[str, Any]:
         log_assets(run_id, uri, assets)
     console.phase(
         f"training run {name} (MLflow run {run_id}): {manifest.total_rows} images, "
-        f"{cfg.train.epochs} × {steps_per_epoch} steps (epochs × steps), {workers} workers"
+        f"{cfg.train.epochs} × {steps_per_epoch} steps (epochs × steps), "
+        f"{describe_workers(cfg.train.workers)}"
     )
 
     extra = monitor_datasets(cfg, split, manifest)

@@ -24,6 +24,7 @@ def tiny_config(tmp_path, epochs, *pairs):
                 f"train.epochs={epochs}",
                 "train.workers=2",
                 "train.cpus_per_worker=1",
+                "train.drain_check_steps=1",  # Ray Train's preemption barrier at every step
                 f"train.storage={tmp_path / 'runs'}",
                 "data.embedded_train_per_class=8",
                 "data.embedded_test_per_class=2",

@@ -159,3 +159,24 @@ def test_a_failed_run_ends_in_a_few_lines_with_the_way_on(tmp_path):
     assert "resume with: sslpipe pretrain --resume simclr-x" in text
     assert "--set train.max_failures=3" in text and "last step shown: 57" in text
     assert len(lines) <= 7 and "traceback" not in text
+
+
+def test_workers_flag_takes_a_count_or_an_elastic_range(capsys):
+    from pipelines.cli import flags
+    from pipelines.cli.pretrain import profile_line
+    from pipelines.config.layers import load_config
+
+    args = build_parser().parse_args(["pretrain", "--workers", "2-4", "--batch-size", "48"])
+    cfg = load_config(overrides=flags.overrides(args))
+    assert cfg.train.workers == (2, 4) and cfg.train.batch_size == 48
+    assert "batch 48, 8 epochs, 2-4 workers (elastic)" in profile_line(cfg)
+    assert (
+        flags.overrides(build_parser().parse_args(["pretrain", "--workers", "3"]))["train"][
+            "workers"
+        ]
+        == 3
+    )
+    with pytest.raises(SystemExit) as exit_info:
+        build_parser().parse_args(["pretrain", "--workers", "two"])
+    assert exit_info.value.code == 2
+    assert "--workers: expected N or MIN-MAX, got 'two'" in capsys.readouterr().err

@@ -84,6 +84,12 @@ def test_demands_follow_the_config():
     assert data == Demand("data task", {"CPU": 1.0, "data": 0.01}, 1)
 
 
+def test_an_elastic_run_needs_its_fewest_workers_to_start():
+    cfg = load_config(overrides=parse_set(["train.workers=[2, 4]", "train.batch_size=48"]))
+    workers, _ = demands_of(cfg)
+    assert workers.count == 2
+
+
 def test_a_cluster_without_the_asked_resources_is_named():
     nodes = [{"CPU": 8, "data": 4, "node:10.0.0.1": 1}, {"CPU": 2, "train": 1}]
     demands = [Demand("train worker", {"CPU": 1, "train": 1}, 2)]
