@@ -94,7 +94,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     population-based sweeps (``tuning/``): ``init_checkpoint`` (a checkpoint URI to start from
     when this run has none of its own, e.g. another trial's) and ``stop_epoch`` (end this fit
     after that many epochs of the schedule, with a checkpoint; the schedule still spans
-    ``train.epochs``)."""
+    ``train.epochs``). ``stream_epochs`` > 1: the dataset streams that many passes in one
+    execution (``source.stream_files``), read here through one iterator cut into epochs of
+    ``steps_per_epoch`` steps; otherwise every epoch is a new execution."""
     cfg = build_config(loop_config["cfg"])
     ctx = ray.train.get_context()
     w = start(cfg, loop_config, ctx.get_world_rank(), ctx.get_world_size())
@@ -102,8 +104,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     monitor = knn_monitor(w)
     shard = ray.train.get_dataset_shard("train")
     end_epoch = min(cfg.train.epochs, loop_config.get("stop_epoch") or cfg.train.epochs)
+    stream = epoch_batches(w, shard) if loop_config.get("stream_epochs", 1) > 1 else None
     for epoch in range(first_epoch, end_epoch):
-        batches = epoch_batches(w, shard)
+        batches = stream if stream is not None else epoch_batches(w, shard)
         loss, throughput = train_epoch(w, batches, epoch, done if epoch == first_epoch else 0)
         metrics = summarise_epoch(w, epoch, loss, throughput, monitor)
         every = cfg.train.checkpoint_every_steps
@@ -180,7 +183,7 @@ def resume(w: Worker) -> tuple[int, int]:
 
 
 def epoch_batches(w: Worker, shard: Any) -> Iterator[dict[str, torch.Tensor]]:
-    """This worker's batches of one pass over its dataset shard: uint8 views as torch tensors,
+    """This worker's batches of one execution of its dataset shard: uint8 views as torch tensors,
     or with ``views.decode_device: train`` encoded rows decoded into views on the training
     device here (``device_views.py``; its time counts as waiting for data)."""
     size = w.plan.per_worker

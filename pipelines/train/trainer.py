@@ -173,7 +173,8 @@ def pretrain(cfg: Config, resume_run_id: str | None = None) -> dict[str, Any]:
     fallbacks = ""  # rows views.decode_device: train decoded on the CPU side after all
     if cfg.views.decode_device == "train":
         fallbacks = create_counter(kind="decode-fallbacks")
-    ds, manifest = training_dataset(cfg, split.train, counter, fallbacks)
+    # one execution streams every epoch (source.stream_files): no pipeline restart per epoch
+    ds, manifest = training_dataset(cfg, split.train, counter, fallbacks, cfg.train.epochs)
 
     steps_per_epoch = epoch_steps(cfg, manifest, split.train)
 
@@ -214,6 +215,7 @@ def pretrain(cfg: Config, resume_run_id: str | None = None) -> dict[str, Any]:
         "knn_monitor": bool(extra),
         "bad_images_counter": counter,
         "decode_fallbacks_counter": fallbacks,
+        "stream_epochs": cfg.train.epochs,
     }
     board_name, board = progress.create_board(name)
     loop_config["progress_board"] = board_name

@@ -42,10 +42,13 @@ def config(tmp_path, *pairs):
 
 def fit(cfg, tmp_path, name, run_id=""):
     train_path, _ = ensure_embedded(cfg.data.cache_dir, 8, 2)
-    ds, manifest = training_dataset(cfg, train_path)
+    # as pretrain builds it: one execution streams every epoch, so a restarted worker group
+    # reads a new execution from a resumed mid-run step
+    ds, manifest = training_dataset(cfg, train_path, epochs=cfg.train.epochs)
     storage = str(tmp_path / "runs")
     loop_config = {
         "cfg": to_dict(cfg),
+        "stream_epochs": cfg.train.epochs,
         "steps_per_epoch": (manifest.total_rows // 2) // 16,
         "run_dir": f"{storage}/{name}",
         "run_id": run_id,

@@ -62,6 +62,25 @@ def epoch_files(manifest: Manifest, root: str) -> list[str]:
     return [join(root, f.name) for f in manifest.files if f.rows > 0]
 
 
+def stream_files(files: list[str], epochs: int, seed: int | None) -> list[str]:
+    """``epochs`` passes over ``files`` back to back, each in a new order drawn from ``seed``
+    (in manifest order without one): the file list of one execution that spans the run.
+
+    One execution instead of one per epoch: Ray Data starts an execution (tasks, first reads,
+    first decoded batch) while the training workers wait, about a second on the embedded
+    dataset, every epoch; streaming the run's passes in one execution keeps the pipeline full
+    across epoch ends. O(files x epochs) paths, a few MB for ImageNet's 522 files over 800
+    epochs."""
+    rng = np.random.default_rng(seed)
+    order = np.arange(len(files))
+    out: list[str] = []
+    for _ in range(epochs):
+        if seed is not None:
+            order = rng.permutation(len(files))
+        out.extend(files[i] for i in order)
+    return out
+
+
 def read_shards(
     path: str,
     columns: list[str] | None = None,
@@ -70,13 +89,16 @@ def read_shards(
     interleave: int = 1,
     read_tasks: int = 2,
     resources: dict[str, float] | None = None,
+    epochs: int = 1,
 ) -> tuple[ray.data.Dataset, Manifest]:
     """The rows of the files the manifest at ``path`` (local or s3://) names, and the manifest.
 
-    With ``shuffle_seed`` the file order is shuffled at every execution (epoch), differently
-    each time but reproducibly from the seed. ``endpoint``: an S3-compatible endpoint (default:
-    ``AWS_ENDPOINT_URL``, else AWS). ``read_tasks``: files read at a time. ``resources``:
-    custom Ray resources each read task asks for (``data.task_resources``).
+    With ``shuffle_seed`` the file order is shuffled at every execution, differently each time
+    but reproducibly from the seed. ``epochs`` > 1: one execution streams that many passes over
+    the files, each in its own order drawn from ``shuffle_seed`` (see :func:`stream_files`).
+    ``endpoint``: an S3-compatible endpoint (default: ``AWS_ENDPOINT_URL``, else AWS).
+    ``read_tasks``: files read at a time. ``resources``: custom Ray resources each read task
+    asks for (``data.task_resources``).
     """
     manifest, fs, root = read_manifest(path, endpoint)
     files = epoch_files(manifest, root)
@@ -84,12 +106,16 @@ def read_shards(
         raise ValueError(f"{path}: the manifest lists no rows")
     if interleave < 1:
         raise ValueError(f"interleave must be at least 1, got {interleave}")
-    ds = ray.data.from_items([{"path": p} for p in files], override_num_blocks=len(files))
+    if epochs > 1:
+        paths = stream_files(files, epochs, shuffle_seed)
+        ds = ray.data.from_items([{"path": p} for p in paths], override_num_blocks=len(files))
+    else:
+        ds = ray.data.from_items([{"path": p} for p in files], override_num_blocks=len(files))
     # Ray Data coalesces a task's output up to target_max_block_size (128 MB by default): a few
     # such blocks of image bytes would fill a small object store. Smaller blocks keep what is in
     # flight small; the setting belongs to this dataset (its own copy of the context).
     ds.context.target_max_block_size = BLOCK_BYTES
-    if shuffle_seed is not None:
+    if shuffle_seed is not None and epochs == 1:
         # only the list of paths is materialised here, never the rows
         seed = RandomSeedConfig(seed=shuffle_seed, reseed_after_execution=True)
         ds = ds.randomize_block_order(seed=seed)
@@ -152,11 +178,12 @@ def view_dataset(
 
 
 def training_dataset(
-    cfg: Config, path: str, counter: str = "", fallbacks: str = ""
+    cfg: Config, path: str, counter: str = "", fallbacks: str = "", epochs: int = 1
 ) -> tuple[ray.data.Dataset, Manifest]:
     """Streaming training views of the shards at ``path``; ``counter`` names the run's
     bad-image counter (``bad_images.create_counter``), ``fallbacks`` its counter of rows
-    decoded on the CPU side under ``views.decode_device: train``; empty for none."""
+    decoded on the CPU side under ``views.decode_device: train``; empty for none. ``epochs``:
+    passes in one execution (:func:`stream_files`); 1: one pass per execution."""
     ds, manifest = read_shards(
         path,
         ["key", "image", "label"],
@@ -165,5 +192,6 @@ def training_dataset(
         cfg.data.interleave_files,
         read_tasks=max(1, -(-cfg.data.decode_tasks // 4)),  # one read keeps ~4 decoders busy
         resources=cfg.data.task_resources,
+        epochs=epochs,
     )
     return view_dataset(ds, cfg.views, cfg, counter, fallbacks), manifest

@@ -10,7 +10,7 @@ import pyarrow.fs as pafs
 import pytest
 
 from pipelines.data.manifest import Manifest, ShardFile, read_manifest, write_manifest
-from pipelines.data.stream.source import epoch_files
+from pipelines.data.stream.source import epoch_files, stream_files
 
 FILES = 20_000
 
@@ -81,3 +81,15 @@ def test_planning_cost_does_not_grow_with_rows_per_file(sets):
     m_few, m_many = peak_bytes(few), peak_bytes(many)
     assert m_many < 1.2 * m_few, (m_few, m_many)
     assert m_many < 64 * 2**20, m_many
+
+
+def test_one_execution_streams_every_epoch_each_in_its_own_order():
+    files = [f"part-{i}" for i in range(50)]
+    passes = stream_files(files, epochs=4, seed=7)
+    epochs = [passes[i * 50 : (i + 1) * 50] for i in range(4)]
+    assert len(passes) == 200
+    assert all(sorted(e) == sorted(files) for e in epochs)  # every file once per epoch
+    assert len({tuple(e) for e in epochs}) == 4  # a new order every epoch
+    assert stream_files(files, epochs=4, seed=7) == passes  # reproducible from the seed
+    assert stream_files(files, epochs=4, seed=8) != passes
+    assert stream_files(files, epochs=2, seed=None) == files + files  # no seed: manifest order
