@@ -9,7 +9,9 @@ from pipelines.tracking import console
 def start_local_ray(num_cpus: int | None = None) -> None:
     """``ray.init`` on this machine (a new instance even if a ``ray start`` cluster runs here:
     ``--address`` chooses a cluster explicitly). Workers' output stays in Ray's logs and Ray's
-    start-up notices go to the run log, unless ``-v``."""
+    start-up notices go to the run log, unless ``-v``. No dashboard: its processes cost a short
+    run's start about 5 s on a 2-core machine (BENCHMARKS.md); to watch one, ``ray start --head``
+    and run with ``--address auto``."""
     if ray.is_initialized():
         return
     console.requiet()  # importing Ray (and Ray Data, above) installed their own log handlers
@@ -19,6 +21,7 @@ def start_local_ray(num_cpus: int | None = None) -> None:
             num_cpus=num_cpus,
             log_to_driver=console.verbose(),
             configure_logging=console.verbose(),
+            include_dashboard=False,
         )
     ray.data.DataContext.get_current().enable_progress_bars = console.verbose()
     have = ray.cluster_resources()
