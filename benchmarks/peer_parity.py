@@ -30,8 +30,11 @@ else shares the machine, and the side that goes first alternates with the seed.
 Reported per method: kNN top-1 of both and of the random init, their difference in standard
 errors, wall time and images/s end to end for both, the wall-time ratio (lightly ÷ sslpipe), time
 to the first optimizer step and sslpipe's training share. The standard error of a side's mean
-over seeds is its seeds' spread (with one seed: the binomial error of the queries); the
-difference's is the root of both sides' squares. Results go to ``<out>/parity.json`` after every
+over seeds comes from the seed-to-seed spread pooled over every method and both sides (two
+seeds give one degree of freedom per method and side: a spread that happens to be tiny would
+make any difference look significant); with one seed it is the binomial error of the queries.
+The difference's standard error is the root of both sides' squares. ``--table-only`` rebuilds
+the table from ``parity.json`` without training. Results go to ``<out>/parity.json`` after every
 run and the table to ``<out>/parity.md`` (and appended to ``--markdown``).
 """
 
@@ -138,21 +141,36 @@ def lightly_side(config: Path, seed: int, epochs: int, data: dict) -> dict:
     }
 
 
-def mean_se(values: list[float], queries: int) -> tuple[float, float]:
-    """Mean over seeds and its standard error (binomial for one seed)."""
+def seed_sd(records: list[dict]) -> float | None:
+    """Per-run standard deviation of kNN top-1 across seeds, pooled over every method and
+    side that has two seeds or more (None when none has)."""
+    squares, dof = 0.0, 0
+    for method in dict.fromkeys(r["method"] for r in records):
+        for side in ("sslpipe", "lightly"):
+            values = [r[side]["knn_top1"] for r in records if r["method"] == method]
+            if len(values) > 1:
+                m = statistics.fmean(values)
+                squares += sum((v - m) ** 2 for v in values)
+                dof += len(values) - 1
+    return math.sqrt(squares / dof) if dof else None
+
+
+def mean_se(values: list[float], queries: int, sd: float | None) -> tuple[float, float]:
+    """Mean over seeds and its standard error: the pooled per-run ``sd`` over the root of the
+    seed count, or the binomial error of ``queries`` for a single seed."""
     m = statistics.fmean(values)
-    if len(values) > 1:
-        return m, statistics.stdev(values) / math.sqrt(len(values))
+    if len(values) > 1 and sd is not None:
+        return m, sd / math.sqrt(len(values))
     return m, math.sqrt(max(m * (1 - m), 1e-9) / queries)
 
 
 def aggregate(records: list[dict], queries: int) -> list[dict]:
-    rows = []
+    rows, sd = [], seed_sd(records)
     for method in dict.fromkeys(r["method"] for r in records):
         mine = [r for r in records if r["method"] == method]
         sides = {side: [r[side] for r in mine] for side in ("sslpipe", "lightly")}
         (s_knn, s_se), (l_knn, l_se) = (
-            mean_se([x["knn_top1"] for x in sides[side]], queries) for side in sides
+            mean_se([x["knn_top1"] for x in sides[side]], queries, sd) for side in sides
         )
         se = math.hypot(s_se, l_se)
         wall = {side: statistics.fmean(x["wall_s"] for x in sides[side]) for side in sides}
@@ -215,6 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="bench-parity")
     p.add_argument("--lock", default="", help="flock this file around each pair of runs")
     p.add_argument("--markdown", default="", help="also append the table to this file")
+    p.add_argument("--table-only", action="store_true", help="table from parity.json, no runs")
     args = p.parse_args(argv)
 
     tarball = next((c for c in CIFAR_CANDIDATES if c.exists()), None)
@@ -229,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     results = out / "parity.json"
     records = json.loads(results.read_text()) if results.exists() else []
-    for seed in range(args.seeds):  # every method once before any twice: a cut run covers all
+    for seed in range(0 if args.table_only else args.seeds):  # each method once before any twice
         for method in args.methods:
             sides = {"sslpipe": sslpipe_side, "lightly": lightly_side}
             order = list(sides) if seed % 2 == 0 else list(sides)[::-1]
@@ -251,12 +270,17 @@ def main(argv: list[str] | None = None) -> int:
             )
     chosen = [r for r in records if r["method"] in args.methods and r["epochs"] == args.epochs]
     rows = aggregate(chosen, args.test_per_class * 10)
+    seeds = len({r["seed"] for r in chosen})
     header = (
         f"#### Parity with lightly: CIFAR-10 {args.train_per_class}/{args.test_per_class} per "
-        f"class, {args.epochs} epochs, seeds {args.seeds} ({platform.node()}, "
+        f"class, {args.epochs} epochs, {seeds} seeds ({platform.node()}, "
         f"{os.cpu_count()} CPUs, {time.strftime('%Y-%m-%d')})"
     )
     text = table(rows, header)
+    if (sd := seed_sd(chosen)) is not None:
+        text += (
+            f"\nSeed-to-seed spread of one run's kNN top-1, pooled: {sd:.2%} (Δ is in its SE).\n"
+        )
     (out / "parity.md").write_text(text)
     if args.markdown:
         with open(args.markdown, "a") as f:
