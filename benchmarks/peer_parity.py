@@ -222,6 +222,38 @@ def table(rows: list[dict], header: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def run_pairs(args: argparse.Namespace, tarball: Path, out: Path, records: list) -> list:
+    """Train every method and seed asked for on both sides; ``records`` with those pairs
+    replaced, saved to ``out/parity.json`` after each pair."""
+    train, test = prepare_cifar(
+        tarball, Path(args.cache), args.train_per_class, args.test_per_class, keep_folders=True
+    )
+    data = {"train": train, "test": test, "train_folder": str(Path(train).parent / "folder-train")}
+    results = out / "parity.json"
+    for seed in range(args.seeds):  # every method once before any twice: a cut run covers all
+        for method in args.methods:
+            sides = {"sslpipe": sslpipe_side, "lightly": lightly_side}
+            order = list(sides) if seed % 2 == 0 else list(sides)[::-1]
+            config, resolved = user_config(method, seed, args.epochs, data, out)
+            batch = resolved["train"]["batch_size"]
+            record = {"method": method, "seed": seed, "epochs": args.epochs, "batch": batch}
+            with holding(args.lock):
+                for side in order:
+                    print(f"{method} seed {seed}: {side} …", flush=True)
+                    record[side] = sides[side](config, seed, args.epochs, data)
+            key = (method, seed, args.epochs)  # another budget's pair stays
+            records = [r for r in records if (r["method"], r["seed"], r["epochs"]) != key]
+            records.append(record)
+            results.write_text(json.dumps(records, indent=1))
+            s, lt = record["sslpipe"], record["lightly"]
+            print(
+                f"  kNN {s['knn_top1']:.3f} vs {lt['knn_top1']:.3f}, wall {s['wall_s']:.0f} s "
+                f"vs {lt['wall_s']:.0f} s ({lt['wall_s'] / s['wall_s']:.2f}x)",
+                flush=True,
+            )
+    return records
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS)
@@ -236,38 +268,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--table-only", action="store_true", help="table from parity.json, no runs")
     args = p.parse_args(argv)
 
-    tarball = next((c for c in CIFAR_CANDIDATES if c.exists()), None)
-    if tarball is None:
-        print(f"skipped: no CIFAR-10 tarball at {', '.join(map(str, CIFAR_CANDIDATES))}")
-        return 0
-    train, test = prepare_cifar(
-        tarball, Path(args.cache), args.train_per_class, args.test_per_class, keep_folders=True
-    )
-    data = {"train": train, "test": test, "train_folder": str(Path(train).parent / "folder-train")}
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     results = out / "parity.json"
     records = json.loads(results.read_text()) if results.exists() else []
-    for seed in range(0 if args.table_only else args.seeds):  # each method once before any twice
-        for method in args.methods:
-            sides = {"sslpipe": sslpipe_side, "lightly": lightly_side}
-            order = list(sides) if seed % 2 == 0 else list(sides)[::-1]
-            config, resolved = user_config(method, seed, args.epochs, data, out)
-            batch = resolved["train"]["batch_size"]
-            record = {"method": method, "seed": seed, "epochs": args.epochs, "batch": batch}
-            with holding(args.lock):
-                for side in order:
-                    print(f"{method} seed {seed}: {side} …", flush=True)
-                    record[side] = sides[side](config, seed, args.epochs, data)
-            records = [r for r in records if (r["method"], r["seed"]) != (method, seed)]
-            records.append(record)
-            results.write_text(json.dumps(records, indent=1))
-            s, lt = record["sslpipe"], record["lightly"]
-            print(
-                f"  kNN {s['knn_top1']:.3f} vs {lt['knn_top1']:.3f}, wall {s['wall_s']:.0f} s "
-                f"vs {lt['wall_s']:.0f} s ({lt['wall_s'] / s['wall_s']:.2f}x)",
-                flush=True,
-            )
+    if not args.table_only:
+        tarball = next((c for c in CIFAR_CANDIDATES if c.exists()), None)
+        if tarball is None:
+            print(f"skipped: no CIFAR-10 tarball at {', '.join(map(str, CIFAR_CANDIDATES))}")
+            return 0
+        records = run_pairs(args, tarball, out, records)
     chosen = [r for r in records if r["method"] in args.methods and r["epochs"] == args.epochs]
     rows = aggregate(chosen, args.test_per_class * 10)
     seeds = len({r["seed"] for r in chosen})
