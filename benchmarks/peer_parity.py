@@ -39,8 +39,6 @@ run and the table to ``<out>/parity.md`` (and appended to ``--markdown``).
 """
 
 import argparse
-import contextlib
-import fcntl
 import json
 import math
 import os
@@ -49,27 +47,13 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-from benchmarks.quality_data import CIFAR_CANDIDATES, prepare_cifar
+from benchmarks.quality_data import CIFAR_CANDIDATES, locked, prepare_cifar
 
 METHODS = ["simclr", "moco_v2", "byol", "simsiam", "barlow_twins", "vicreg", "swav", "dino", "mae"]
 REPO = Path(__file__).resolve().parents[1]
 SSLPIPE = str(Path(sys.executable).with_name("sslpipe"))
-
-
-@contextlib.contextmanager
-def holding(lock: str | None) -> Iterator[None]:
-    if not lock:
-        yield
-        return
-    with open(lock, "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def run_timed(cmd: list[str], cwd: Path, log: Path) -> tuple[float, float]:
@@ -237,7 +221,7 @@ def run_pairs(args: argparse.Namespace, tarball: Path, out: Path, records: list)
             config, resolved = user_config(method, seed, args.epochs, data, out)
             batch = resolved["train"]["batch_size"]
             record = {"method": method, "seed": seed, "epochs": args.epochs, "batch": batch}
-            with holding(args.lock):
+            with locked(args.lock):
                 for side in order:
                     print(f"{method} seed {seed}: {side} …", flush=True)
                     record[side] = sides[side](config, seed, args.epochs, data)

@@ -1,6 +1,9 @@
-"""The datasets of ``benchmarks/method_quality.py`` besides the embedded one: a CIFAR-10 subset
-from the shared tarball and the embedded set in grayscale, each sharded once into a cache."""
+"""What the quality benchmarks (``method_quality.py``, ``peer_parity.py``) share: their datasets
+besides the embedded one, a CIFAR-10 subset from the shared tarball and the embedded set in
+grayscale, each sharded once into a cache; and the lock a run holds on a shared machine."""
 
+import contextlib
+import fcntl
 import io
 import shutil
 import tarfile
@@ -9,6 +12,20 @@ from pathlib import Path
 
 _TARBALL = Path("shared") / "data" / "cifar10-jpeg.tar.gz"
 CIFAR_CANDIDATES = [Path(__file__).resolve().parents[1].parent / _TARBALL, Path("/work") / _TARBALL]
+
+
+@contextlib.contextmanager
+def locked(path: str | None) -> Iterator[None]:
+    """Hold an exclusive flock on ``path`` (none when ``path`` is empty)."""
+    if not path:
+        yield
+        return
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def prepare_cifar(

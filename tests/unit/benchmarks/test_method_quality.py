@@ -1,9 +1,8 @@
-"""benchmarks/method_quality.py: its configs, and the table of quality_table.py (no training)."""
+"""benchmarks/method_quality.py: its configs and its table (no training)."""
 
 from pathlib import Path
 
-from benchmarks.method_quality import method_config
-from benchmarks.quality_table import table
+from benchmarks.method_quality import method_config, table
 from pipelines.config.layers import load_config, parse_set
 from pipelines.config.typed import to_dict
 
