@@ -6,9 +6,12 @@ package never imports them. Parsers import nothing heavy: ``sslpipe --help`` sta
 """
 
 import argparse
+import atexit
 import os
 import sys
+import threading
 from importlib.metadata import entry_points, version
+from typing import NoReturn
 
 from pipelines.cli import embed, eval, methods, pretrain, register, shard
 
@@ -56,6 +59,29 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
+def entry() -> NoReturn:
+    """``sslpipe`` and ``python -m pipelines.cli``: :func:`main`, then :func:`leave`."""
+    leave(main())
+
+
+def leave(code: int) -> NoReturn:
+    """End the process as the interpreter does, without its teardown: stop and join the
+    threads it would wait for, run the exit hooks (Ray's shutdown, MLflow's, temporary
+    directories' removal, logging's flush), flush stdout and stderr, then ``os._exit``. The
+    teardown only frees modules and objects one by one: ~2.5 s after a run that imported
+    torch, Ray and MLflow (BENCHMARKS.md). Where this Python lacks the two hooks it calls
+    (CPython's own, used at its exit), the process exits normally."""
+    shutdown_threads = getattr(threading, "_shutdown", None)
+    run_exit_hooks = getattr(atexit, "_run_exitfuncs", None)
+    if shutdown_threads is None or run_exit_hooks is None:
+        sys.exit(code)
+    shutdown_threads()  # executors' workers told to stop, then non-daemon threads joined
+    run_exit_hooks()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 def describe(e: BaseException) -> str:
     """One line for an error: its message, with the type where the message alone is unclear."""
     if isinstance(e, OSError) and e.filename:
@@ -66,4 +92,4 @@ def describe(e: BaseException) -> str:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

@@ -1,7 +1,5 @@
 """``python -m pipelines.cli``: what a submitted Ray job runs (the same as ``sslpipe``)."""
 
-import sys
+from pipelines.cli import entry
 
-from pipelines.cli import main
-
-sys.exit(main())
+entry()

@@ -3,6 +3,7 @@ registry. Metrics from rank 0 go through :class:`pipelines.tracking.metric_logge
 """
 
 import re
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,18 @@ def require_store(uri: str) -> None:
             "not exist (none was created); pass --tracking-uri with the store the run logged "
             "to (the tracking_uri of its summary)"
         )
+
+
+def open_store(uri: str) -> Future:
+    """Open the tracking store at ``uri`` in a thread: MLflow's SQL store imports its ORM and
+    migrates a new database (~3 s of a run's start, BENCHMARKS), which can overlap Ray's
+    start. Call ``.result()`` before this process's next MLflow call: MLflow keeps one store
+    per URI, and two threads making it at once would both migrate a new database. It re-raises
+    what opening raised."""
+    pool = ThreadPoolExecutor(1, thread_name_prefix="mlflow-store")
+    opened = pool.submit(MlflowClient, absolute_uri(uri))
+    pool.shutdown(wait=False)
+    return opened
 
 
 def experiment_id(client: MlflowClient, uri: str, name: str) -> str:

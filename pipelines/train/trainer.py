@@ -168,6 +168,7 @@ def pretrain(cfg: Config, resume_run_id: str | None = None) -> dict[str, Any]:
     if "://" not in cfg.train.storage:
         console.attach_log(f"{cfg.train.storage}/{cfg.train.name}/sslpipe.log")
     split, eval_note = resolve_data(cfg)
+    store = tracking.open_store(cfg.tracking.uri)  # meanwhile, Ray starts
     ensure_ray(cfg)
     counter = create_counter()  # undecodable images skipped by the data tasks
     fallbacks = ""  # rows views.decode_device: train decoded on the CPU side after all
@@ -181,6 +182,7 @@ def pretrain(cfg: Config, resume_run_id: str | None = None) -> dict[str, Any]:
     name, storage, uri = cfg.train.name, cfg.train.storage, cfg.tracking.uri
     run_dir = f"{storage}/{name}"
     cfg, assets = prepare_assets(cfg, split.train, run_dir)  # e.g. BEiT's fitted tokenizer
+    store.result()
     if resume_run_id:
         run_id = resume_run_id
         client = MlflowClient(uri)

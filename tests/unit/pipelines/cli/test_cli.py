@@ -180,3 +180,29 @@ def test_workers_flag_takes_a_count_or_an_elastic_range(capsys):
         build_parser().parse_args(["pretrain", "--workers", "two"])
     assert exit_info.value.code == 2
     assert "--workers: expected N or MIN-MAX, got 'two'" in capsys.readouterr().err
+
+
+def test_leave_keeps_what_a_normal_exit_does(tmp_path):
+    """``leave`` skips only the interpreter's teardown: the exit code, buffered output, exit
+    hooks, a non-daemon thread's last write and an executor's queued task all survive it."""
+    code = (
+        "import atexit, sys, threading, time\n"
+        "from concurrent.futures import ThreadPoolExecutor\n"
+        "from pathlib import Path\n"
+        "from pipelines.cli import leave\n"
+        f"out = Path({str(tmp_path)!r})\n"
+        "atexit.register(lambda: (out / 'hook').write_text('ran'))\n"
+        "def late(): time.sleep(0.5); (out / 'thread').write_text('done')\n"
+        "threading.Thread(target=late).start()\n"
+        "pool = ThreadPoolExecutor(1)\n"
+        "pool.submit(lambda: (time.sleep(0.3), (out / 'task').write_text('done')))\n"
+        "sys.stdout.write('buffered, no newline')\n"
+        "leave(3)\n"
+        "print('never')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert out.returncode == 3, out.stderr[-3000:]
+    assert out.stdout == "buffered, no newline"
+    assert (tmp_path / "hook").read_text() == "ran"
+    assert (tmp_path / "thread").read_text() == "done"
+    assert (tmp_path / "task").read_text() == "done"

@@ -356,3 +356,32 @@ def test_system_metrics_sample_the_machine_while_the_run_trains(store, monkeypat
         assert sampling is True
         time.sleep(1.5)
     assert "system/cpu_utilization_percentage" in client.get_run(run_id).data.metrics
+
+
+def test_rank_zero_pays_for_mlflow_at_its_first_send_not_before(tmp_path):
+    """Making a MetricLogger and buffering metrics imports no MLflow; the background thread's
+    first send imports it and makes the client, and the values arrive."""
+    import subprocess
+    import sys
+
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    client = MlflowClient(uri)  # the driver made the store and the run
+    run_id = client.create_run(client.create_experiment("x")).info.run_id
+    code = (
+        "import sys\n"
+        "import pipelines.tracking.metric_logger as m\n"
+        f"log = m.MetricLogger({uri!r}, {run_id!r}, flush_seconds=60, background=True)\n"
+        "log.log({'loss': 2.5}, 1)\n"
+        "print(any(k.split('.')[0] == 'mlflow' for k in sys.modules), log.client)\n"
+        "assert log.close(timeout=60)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.split() == ["False", "None"]
+    assert [m.value for m in client.get_metric_history(run_id, "loss")] == [2.5]
+
+
+def test_a_store_opened_in_the_background_raises_where_it_is_awaited():
+    opening = tracking.open_store("nosuch://host/x")
+    with pytest.raises(Exception, match="nosuch://host/x"):
+        opening.result()
