@@ -16,8 +16,11 @@ Per method and seed:
 - sslpipe: ``sslpipe pretrain --config parity.yaml`` in its own directory, as a user runs it
   (Ray, MLflow, registry and all), where ``parity.yaml`` names the method, ``profile: laptop``
   (ResNet-18 x0.25 with the CIFAR stem for the ResNet methods, the small ViT for MAE, 32-pixel
-  views), the data, epochs and seed. Its quality is the run's own final kNN top-1 and its
-  random-init baseline.
+  views), the data, epochs and seed, and ``eval.knn_random_init: false``: lightly's side
+  scores only its trained encoder, so sslpipe's does too (its default also scores the random
+  init, about 2 s). Its quality is the run's own final kNN top-1.
+- the random-init baseline: the architecture sslpipe's run started from (same seed), scored by
+  the same evaluator after the pair, outside both timings.
 - lightly: ``benchmarks/peer_lightly.py`` given the config sslpipe resolved from that file
   (``--print-config``): lightly's losses, heads, transforms and momentum utilities in a plain
   PyTorch loop over a torchvision ``DataLoader``; scored by the same evaluator
@@ -81,6 +84,7 @@ def user_config(method: str, seed: int, epochs: int, data: dict, root: Path) -> 
     config.write_text(
         f"method: {method}\nprofile: laptop\ntrain:\n  epochs: {epochs}\n  seed: {seed}\n"
         f"data:\n  path: {data['train']}\n  eval_path: {data['test']}\n"
+        "eval:\n  knn_random_init: false\n"  # scored outside the timing: random_init_knn
     )
     cmd = [SSLPIPE, "pretrain", "--config", str(config), "--print-config"]
     out = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, check=True).stdout
@@ -98,12 +102,24 @@ def sslpipe_side(config: Path, seed: int, epochs: int, data: dict) -> dict:
     t = s.get("timings", {})
     return {
         "knn_top1": s["metrics"]["knn_top1"],
-        "knn_top1_random_init": s["metrics"].get("knn_top1_random_init"),
         "wall_s": round(wall, 1),
         "first_step_s": round(t["first_step_at"] - started, 1) if t else None,
         "training_share": round(t["training_s"] / wall, 3) if t else None,
         "steps": s["steps"],
     }
+
+
+def random_init_knn(resolved: dict) -> float:
+    """kNN top-1 of the encoder sslpipe's run started from (``eval.knn_random_init`` scores
+    the same one inside a run), on the run's bank and queries."""
+    from benchmarks.baselines import run_data_scores
+    from pipelines.config.layers import build_config
+    from pipelines.eval.encoders import encoders_from_state
+    from pipelines.eval.frozen import KNN
+
+    cfg = build_config(resolved)
+    encoders = encoders_from_state(cfg, None, random_init=True)
+    return run_data_scores(cfg, encoders)["random_init"][KNN]
 
 
 def lightly_side(config: Path, seed: int, epochs: int, data: dict) -> dict:
@@ -148,6 +164,12 @@ def mean_se(values: list[float], queries: int, sd: float | None) -> tuple[float,
     return m, math.sqrt(max(m * (1 - m), 1e-9) / queries)
 
 
+def random_init_of(record: dict) -> float | None:
+    """A pair's random-init kNN (records before it was scored outside the timing keep it on
+    sslpipe's side)."""
+    return record.get("knn_top1_random_init", record["sslpipe"].get("knn_top1_random_init"))
+
+
 def aggregate(records: list[dict], queries: int) -> list[dict]:
     rows, sd = [], seed_sd(records)
     for method in dict.fromkeys(r["method"] for r in records):
@@ -159,7 +181,7 @@ def aggregate(records: list[dict], queries: int) -> list[dict]:
         se = math.hypot(s_se, l_se)
         wall = {side: statistics.fmean(x["wall_s"] for x in sides[side]) for side in sides}
         images = mine[0]["batch"] * sides["sslpipe"][0]["steps"]  # per run, both sides
-        randoms = [x["knn_top1_random_init"] for x in sides["sslpipe"] if x["knn_top1_random_init"]]
+        randoms = [random_init_of(r) for r in mine if random_init_of(r) is not None]
         rows.append(
             {
                 "method": method,
@@ -225,6 +247,7 @@ def run_pairs(args: argparse.Namespace, tarball: Path, out: Path, records: list)
                 for side in order:
                     print(f"{method} seed {seed}: {side} …", flush=True)
                     record[side] = sides[side](config, seed, args.epochs, data)
+                record["knn_top1_random_init"] = round(random_init_knn(resolved), 4)
             key = (method, seed, args.epochs)  # another budget's pair stays
             records = [r for r in records if (r["method"], r["seed"], r["epochs"]) != key]
             records.append(record)
