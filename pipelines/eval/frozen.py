@@ -158,11 +158,13 @@ def evaluate_encoders(
     knn: bool = True,
     linear: bool = False,
     resources: dict[str, float] | None = None,
+    views: tuple[Views, Views] | None = None,
 ) -> Scores:
     """:func:`evaluate_views` on the bank and queries of ``split`` (rules in ``sets.py``), viewed
     at the encoders' own ``image_size`` with ``settings.crop_fraction``; the classes are those of
     ``split.train``'s manifest. ``resources``: custom Ray resources of the view tasks
-    (``data.task_resources``)."""
+    (``data.task_resources``). ``views``: (bank, queries) made earlier under the same rules
+    (``sets.held_views``), instead of making them here."""
     sizes = {getattr(e, "image_size", None) for e in encoders.values()}
     if len(sizes) != 1 or None in sizes:
         raise ValueError(
@@ -175,7 +177,7 @@ def evaluate_encoders(
         raise ValueError(f"{split.train}: evaluation needs labeled shards (2+ classes)")
     if split.eval:
         warn_if_shared(split, manifest, read_manifest(split.eval)[0])
-    bank, queries = split_views(
+    bank, queries = views or split_views(
         split,
         sizes.pop(),
         settings.crop_fraction,

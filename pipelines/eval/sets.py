@@ -14,7 +14,9 @@ Where the views are made: a set of at most ``eval.in_process_rows`` rows is read
 the calling process (``LocalViews``), since starting Ray tasks costs more than decoding a few
 thousand images (the embedded set's final kNN: about 17 s against about 3 s); larger
 sets stream through Ray Data tasks, on the data nodes when ``data.task_resources`` says so.
-Both hand out the same batches through ``iter_batches``.
+Both hand out the same batches through ``iter_batches``. ``held_views`` decodes a small
+set's views once and keeps them (``HeldViews``): ``pretrain`` makes its final evaluation's views
+that way while Ray starts the workers (``pipelines/train/wrapup.py``).
 """
 
 import zlib
@@ -132,6 +134,51 @@ class LocalViews:
             pending = {c: v[n - n % batch_size :] for c, v in views.items()}
         if pending is not None and len(pending["label"]):
             yield pending
+
+
+class HeldViews:
+    """Evaluation views decoded once and kept in memory: the batches ``iter_batches`` of the
+    views they were made from hands out, as often as asked."""
+
+    def __init__(self, columns: dict[str, np.ndarray]):
+        self.columns = columns
+
+    @property
+    def nbytes(self) -> int:
+        return sum(c.nbytes for c in self.columns.values())
+
+    def iter_batches(self, batch_size: int = 256, batch_format: str = "numpy"):
+        if batch_format != "numpy":
+            raise ValueError(f"held evaluation views come as numpy, not {batch_format!r}")
+        n = len(self.columns["label"])
+        for i in range(0, n, batch_size):
+            yield {c: v[i : i + batch_size] for c, v in self.columns.items()}
+
+    @classmethod
+    def of(cls, views: "LocalViews") -> "HeldViews":
+        parts = list(views._views())
+        if not parts:  # iterates as nothing, as the views it came from
+            size = views.size
+            return cls({"image": np.zeros((0, 3, size, size), np.uint8), "label": np.zeros(0)})
+        return cls({c: np.concatenate([p[c] for p in parts]) for c in parts[0]})
+
+
+def held_views(
+    split: "EvalSplit", size: int, crop_fraction: float, in_process_rows: int, max_bytes: int
+) -> "tuple[HeldViews, HeldViews] | None":
+    """``split_views(split, size, crop_fraction)`` decoded now and kept, when both sides are
+    sets of at most ``in_process_rows`` rows whose views fit in ``max_bytes`` together (before
+    the label filter: an upper bound); otherwise None (make them when needed)."""
+    from pipelines.data.manifest import read_manifest
+
+    if in_process_rows <= 0:
+        return None
+    paths = {split.train} | ({split.eval} if split.eval else set())
+    rows = {path: read_manifest(path)[0].total_rows for path in paths}
+    if max(rows.values()) > in_process_rows or sum(rows.values()) * 3 * size * size > max_bytes:
+        return None
+    bank, queries = split_views(split, size, crop_fraction, in_process_rows=in_process_rows)
+    return HeldViews.of(bank), HeldViews.of(queries)
 
 
 def eval_views(

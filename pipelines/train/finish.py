@@ -13,7 +13,7 @@ from pipelines.config.schema import Config
 from pipelines.data.manifest import Manifest
 from pipelines.eval.encoders import eval_image_size, logged_metadata
 from pipelines.eval.frozen import KNN, evaluate_encoders
-from pipelines.eval.sets import EvalSplit
+from pipelines.eval.sets import EvalSplit, HeldViews
 from pipelines.tracking import console
 from pipelines.tracking import runs as tracking
 from pipelines.tracking.checkpoint_records import mark_pruned
@@ -31,13 +31,15 @@ def evaluate_and_log(
     run_id: str,
     seconds: float,
     extra: dict[str, float] | None = None,
+    views: tuple[HeldViews, HeldViews] | None = None,
 ) -> dict[str, float]:
-    """Final kNN of the trained and random-init encoders; send every metric still pending
-    (rank 0's unsent ones travel in the checkpoint) with the summary metrics."""
+    """Final kNN of the trained and random-init encoders (on ``views``, the bank and queries
+    made during start-up, where given); send every metric still pending (rank 0's unsent ones
+    travel in the checkpoint) with the summary metrics."""
     summary_metrics: dict[str, float] = {"train_seconds": round(seconds, 1), **(extra or {})}
     if len(manifest.class_names) >= 2:  # with one class every query is right: nothing to measure
         res = cfg.data.task_resources
-        top1 = evaluate_encoders(encoders, split, cfg.eval, resources=res).top1
+        top1 = evaluate_encoders(encoders, split, cfg.eval, resources=res, views=views).top1
         summary_metrics["knn_top1"] = top1["trained"][KNN]
         if "random_init" in top1:
             summary_metrics["knn_top1_random_init"] = top1["random_init"][KNN]

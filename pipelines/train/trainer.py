@@ -37,6 +37,7 @@ from pipelines.train.checkpoint import load_state
 from pipelines.train.dry_run import steps_per_epoch as epoch_steps
 from pipelines.train.finish import evaluate_and_log, finish
 from pipelines.train.loop import train_loop_per_worker
+from pipelines.train.wrapup import WrapUp
 from ssl_models.registry import get_method
 
 log = logging.getLogger(__name__)
@@ -225,6 +226,7 @@ def pretrain(cfg: Config, resume_run_id: str | None = None) -> dict[str, Any]:
     total = steps_per_epoch * cfg.train.epochs
     bar = TrainingBar(total, cfg.train.epochs, resumed_step(run_dir))
     follower = progress.Follower(board, bar)
+    wrapup = WrapUp(cfg, split, evaluate=len(manifest.class_names) >= 2)  # while workers start
     try:
         with follower, system_metrics(run_id, uri, resumed=bool(resume_run_id)):
             result = trainer.fit()
@@ -250,7 +252,15 @@ def pretrain(cfg: Config, resume_run_id: str | None = None) -> dict[str, Any]:
     seconds = time.time() - started
     console.phase(f"evaluating: kNN top-1 of the trained and random-init encoders ({eval_note})")
     summary_metrics = evaluate_and_log(
-        cfg, split, manifest, state, encoders, run_id, seconds, {"bad_images": bad.count}
+        cfg,
+        split,
+        manifest,
+        state,
+        encoders,
+        run_id,
+        seconds,
+        {"bad_images": bad.count},
+        wrapup.views(),
     )
     console.phase("logging the encoder to MLflow and registering it")
     classes = len(manifest.class_names)

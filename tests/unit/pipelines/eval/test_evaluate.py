@@ -99,3 +99,48 @@ def manifest_rows(tmp_path) -> int:
     from pipelines.data.manifest import read_manifest
 
     return read_manifest(str(tmp_path / "s"))[0].total_rows
+
+
+def batches_of(views, size: int) -> list[dict]:
+    return list(views.iter_batches(batch_size=size, batch_format="numpy"))
+
+
+def test_held_views_hand_out_the_batches_of_the_views_they_were_made_from(tmp_path):
+    from pipelines.eval.sets import EvalSplit, HeldViews, held_views, split_views
+
+    small_shards(tmp_path / "s")
+    split = EvalSplit(str(tmp_path / "s"), "")
+    made = split_views(split, 16, 0.875, in_process_rows=1000)
+    held = held_views(split, 16, 0.875, in_process_rows=1000, max_bytes=2**20)
+    assert all(isinstance(h, HeldViews) for h in held)
+    for fresh, kept in zip(made, held, strict=True):
+        for size in (4, 7, 256):  # whole batches, then the rest; the same ones twice
+            for _ in range(2):
+                want, got = batches_of(fresh, size), batches_of(kept, size)
+                assert [len(b["label"]) for b in got] == [len(b["label"]) for b in want]
+                for a, b in zip(want, got, strict=True):
+                    assert a.keys() == b.keys()
+                    assert all(np.array_equal(a[c], b[c]) for c in a)
+
+
+def test_held_views_only_for_small_sets_within_the_byte_limit(tmp_path):
+    from pipelines.eval.sets import EvalSplit, held_views
+
+    small_shards(tmp_path / "s", n=10)
+    rows = manifest_rows(tmp_path)
+    split = EvalSplit(str(tmp_path / "s"), "")
+    assert held_views(split, 16, 1.0, rows, max_bytes=rows * 3 * 16 * 16) is not None
+    assert held_views(split, 16, 1.0, rows, max_bytes=rows * 3 * 16 * 16 - 1) is None
+    assert held_views(split, 16, 1.0, rows - 1, max_bytes=2**30) is None  # a Ray dataset's set
+    assert held_views(split, 16, 1.0, 0, max_bytes=2**30) is None  # in-process views are off
+
+
+def test_held_views_of_an_empty_selection_hand_out_nothing(tmp_path):
+    from pipelines.data.manifest import read_manifest
+    from pipelines.eval.sets import HeldViews, LocalViews
+
+    small_shards(tmp_path / "s", n=10)
+    shards = read_manifest(str(tmp_path / "s"))
+    nothing = {"lo": 0.5, "hi": 0.5, "labeled_only": True}
+    held = HeldViews.of(LocalViews(shards, 16, 1.0, nothing, keys=False))
+    assert batches_of(held, 4) == [] and held.nbytes == 0

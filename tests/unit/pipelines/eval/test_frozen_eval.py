@@ -180,3 +180,18 @@ def test_bank_and_queries_from_the_same_shards_warn(tmp_path):
     message = records.messages[1]
     assert message.startswith(f"warning: the bank {tmp_path / 'a'} and the queries ")
     assert "share 3 of 3 shard files" in message and "reads too high" in message
+
+
+def test_views_made_earlier_score_as_the_views_made_there(tmp_path):
+    from pipelines.eval.sets import held_views
+    from tests.unit.pipelines.eval.test_evaluate import small_shards
+
+    small_shards(tmp_path / "s", n=60)
+    split = EvalSplit(str(tmp_path / "s"), "")
+    settings = EvalConfig(knn_k=5, batch_size=16, in_process_rows=1000)
+    encoders = {"mean": MeanColour(image_size=16)}
+    made_there = evaluate_encoders(encoders, split, settings)
+    held = held_views(split, 16, settings.crop_fraction, 1000, 2**20)
+    made_earlier = evaluate_encoders(encoders, split, settings, views=held)
+    assert made_earlier == made_there
+    assert made_there.query_rows > 0
