@@ -7,7 +7,8 @@ last step everything the driver does is on the critical path. So a thread starte
 
 - decodes the final evaluation's views of a small set (``eval.in_process_rows``) and keeps them
   (``sets.held_views``; at most ``VIEW_BYTES``), so the end only embeds them;
-- imports what the end imports: MLflow's model logging and the curves' plotting;
+- imports what the end imports: torchvision (for a ResNet's blocks), MLflow's model logging and
+  the curves' plotting;
 - builds MLflow's index of installed distributions: logging the encoder checks its pinned
   requirements against every installed package once per process (about 1-2 s).
 
@@ -53,15 +54,17 @@ class WrapUp:
 
 
 def warm_model_logging() -> None:
-    """Import what logging the encoder and drawing the curves import, and build MLflow's map of
-    installed distributions (a private cache of ``mlflow.utils.requirements_utils``: where it
-    is gone, logging builds it as before)."""
+    """Import what building the encoder, logging it and drawing the curves import, and build
+    MLflow's map of installed distributions (a private cache of
+    ``mlflow.utils.requirements_utils``: where it is gone, logging builds it as before)."""
     import mlflow.pyfunc  # noqa: F401
     from mlflow.models import infer_signature  # noqa: F401
     from mlflow.utils import requirements_utils
 
     from pipelines.tracking import curves, encoder_model  # noqa: F401
+    from ssl_models.backbones.resnet import residual_blocks
 
+    residual_blocks()
     curves._pyplot()
     build = getattr(requirements_utils, "_init_packages_to_modules_map", None)
     if build is not None:

@@ -3,17 +3,32 @@
 Two additions to torchvision's model: a CIFAR stem (3×3 stride-1 conv, no max-pool) for 32-pixel
 images, and a width multiplier on every stage so the same architecture fits a CPU budget.
 No pretrained weights are ever loaded.
+
+torchvision is imported when a ResNet is built, not with this module: importing it costs a
+second or more of CPU (all its models and ops), which a process that only reads configs (the
+driver before Ray starts) or builds a ViT need not pay.
 """
+
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
-from torchvision.models.resnet import BasicBlock, Bottleneck
 
-_LAYOUTS: dict[str, tuple[type[nn.Module], tuple[int, int, int, int]]] = {
-    "resnet18": (BasicBlock, (2, 2, 2, 2)),
-    "resnet34": (BasicBlock, (3, 4, 6, 3)),
-    "resnet50": (Bottleneck, (3, 4, 6, 3)),
+if TYPE_CHECKING:
+    from torchvision.models.resnet import BasicBlock, Bottleneck
+
+_LAYOUTS: dict[str, tuple[str, tuple[int, int, int, int]]] = {
+    "resnet18": ("BasicBlock", (2, 2, 2, 2)),
+    "resnet34": ("BasicBlock", (3, 4, 6, 3)),
+    "resnet50": ("Bottleneck", (3, 4, 6, 3)),
 }
+
+
+def residual_blocks() -> "tuple[type[BasicBlock], type[Bottleneck]]":
+    """torchvision's two residual blocks (imports torchvision on first use)."""
+    from torchvision.models.resnet import BasicBlock, Bottleneck
+
+    return BasicBlock, Bottleneck
 
 
 class ResNet(nn.Module):
@@ -25,7 +40,7 @@ class ResNet(nn.Module):
 
     def __init__(
         self,
-        block: type[BasicBlock] | type[Bottleneck],
+        block: "type[BasicBlock] | type[Bottleneck]",
         layers: tuple[int, int, int, int],
         width: float = 1.0,
         cifar_stem: bool = False,
@@ -65,6 +80,7 @@ class ResNet(nn.Module):
                 nn.init.zeros_(m.bias)
         if zero_init_residual:
             # Each block starts as the identity (Goyal et al. 2017), as torchvision offers.
+            BasicBlock, Bottleneck = residual_blocks()
             for m in self.modules():
                 if isinstance(m, Bottleneck):
                     nn.init.zeros_(m.bn3.weight)
@@ -72,7 +88,7 @@ class ResNet(nn.Module):
                     nn.init.zeros_(m.bn2.weight)
 
     def _make_layer(
-        self, block: type[BasicBlock] | type[Bottleneck], planes: int, blocks: int, stride: int
+        self, block: "type[BasicBlock] | type[Bottleneck]", planes: int, blocks: int, stride: int
     ) -> nn.Sequential:
         downsample = None
         if stride != 1 or self.inplanes != planes * block.expansion:
@@ -105,7 +121,8 @@ def resnet(
     stem_stride: int = 1,
     zero_init_residual: bool = True,
 ) -> ResNet:
-    block, layers = _LAYOUTS[name]
+    block_name, layers = _LAYOUTS[name]
+    block = dict(zip(("BasicBlock", "Bottleneck"), residual_blocks(), strict=True))[block_name]
     return ResNet(
         block,
         layers,

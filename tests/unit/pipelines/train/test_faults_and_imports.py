@@ -94,3 +94,18 @@ def test_decode_and_view_code_loads_no_model_code():
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.strip() == "[]"
+
+
+def test_configs_and_vits_load_no_torchvision_and_resnets_do():
+    code = (
+        "import sys\n"
+        "from pipelines.config.layers import load_config\n"
+        "from pipelines.train.model import build_method\n"
+        "build_method(load_config('mae'))\n"  # a ViT
+        "print('torchvision' in sys.modules)\n"
+        "build_method(load_config('simclr'))\n"  # a ResNet, torchvision's blocks
+        "print('torchvision' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["False", "True"]
