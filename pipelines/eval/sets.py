@@ -158,8 +158,8 @@ class HeldViews:
     def of(cls, views: "LocalViews") -> "HeldViews":
         parts = list(views._views())
         if not parts:  # iterates as nothing, as the views it came from
-            size = views.size
-            return cls({"image": np.zeros((0, 3, size, size), np.uint8), "label": np.zeros(0)})
+            images = np.zeros((0, 3, views.size, views.size), np.uint8)
+            return cls({"image": images, "label": np.zeros(0, np.int64)})
         return cls({c: np.concatenate([p[c] for p in parts]) for c in parts[0]})
 
 

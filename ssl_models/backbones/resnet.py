@@ -122,7 +122,8 @@ def resnet(
     zero_init_residual: bool = True,
 ) -> ResNet:
     block_name, layers = _LAYOUTS[name]
-    block = dict(zip(("BasicBlock", "Bottleneck"), residual_blocks(), strict=True))[block_name]
+    basic, bottleneck = residual_blocks()
+    block = {"BasicBlock": basic, "Bottleneck": bottleneck}[block_name]
     return ResNet(
         block,
         layers,
