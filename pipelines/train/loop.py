@@ -213,11 +213,15 @@ def train_epoch(
     for i in range(budget):
         t0 = time.perf_counter()
         batch = next(batches, None)
-        for m in (meter, w.window):
-            m.add(time.perf_counter() - t0, 0 if batch is None else images)
+        waited = time.perf_counter() - t0
         if batch is None:
             log.warning("epoch %d ended after %d of %d steps (rows skipped?)", epoch, i, budget)
             break
+        if w.step == w.resumed_from and i == 0:  # this attempt's first batch
+            first_batch(w, waited, meter)
+            waited = 0.0
+        for m in (meter, w.window):
+            m.add(waited, images)
         result = train_step(w, batch)
         if w.step == w.resumed_from + 1 and w.rank == 0:  # start-up ends here (summary timings)
             progress.post(w.loop_config.get("progress_board", ""), {"kind": "first_step"})
@@ -231,6 +235,17 @@ def train_epoch(
             report = {"epoch": epoch + 1, "step": w.step, "resumed_from_step": w.resumed_from}
             checkpoint(w, epoch, done + i + 1, {**report, "loss": loss.read()})
     return loss.read(), meter.summary()
+
+
+def first_batch(w: Worker, waited: float, meter: Throughput) -> None:
+    """The wait for an attempt's first batch is the pipeline's start (its coordinator, its
+    tasks' processes, the first blocks: 10-15 s on 2 cores), part of the run's start-up and not
+    of the first epoch's data wait: the epoch's and the log line's meters start from the
+    batch's arrival, and rank 0 logs the wait as ``first_batch_wait_s``."""
+    meter.reset()
+    w.window.reset()
+    if w.metrics_log is not None:
+        w.metrics_log.log({"first_batch_wait_s": waited}, w.step)
 
 
 def drain_requested(w: Worker) -> bool:

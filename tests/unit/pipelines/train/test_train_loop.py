@@ -1,5 +1,7 @@
 """The worker loop's epoch without Ray: what rank 0 logs, and a non-finite loss mid-epoch."""
 
+import time
+
 import pytest
 import torch
 
@@ -65,3 +67,34 @@ def test_nan_at_a_non_logging_step_stops_before_the_weights_move(tmp_path):
     assert sorted(logged(w, "loss")) == [2, 4]
     assert toy.events[-2:] == ["start", "forward"]  # no hook, clipping or optimizer step ran
     assert torch.equal(toy.backbone.weight, weights[3])  # as the fourth step left them
+
+
+def late_first(items, wait: float):
+    """``items``, the first of them after ``wait`` seconds: a pipeline that is starting."""
+    time.sleep(wait)
+    yield from items
+
+
+def test_the_wait_for_the_first_batch_is_start_up_not_the_epochs_data_wait(tmp_path):
+    cfg = toy_config("train.log_every_steps=3")
+    torch.manual_seed(0)
+    w = worker(tmp_path, Toy(), cfg, steps_per_epoch=3)
+    _, first = train_epoch(w, late_first(batches(3, size=4), 0.4), epoch=0)
+    assert logged(w, "first_batch_wait_s")[0] >= 0.4
+    # the epoch's and the log line's meters start when the batch arrives
+    assert first["data_wait_fraction"] < 0.5
+    assert logged(w, "data_wait_fraction")[3] < 0.5
+    # a later epoch's wait is its own: counted
+    _, second = train_epoch(w, late_first(batches(3, size=4), 0.4), epoch=1)
+    assert second["data_wait_fraction"] > 0.5
+    assert list(logged(w, "first_batch_wait_s")) == [0]
+
+
+def test_a_resumed_attempts_first_batch_is_its_start_up_too(tmp_path):
+    cfg = toy_config("train.log_every_steps=3")
+    torch.manual_seed(0)
+    w = worker(tmp_path, Toy(), cfg, steps_per_epoch=3)
+    w.step = w.resumed_from = 3  # as resume() leaves it at an epoch's checkpoint
+    _, meter = train_epoch(w, late_first(batches(3, size=4), 0.4), epoch=1)
+    assert logged(w, "first_batch_wait_s")[3] >= 0.4
+    assert meter["data_wait_fraction"] < 0.5
