@@ -167,7 +167,7 @@ def run(args: argparse.Namespace) -> int:
     from pipelines.cluster.jobs import emit_summary
     from pipelines.train.trainer import pretrain
 
-    summary = pretrain(cfg, resume_run_id=run_id)
+    summary = pretrain(cfg, resume_run_id=run_id, release_ray=True)
     print(summary_text(summary), flush=True)
     emit_summary(summary)
     if args.summary_json:

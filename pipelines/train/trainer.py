@@ -14,7 +14,7 @@ from mlflow import MlflowClient
 from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
-from pipelines.cluster.local import start_local_ray
+from pipelines.cluster.local import start_local_ray, stop_ray_in_thread
 from pipelines.config.layers import dump_yaml
 from pipelines.config.schema import Config
 from pipelines.config.typed import to_dict
@@ -62,14 +62,16 @@ def resolve_data(cfg: Config) -> tuple[EvalSplit, str]:
     return split, split.note
 
 
-def ensure_ray(cfg: Config) -> None:
-    """Start a local Ray sized for the workers plus the data pipeline, unless one is running."""
+def ensure_ray(cfg: Config) -> bool:
+    """Start a local Ray sized for the workers plus the data pipeline, unless one is running;
+    True when it started one."""
     if ray.is_initialized():
-        return
+        return False
     workers = worker_range(cfg.train.workers)[1]
     needed = workers * cfg.train.cpus_per_worker + cfg.data.decode_tasks + 1
     num_cpus = max(int(needed + 0.999), os.cpu_count() or 1)
     start_local_ray(num_cpus)
+    return True
 
 
 def git_commit() -> str:
@@ -159,9 +161,14 @@ def monitor_datasets(cfg: Config, split: EvalSplit, manifest: Manifest) -> dict:
     return {"knn_bank": bank.materialize(), "knn_query": queries.materialize()}
 
 
-def pretrain(cfg: Config, resume_run_id: str | None = None) -> dict[str, Any]:
+def pretrain(
+    cfg: Config, resume_run_id: str | None = None, release_ray: bool = False
+) -> dict[str, Any]:
     """Train, evaluate, log and register; return the summary. With ``resume_run_id`` (a run
-    started earlier with this resolved config) continue that run and its MLflow run."""
+    started earlier with this resolved config) continue that run and its MLflow run. With
+    ``release_ray`` (a command that ends after this), a local Ray this call started is stopped
+    as soon as nothing more needs it, while the encoder is scored and logged; without, it stays
+    up for the next call."""
     started = time.time()
     cfg = resolved(cfg)
     if not resume_run_id:
@@ -170,7 +177,7 @@ def pretrain(cfg: Config, resume_run_id: str | None = None) -> dict[str, Any]:
         console.attach_log(f"{cfg.train.storage}/{cfg.train.name}/sslpipe.log")
     split, eval_note = resolve_data(cfg)
     store = tracking.open_store(cfg.tracking.uri)  # meanwhile, Ray starts
-    ensure_ray(cfg)
+    own_ray = ensure_ray(cfg)
     counter = create_counter()  # undecodable images skipped by the data tasks
     fallbacks = ""  # rows views.decode_device: train decoded on the CPU side after all
     if cfg.views.decode_device == "train":
@@ -249,25 +256,34 @@ def pretrain(cfg: Config, resume_run_id: str | None = None) -> dict[str, Any]:
             run_id, uri, {"count": fell.count, "keys": fell.keys}, "decode_fallbacks.json"
         )
     encoders = encoders_from_state(cfg, state)
-    seconds = time.time() - started
-    console.phase(f"evaluating: kNN top-1 of the trained and random-init encoders ({eval_note})")
-    summary_metrics = evaluate_and_log(
-        cfg,
-        split,
-        manifest,
-        state,
-        encoders,
-        run_id,
-        seconds,
-        {"bad_images": bad.count},
-        wrapup.views(),
-    )
-    console.phase("logging the encoder to MLflow and registering it")
-    classes = len(manifest.class_names)
-    trained = encoders["trained"]
-    return finish(
-        cfg, run_id, state, trained, summary_metrics, eval_note, started, classes, follower.timings
-    )
+    views = wrapup.views()
+    # with the views made in-process, nothing below uses Ray: its ~1 s of stopping overlaps
+    stopping = stop_ray_in_thread() if release_ray and own_ray and views is not None else None
+    try:
+        seconds = time.time() - started
+        phase = f"evaluating: kNN top-1 of the trained and random-init encoders ({eval_note})"
+        console.phase(phase)
+        summary_metrics = evaluate_and_log(
+            cfg,
+            split,
+            manifest,
+            state,
+            encoders,
+            run_id,
+            seconds,
+            {"bad_images": bad.count},
+            views,
+        )
+        console.phase("logging the encoder to MLflow and registering it")
+        classes = len(manifest.class_names)
+        trained = encoders["trained"]
+        timings = follower.timings
+        return finish(
+            cfg, run_id, state, trained, summary_metrics, eval_note, started, classes, timings
+        )
+    finally:
+        if stopping is not None:
+            stopping.join()
 
 
 class RunFailed(RuntimeError):
